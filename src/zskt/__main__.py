@@ -1,0 +1,7 @@
+"""`python -m zskt` is the `zskt` command."""
+
+import sys
+
+from zskt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,132 @@
+"""The `zskt` command: one console script whose subcommands map to plain functions (STYLE §3, §4).
+
+Every training command takes its config dataclass's fields as typed options, writes one run folder (`--out`),
+and turns any user-fixable problem into a one-line `zskt: error: ...` with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from zskt.config import add_config_arguments, config_from_args, to_dict
+from zskt.errors import ZsktError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) that point at --help."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's signature
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    main: Callable[[argparse.Namespace], int | None]
+    description: str = ""
+
+
+def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *, description: str = "",
+                       required: tuple[str, ...] = (), aliases: dict | None = None,
+                       prepare: Callable | None = None) -> Command:
+    """A training command: config options + `--out/--resume/--overwrite/--quiet`, run folder, result line."""
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        run_opts = parser.add_argument_group("run folder")
+        run_opts.add_argument("--out", required=True, metavar="DIR",
+                              help="run folder: config.json, metrics.jsonl, model.pt, result.json (written last)")
+        run_opts.add_argument("--resume", action="store_true",
+                              help="continue the unfinished run in --out from its last checkpoint")
+        run_opts.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out")
+        run_opts.add_argument("--quiet", action="store_true", help="print nothing but errors and the result line")
+        add_config_arguments(parser, config_cls, required=required, aliases=aliases)
+
+    def main(args: argparse.Namespace) -> int:
+        from zskt.distributed import RunContext
+        from zskt.runlog import RunLog
+        from zskt.runtime import environment, resolve_device
+
+        cfg = config_from_args(config_cls, args)
+        if prepare is not None:
+            prepare(cfg)
+        with RunContext(cfg.device) as ctx:
+            device = ctx.device or resolve_device(cfg.device)
+            log = RunLog(args.out, command=name, config=to_dict(cfg), environment=environment(device),
+                         resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, enabled=ctx.is_main)
+            result = run(cfg, log)
+        if ctx.is_main:
+            shown = ", ".join(f"{k} {result[k]:.2f}" + ("%" if "accuracy" in k else "")
+                              for k in ("test_accuracy", "mte") if isinstance(result.get(k), float))
+            print(f"{name}: {shown or 'done'} -> {args.out}/result.json", flush=True)
+        return 0
+
+    return Command(name, help, add_arguments, main, description or help)
+
+
+# Subcommands in the order `zskt --help` lists them: name -> module that defines `COMMAND`.
+COMMANDS = {
+    "demo": "zskt.experiments.demo",
+    "train": "zskt.methods.train_cli",
+    "zero-shot": "zskt.methods.zero_shot_cli",
+    "kd-at": "zskt.methods.kd_at_cli",
+    "belief": "zskt.evaluate.belief_cli",
+    "reproduce": "zskt.experiments.cli",
+    "report": "zskt.reports.cli",
+    "list": "zskt.listing",
+    "download": "zskt.data.cli",
+}
+
+
+def load_commands() -> dict[str, Command]:
+    commands = {}
+    for name, module in COMMANDS.items():
+        try:
+            commands[name] = importlib.import_module(module).COMMAND
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+    return commands
+
+
+def build_parser(commands: dict[str, Command]) -> Parser:
+    import zskt
+
+    parser = Parser(prog="zskt", description="Zero-shot knowledge transfer via adversarial belief matching "
+                    "(Micaelli & Storkey, NeurIPS 2019): teachers, zero-shot and few-shot students, belief "
+                    "matching, and the paper's experiments. Start with `zskt demo`.")
+    parser.add_argument("--version", action="version", version=f"zskt {zskt.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for command in commands.values():
+        p = sub.add_parser(command.name, help=command.help, description=command.description)
+        command.add_arguments(p)
+        p.set_defaults(_command=command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    commands = load_commands()
+    parser = build_parser(commands)
+    args = parser.parse_args(argv)
+    if not getattr(args, "_command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args._command.main(args) or 0
+    except ZsktError as e:
+        print(f"zskt {args.command}: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        out = getattr(args, "out", None)
+        hint = "; continue with the same command and --resume" if out else ""
+        print(f"zskt {args.command}: interrupted{hint}", file=sys.stderr, flush=True)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""`zskt list`: the registered models (with parameter counts) and data sets (with whether their files are here)."""
+
+from __future__ import annotations
+
+import argparse
+
+from zskt.cli import Command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=None, help="data root to look in (default: $ZSKT_DATA or "
+                        "~/.cache/zskt/data)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from zskt.data import DATASETS, data_root, dataset_files_present
+    from zskt.models import MODELS, Generator, build_model, count_parameters
+
+    print("models (10 classes, 3 channels)")
+    print(f"  {'name':<10} {'depth':>5} {'widen':>5} {'parameters':>12}")
+    for name, (depth, widen) in MODELS.items():
+        print(f"  {name:<10} {depth:>5} {widen:>5} {count_parameters(build_model(name)):>12,}")
+    print(f"  {'generator':<10} {'':>5} {'':>5} {count_parameters(Generator()):>12,}")
+    root = data_root(args.data_dir)
+    print(f"\ndata sets (root {root})")
+    print(f"  {'name':<14} {'classes':>7} {'size':>7} {'train':>7} {'test':>7}  files")
+    for name, info in DATASETS.items():
+        present = "embedded" if not info.downloadable else (
+            "present" if dataset_files_present(name, args.data_dir) else "missing (zskt download " + name + ")")
+        size = f"{info.in_channels}x{info.image_size}"
+        print(f"  {name:<14} {info.num_classes:>7} {size:>7} {info.n_train:>7} {info.n_test:>7}  {present}")
+    return 0
+
+
+COMMAND = Command("list", "list models (parameter counts) and data sets (files present?)", add_arguments, main)

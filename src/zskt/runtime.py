@@ -1,0 +1,120 @@
+"""Devices, seeds, the precision and layout policy, and the environment a run records.
+
+Policy (chosen by measurement, docs/benchmarks.md): float32 is the default on CPU, where bf16 autocast is an
+explicit option (`--precision bf16`); on CUDA the default is bf16 autocast with channels_last and TF32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zskt.errors import ZsktError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ZsktError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ZsktError(f"device {name!r} asked for but CUDA is not available here; use --device cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch, as the authors' `set_torch_seeds` does (SPEC §3)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a run computes: autocast dtype (or none) and memory layout."""
+
+    name: str  # "fp32" or "bf16"
+    device_type: str
+    channels_last: bool
+
+    def autocast(self):
+        if self.name == "bf16":
+            return torch.autocast(self.device_type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module.to(memory_format=torch.channels_last) if self.channels_last else module
+
+    def layout(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def describe(self) -> dict:
+        return {"precision": self.name, "channels_last": self.channels_last,
+                "tf32": self.device_type == "cuda" and torch.backends.cuda.matmul.allow_tf32}
+
+
+def resolve_precision(precision: str, device: torch.device) -> Precision:
+    """`auto` is float32 on CPU (bf16 there is opt-in until shown equal in accuracy) and bf16 on CUDA."""
+    if precision not in PRECISIONS:
+        raise ZsktError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    name = precision
+    if name == "auto":
+        name = "bf16" if device.type == "cuda" else "fp32"
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    # channels_last pays with oneDNN's bf16 kernels on CPU and always on CUDA; in float32 on CPU it measured
+    # no faster, and keeping the default layout there keeps float32 CPU runs bit-comparable to the reference.
+    channels_last = device.type == "cuda" or name == "bf16"
+    return Precision(name=name, device_type=device.type, channels_last=channels_last)
+
+
+def git_revision() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device | None = None) -> dict:
+    """What a run records about where it ran."""
+    import zskt
+
+    env = {
+        "zskt": zskt.__version__,
+        "git": git_revision(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "argv": sys.argv,
+    }
+    if device is not None:
+        env["device"] = str(device)
+        if device.type == "cuda":
+            env["device_name"] = torch.cuda.get_device_name(device)
+            env["cuda"] = torch.version.cuda
+    return env
