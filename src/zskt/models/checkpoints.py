@@ -1,0 +1,420 @@
+"""Saving and loading networks: the project's own files, and the authors' and the Ferles reproduction's files
+as they were published (SPEC.md §7), with one-line errors for every way a file can be the wrong one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pickle
+import re
+import zipfile
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zskt.errors import ZsktError
+from zskt.io import atomic_torch_save
+from zskt.models.generator import Generator
+from zskt.models.wresnet import WideResNet, parse_wrn_name
+
+MODEL_FORMAT = "zskt-model"
+GENERATOR_FORMAT = "zskt-generator"
+FORMAT_VERSION = 1
+
+# Prefixes that wrappers put in front of every key: nn.DataParallel / DistributedDataParallel ("module.") and
+# torch.compile ("_orig_mod."). load_generator also drops "generator.": the authors' LearnableLoader holds the
+# network as `self.generator`, so their generator_state_dict keys read "generator.layers.0.weight".
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+# Ferles et al. name the same modules differently; their files map one to one onto the authors' keys (SPEC §7).
+_FERLES_RENAMES = (
+    (re.compile(r"^(block\d+)\.nblockLayer\."), r"\1.layer."),
+    (re.compile(r"^batch_norm\."), "bn1."),
+    (re.compile(r"\.batch_norm([12])\."), r".bn\1."),
+    (re.compile(r"\.conv_inp\."), ".convShortcut."),
+)
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save since PyTorch 1.6 writes a zip archive holding data.pkl
+# The legacy format (PyTorch < 1.6, so the authors' files) is a pickle stream whose first object is this magic
+# number, 0x1950a86a20f9469cfc6c, stored little-endian: a plain pickle lacks it.
+_LEGACY_MAGIC = b"l\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+# ---------------------------------------------------------------------------------------------- saving
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, **meta: Any) -> None:
+    """Write a Wide ResNet atomically as a self-describing ``zskt-model`` file; ``meta`` is stored as given."""
+    model = _unwrap(model)
+    if not isinstance(model, WideResNet):
+        raise TypeError(f"save_model expects a WideResNet, got {type(model).__name__}")
+    atomic_torch_save(Path(path), _record(MODEL_FORMAT, model, meta))
+
+
+def save_generator(generator: nn.Module, path: str | os.PathLike, **meta: Any) -> None:
+    """Write a Generator atomically as a self-describing ``zskt-generator`` file; ``meta`` is stored as given."""
+    generator = _unwrap(generator)
+    if not isinstance(generator, Generator):
+        raise TypeError(f"save_generator expects a Generator, got {type(generator).__name__}")
+    atomic_torch_save(Path(path), _record(GENERATOR_FORMAT, generator, meta))
+
+
+def _record(fmt: str, module: nn.Module, meta: dict) -> dict:
+    state = module.state_dict()
+    cpu_state = OrderedDict((key, value.detach().cpu()) for key, value in state.items())
+    if hasattr(state, "_metadata"):  # per-module versions, which BatchNorm consults when loading
+        cpu_state._metadata = state._metadata
+    return {
+        "format": fmt,
+        "version": FORMAT_VERSION,
+        "arch": module.arch(),
+        "state_dict": cpu_state,
+        "meta": meta,
+    }
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    # DataParallel keeps the network as .module, torch.compile as ._orig_mod; the file should hold the network.
+    while isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)) or hasattr(
+        module, "_orig_mod"
+    ):
+        module = module.module if hasattr(module, "module") else module._orig_mod
+    return module
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load`` with a one-line ZsktError for a missing, foreign, truncated or corrupt file.
+
+    Files are first loaded with ``weights_only=True`` (with ``argparse.Namespace`` allowed, which the authors'
+    files hold under ``args``). A file that needs other Python objects (the FSKT files may hold NumPy index
+    arrays under ``indices``) is then unpickled in full: checkpoints are trusted files, as with any pickle.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ZsktError(f"checkpoint {path} not found; expected a file written by torch.save")
+    if not path.is_file():
+        raise ZsktError(
+            f"checkpoint {path} is a {'folder' if path.is_dir() else 'special file'}; expected a file"
+        )
+    with open(path, "rb") as f:
+        head = f.read(32)
+    if not head:
+        raise ZsktError(f"checkpoint {path} is empty; expected a file written by torch.save")
+    if head.startswith(_ZIP_MAGIC):
+        # The zip's directory sits at its end, so a cut-off copy fails here with a clear cause.
+        if not zipfile.is_zipfile(path):
+            raise ZsktError(
+                f"checkpoint {path} is truncated or corrupt (its zip directory is missing); "
+                "expected a complete file written by torch.save"
+            )
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                raise ZsktError(
+                    f"checkpoint {path} is not a PyTorch checkpoint (a zip archive without data.pkl); "
+                    "expected a file written by torch.save"
+                )
+    elif _LEGACY_MAGIC not in head:
+        kind = "a Python pickle" if head.startswith(b"\x80") else f"it starts with {head[:8]!r}"
+        raise ZsktError(
+            f"checkpoint {path} is not a PyTorch checkpoint ({kind}); expected a file written by torch.save"
+        )
+    try:
+        try:
+            with _allow_namespace():
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            if "weights only load failed" not in str(err).lower():
+                raise
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except (EOFError, pickle.UnpicklingError, RuntimeError, ValueError, zipfile.BadZipFile) as err:
+        raise ZsktError(
+            f"checkpoint {path} is truncated or corrupt ({_reason(err)}); "
+            "expected a complete file written by torch.save"
+        ) from err
+    except (ImportError, AttributeError) as err:
+        raise ZsktError(
+            f"checkpoint {path} could not be unpickled ({_reason(err)}); expected tensors and plain "
+            "containers (a pickled whole network needs the code that defined it)"
+        ) from err
+
+
+def _allow_namespace():
+    # safe_globals arrived in PyTorch 2.5; without it a file holding `args` takes the full-unpickling path.
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    return safe_globals([argparse.Namespace]) if safe_globals is not None else contextlib.nullcontext()
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    first = text[0] if text else ""
+    first = first if len(first) <= 100 else first[:97] + "..."
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+# ---------------------------------------------------------------------------------------------- Wide ResNets
+
+
+def load_model(
+    path: str | os.PathLike,
+    arch: str | Mapping | None = None,
+    *,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    map_location: Any = "cpu",
+) -> WideResNet:
+    """Rebuild a Wide ResNet from a checkpoint, load it strictly and return it in eval mode.
+
+    Reads the project's ``zskt-model`` files (architecture recorded), the authors' files as published (a dict
+    with ``state_dict``: teachers and KD+AT students; or ``student_state_dict``: zero-shot students), a bare
+    state_dict, and the Ferles reproduction's ``*-dict.pth`` state_dicts (keys renamed to the authors').
+    ``arch`` (a name such as ``"wrn-40-2"``, any case, or an ``arch()`` dict), ``num_classes`` and
+    ``in_channels`` are checks: when given, a file holding something else is an error. Without them the
+    architecture is read from the file. The network ends up on ``map_location`` when that names a device.
+    """
+    path = Path(path)
+    obj = read_checkpoint(path, map_location)
+    state, recorded = _wrn_weights(obj, path)
+    found = (
+        _wrn_arch_from_record(recorded, path) if recorded is not None else infer_wrn_arch(state, source=path)
+    )
+
+    found_label = _describe(found["depth"], found["widen_factor"])
+    if arch is not None:
+        depth, widen = _parse_arch(arch)
+        if (depth, widen) != (found["depth"], found["widen_factor"]):
+            raise ZsktError(f"checkpoint {path} holds {found_label}, expected {_describe(depth, widen)}")
+    if num_classes is not None and num_classes != found["num_classes"]:
+        raise ZsktError(
+            f"checkpoint {path} holds a {found['num_classes']}-class {found_label}, "
+            f"expected {num_classes} classes"
+        )
+    if in_channels is not None and in_channels != found["in_channels"]:
+        raise ZsktError(
+            f"checkpoint {path} holds a {found_label} for {found['in_channels']}-channel images, "
+            f"expected {in_channels} channels"
+        )
+
+    model = WideResNet(
+        found["depth"],
+        found["widen_factor"],
+        num_classes=found["num_classes"],
+        in_channels=found["in_channels"],
+        drop_rate=found.get("drop_rate", 0.0),
+    )
+    _load_strict(model, state, path, found_label)
+    if isinstance(map_location, (str, torch.device)):
+        model = model.to(map_location)
+    return model.eval()
+
+
+def infer_wrn_arch(state_dict: Mapping[str, torch.Tensor], source: Any = "state_dict") -> dict:
+    """depth, widen_factor, num_classes and in_channels of the Wide ResNet whose (authors'-named) weights these are.
+
+    depth = 6n+4 with n the number of ``block1.layer.i`` blocks; the widen factor is block3's width / 64;
+    the class count is fc's output size and the input channels are conv1's.
+    """
+    needed = ("conv1.weight", "block3.layer.0.conv1.weight", "fc.weight")
+    absent = [key for key in needed if key not in state_dict]
+    if absent:
+        raise ZsktError(
+            f"checkpoint {source} does not hold a Wide ResNet (no {', '.join(absent)}; "
+            f"found keys {_few(list(state_dict))}); expected the keys of SPEC.md §1"
+        )
+    blocks = {m.group(1) for key in state_dict if (m := re.match(r"block1\.layer\.(\d+)\.", key))}
+    width = state_dict["block3.layer.0.conv1.weight"].shape[0]
+    if not blocks or width % 64 != 0:
+        raise ZsktError(
+            f"checkpoint {source} does not hold a Wide ResNet ({len(blocks)} blocks in block1, "
+            f"block3 width {width}); expected at least one block and a width that is a multiple of 64"
+        )
+    return {
+        "depth": 6 * len(blocks) + 4,
+        "widen_factor": width // 64,
+        "num_classes": state_dict["fc.weight"].shape[0],
+        "in_channels": state_dict["conv1.weight"].shape[1],
+    }
+
+
+def _wrn_weights(obj: Any, path: Path) -> tuple[dict, Mapping | None]:
+    """(state_dict with the authors' key names, recorded arch or None) from whatever the file holds."""
+    recorded = None
+    if isinstance(obj, nn.Module):
+        state = obj.state_dict()
+    elif not isinstance(obj, Mapping):
+        raise ZsktError(f"checkpoint {path} holds a {type(obj).__name__}; expected a dict of weights")
+    elif obj.get("format") == MODEL_FORMAT:
+        _check_version(obj, path)
+        state, recorded = obj["state_dict"], obj["arch"]
+    elif obj.get("format") == GENERATOR_FORMAT:
+        raise ZsktError(f"checkpoint {path} holds a generator, expected a Wide ResNet (use load_generator)")
+    elif isinstance(obj.get("state_dict"), Mapping):  # authors' teachers, FSKT KD+AT students
+        state = obj["state_dict"]
+    elif isinstance(obj.get("student_state_dict"), Mapping):  # authors' zero-shot students
+        state = obj["student_state_dict"]
+    elif obj and all(isinstance(value, torch.Tensor) for value in obj.values()):  # a bare state_dict
+        state = obj
+    else:
+        raise ZsktError(
+            f"checkpoint {path} holds no network weights (top-level keys {_few(list(obj))}); "
+            "expected 'state_dict', 'student_state_dict' or a bare state_dict"
+        )
+    state = _strip_prefixes(state, _WRAPPER_PREFIXES)
+    if any(".nblockLayer." in key or key.startswith("batch_norm.") for key in state):
+        state = {_ferles_to_authors(key): value for key, value in state.items()}
+    return state, recorded
+
+
+def _ferles_to_authors(key: str) -> str:
+    for pattern, replacement in _FERLES_RENAMES:
+        key = pattern.sub(replacement, key)
+    return key
+
+
+def _wrn_arch_from_record(recorded: Mapping, path: Path) -> dict:
+    keys = ("depth", "widen_factor", "num_classes", "in_channels")
+    if recorded.get("family") != "wrn" or any(key not in recorded for key in keys):
+        raise ZsktError(
+            f"checkpoint {path} records arch {dict(recorded)!r}; expected a 'wrn' arch with {keys}"
+        )
+    return dict(recorded)
+
+
+def _parse_arch(arch: str | Mapping) -> tuple[int, int]:
+    if isinstance(arch, Mapping):
+        return int(arch["depth"]), int(arch["widen_factor"])
+    return parse_wrn_name(arch)
+
+
+def _describe(depth: int, widen: int) -> str:
+    return f"wrn-{depth}-{widen} (depth {depth}, widen {widen})"
+
+
+# ---------------------------------------------------------------------------------------------- generators
+
+
+def load_generator(path: str | os.PathLike, map_location: Any = "cpu") -> Generator:
+    """Rebuild a Generator from a ``zskt-generator`` file or an authors' zero-shot file, loaded strictly.
+
+    From an authors' file the weights are ``generator_state_dict`` with the LearnableLoader's ``generator.``
+    prefix dropped; z_dim, image size, output channels and the final BN's affinity are read from the shapes.
+    The generator is returned in train mode: the authors only ever run it with batch statistics.
+    """
+    path = Path(path)
+    obj = read_checkpoint(path, map_location)
+    recorded = None
+    if isinstance(obj, nn.Module):
+        state = obj.state_dict()
+    elif not isinstance(obj, Mapping):
+        raise ZsktError(f"checkpoint {path} holds a {type(obj).__name__}; expected a dict of weights")
+    elif obj.get("format") == GENERATOR_FORMAT:
+        _check_version(obj, path)
+        state, recorded = obj["state_dict"], obj["arch"]
+    elif obj.get("format") == MODEL_FORMAT:
+        raise ZsktError(f"checkpoint {path} holds a Wide ResNet, expected a generator (use load_model)")
+    elif isinstance(obj.get("generator_state_dict"), Mapping):  # authors' zero-shot files
+        state = obj["generator_state_dict"]
+    elif obj and all(isinstance(value, torch.Tensor) for value in obj.values()):
+        state = obj
+    else:
+        raise ZsktError(
+            f"checkpoint {path} holds no generator weights (top-level keys {_few(list(obj))}); "
+            "expected 'generator_state_dict' or a zskt-generator file"
+        )
+    state = _strip_prefixes(state, _WRAPPER_PREFIXES + ("generator.",))
+    if recorded is not None:
+        keys = ("z_dim", "image_size", "out_channels", "final_bn_affine")
+        if recorded.get("family") != "generator" or any(key not in recorded for key in keys):
+            raise ZsktError(f"checkpoint {path} records arch {dict(recorded)!r}; expected a 'generator' arch")
+        found = {key: recorded[key] for key in keys}
+    else:
+        found = infer_generator_arch(state, source=path)
+    generator = Generator(**found)
+    _load_strict(generator, state, path, "the generator " + _few([f"{k}={v}" for k, v in found.items()], 4))
+    if isinstance(map_location, (str, torch.device)):
+        generator = generator.to(map_location)
+    return generator.train()
+
+
+def infer_generator_arch(state_dict: Mapping[str, torch.Tensor], source: Any = "state_dict") -> dict:
+    """z_dim, image_size, out_channels and final_bn_affine of the generator whose weights these are."""
+    absent = [key for key in ("layers.0.weight", "layers.11.weight") if key not in state_dict]
+    if absent:
+        raise ZsktError(
+            f"checkpoint {source} does not hold a generator (no {', '.join(absent)}; "
+            f"found keys {_few(list(state_dict))}); expected the keys of SPEC.md §2"
+        )
+    features, z_dim = state_dict["layers.0.weight"].shape  # Linear(z_dim -> 128 * s * s)
+    side = round((features / 128) ** 0.5)
+    if 128 * side * side != features:
+        raise ZsktError(
+            f"checkpoint {source} has a generator seed layer of {features} features; "
+            "expected 128 * s * s for a square s x s seed map"
+        )
+    return {
+        "z_dim": z_dim,
+        "image_size": 4 * side,
+        "out_channels": state_dict["layers.11.weight"].shape[0],
+        "final_bn_affine": "layers.12.weight" in state_dict,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- shared
+
+
+def _check_version(obj: Mapping, path: Path) -> None:
+    version = obj.get("version")
+    if version != FORMAT_VERSION:
+        raise ZsktError(
+            f"checkpoint {path} is {obj.get('format')} version {version}; expected version {FORMAT_VERSION}"
+        )
+
+
+def _strip_prefixes(state: Mapping[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict:
+    # Strip a prefix only when every key has it, so a real module named like a prefix is left alone.
+    state = dict(state)
+    stripped = True
+    while stripped and state:
+        stripped = False
+        for prefix in prefixes:
+            if all(key.startswith(prefix) for key in state):
+                state = {key[len(prefix) :]: value for key, value in state.items()}
+                stripped = True
+    return state
+
+
+def _load_strict(module: nn.Module, state: dict, path: Path, label: str) -> None:
+    # Compare keys and shapes first so the error is one line naming the keys; load_state_dict's own message
+    # spans many lines. A missing num_batches_tracked is not an error: files from PyTorch < 0.4.1 lack it and
+    # BatchNorm fills it in (without per-module version metadata, which the key handling here drops).
+    expected = module.state_dict()
+    missing = [key for key in expected if key not in state and not key.endswith("num_batches_tracked")]
+    unexpected = [key for key in state if key not in expected]
+    if missing or unexpected:
+        parts = ([f"missing keys {_few(missing)}"] if missing else []) + (
+            [f"unexpected keys {_few(unexpected)}"] if unexpected else []
+        )
+        raise ZsktError(f"checkpoint {path} does not match {label}: {'; '.join(parts)}")
+    for key, value in expected.items():
+        if key in state and tuple(state[key].shape) != tuple(value.shape):
+            raise ZsktError(
+                f"checkpoint {path} does not match {label}: {key} has shape "
+                f"{tuple(state[key].shape)}, expected {tuple(value.shape)}"
+            )
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ZsktError(f"checkpoint {path} does not match {label} ({_reason(err)})") from err
+
+
+def _few(items: list, limit: int = 3) -> str:
+    shown = ", ".join(str(item) for item in items[:limit])
+    return f"{shown} (+{len(items) - limit} more)" if len(items) > limit else shown or "none"
