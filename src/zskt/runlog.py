@@ -23,6 +23,9 @@ RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"
 # Options that may differ between an interrupted run and its resumption without changing the result.
 RESUME_FREE = frozenset({"device", "data_dir", "download", "quiet"})
+# config.json's entry for what a method derives from the config before training (the schedule, a preset):
+# written by `record_resolved`, for reading; a resume does not compare it, since it follows from the config.
+RESOLVED = "resolved"
 
 
 def is_finished(out: Path) -> bool:
@@ -49,6 +52,7 @@ class RunLog:
         self.quiet = quiet
         self.enabled = enabled
         self.resumed_from: dict | None = None
+        self.resolved: dict = {}
         self._bar = None
         if not enabled:
             return
@@ -78,12 +82,20 @@ class RunLog:
             return
         saved = read_json(path)
         saved.pop("command", None)
+        saved.pop(RESOLVED, None)
         differ = sorted(k for k in set(saved) | set(self.config)
                         if k not in RESUME_FREE and saved.get(k) != self.config.get(k))
         if differ:
             shown = ", ".join(f"{k}: {saved.get(k)!r} -> {self.config.get(k)!r}" for k in differ[:4])
             raise ZsktError(f"cannot resume {self.out} with a different config ({shown}); "
                             "rerun with the original options or use another --out")
+
+    def record_resolved(self, **values: Any) -> None:
+        """Add derived values (e.g. `schedule={...}`) to config.json under "resolved", after the config fields."""
+        self.resolved.update({k: _plain(v) for k, v in values.items()})
+        if self.enabled:
+            atomic_write_json(self.out / "config.json", {"command": self.command, **self.config,
+                                                         RESOLVED: self.resolved})
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:

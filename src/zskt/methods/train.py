@@ -8,14 +8,14 @@ of the epochs with the authors' stepping, batch 128; CIFAR-10 200 epochs, SVHN 1
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import median
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from zskt.config import check, field, to_dict
+from zskt.config import check, field
 from zskt.data import DATASETS, DeviceLoader, ImageData, load_dataset, select_per_class
 from zskt.evaluate import evaluate_accuracy
 from zskt.methods.schedule import Schedule, make_schedule, step_lr
@@ -25,11 +25,11 @@ from zskt.runtime import PRECISIONS, Precision, resolve_device, resolve_precisio
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """A teacher or scratch student trained with cross-entropy (the paper's teacher recipe, SPEC §5)."""
+class SupervisedRecipe:
+    """The paper's supervised SGD recipe and the data it runs on (SPEC §4, §5): the fields `train` (teachers,
+    scratch and no-teacher students) and `kd-at` share. Each command's config adds its network fields."""
 
     dataset: str = field("digits", "data set: cifar10, svhn, fashion-mnist or digits (embedded, offline)")
-    model: str = field("wrn-16-2", "network to train: wrn-16-1, wrn-16-2, wrn-40-1 or wrn-40-2")
     images_per_class: int = field(-1, "M: train on M images per class, chosen per seed (SPEC §4); -1 = all")
     epochs: int | None = field(None, "epochs; default: the data set's preset (cifar10 200, svhn 100, "
                                      "fashion-mnist 170, digits 30), scaled with M as the authors did")
@@ -52,7 +52,6 @@ class TrainConfig:
 
     def __post_init__(self):
         check(self.dataset in DATASETS, f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        check(self.model.lower() in MODELS, f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         check(self.images_per_class == -1 or self.images_per_class > 0,
               f"images_per_class must be -1 (all) or positive, got {self.images_per_class}")
         check(self.epochs is None or self.epochs > 0, f"epochs must be positive, got {self.epochs}")
@@ -62,15 +61,45 @@ class TrainConfig:
         check(self.scale_n_iters is None or self.scale_n_iters > 0, "scale_n_iters must be positive")
         check(self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
 
+    def schedule(self, n_train: int, num_classes: int = 10) -> Schedule:
+        """Epochs and milestones for a train split of `n_train` images (SPEC §4's scaling with M)."""
+        return make_schedule(self.dataset, n_train, self.images_per_class, self.batch_size,
+                             base_epochs=self.epochs, scale_n_iters=self.scale_n_iters,
+                             same_iterations=self.same_iterations, num_classes=num_classes)
+
+
+@dataclass(frozen=True)
+class TrainConfig(SupervisedRecipe):
+    """A teacher or scratch student trained with cross-entropy (the paper's teacher recipe, SPEC §5); with
+    `images_per_class` M it is the few-shot "no teacher" baseline (SPEC §4, α = 0)."""
+
+    model: str = field("wrn-16-2", "network to train: wrn-16-1, wrn-16-2, wrn-40-1 or wrn-40-2")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(self.model.lower() in MODELS, f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+
 
 def load_data(cfg) -> ImageData:
     return load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
 
 
-def schedule_for(cfg, data: ImageData) -> Schedule:
-    return make_schedule(cfg.dataset, len(data.train.labels), cfg.images_per_class, cfg.batch_size,
-                         base_epochs=cfg.epochs, scale_n_iters=cfg.scale_n_iters,
-                         same_iterations=cfg.same_iterations, num_classes=data.info.num_classes)
+def schedule_record(schedule: Schedule) -> dict:
+    """The resolved schedule as config.json's `resolved.schedule` holds it."""
+    return {"epochs": schedule.epochs, "milestones": list(schedule.milestones),
+            "batches_per_epoch": schedule.batches_per_epoch, "iterations": schedule.iterations}
+
+
+def choose_subset(cfg: SupervisedRecipe, data: ImageData, log: RunLog) -> torch.Tensor | None:
+    """The M-per-class train indices of this seed (SPEC §4), recorded in `subset.json` as the authors' checkpoints
+    kept `indices`; None for the full split. `train` and `kd-at` call this identically, so a no-teacher and a
+    KD+AT run with the same seed and M see the same images."""
+    if cfg.images_per_class < 0:
+        return None
+    indices = select_per_class(data.train.labels, cfg.images_per_class, cfg.seed, data.info.num_classes)
+    log.write_json("subset.json", {"images_per_class": cfg.images_per_class, "seed": cfg.seed,
+                                   "indices": indices.tolist()})
+    return indices
 
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -165,16 +194,12 @@ def train(cfg: TrainConfig, log: RunLog, data: ImageData | None = None) -> dict:
     data = data or load_data(cfg)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    schedule = schedule_for(cfg, data)
+    schedule = cfg.schedule(len(data.train.labels), data.info.num_classes)
     log.print(f"{cfg.model} on {data.info.title} ({len(data.train.labels)} train / {len(data.test.labels)} test), "
               f"{device}, {precision.name}: {schedule.describe()}")
-    log.write_json("schedule.json", {"epochs": schedule.epochs, "milestones": schedule.milestones,
-                                     "batches_per_epoch": schedule.batches_per_epoch,
-                                     "iterations": schedule.iterations, **precision.describe()})
+    log.record_resolved(schedule=schedule_record(schedule))
     seed_everything(cfg.seed)
-    indices = None
-    if cfg.images_per_class > 0:
-        indices = select_per_class(data.train.labels, cfg.images_per_class, cfg.seed, data.info.num_classes)
+    indices = choose_subset(cfg, data, log)
     model = build_model(cfg.model, data.info.num_classes, data.info.in_channels).to(device)
     model = precision.prepare(model)
     t0 = time.perf_counter()
@@ -182,6 +207,6 @@ def train(cfg: TrainConfig, log: RunLog, data: ImageData | None = None) -> dict:
     result["train_seconds"] = time.perf_counter() - t0
     if log.enabled:
         save_model(model, log.out / "model.pt", dataset=cfg.dataset, test_accuracy=result["test_accuracy"],
-                   command=log.command)
+                   command=log.command, image_size=int(data.train.images.shape[-1]))
     return log.finish({**result, **precision.describe(), "model": cfg.model, "dataset": cfg.dataset,
                        "seed": cfg.seed, "images_per_class": cfg.images_per_class})

@@ -1,0 +1,162 @@
+"""Shared pieces of the benchmarks: the machine record, the measured peak, interleaved timing, peak memory and
+fixed-width tables. Each benchmark states its hardware and load with its numbers (STYLE.md, airbench)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Peak FLOP/s of the development machine (2 cores of an AMD EPYC Zen 4 with AVX-512 and AVX-512 BF16, torch
+# 2.13 CPU), measured with large matmuls on a quiet machine (issue 7). The benchmarks also measure the peak
+# at run time (`measure_peak`), which on a loaded machine comes out lower: the ratio of the two is the share of
+# the cores the benchmark actually had.
+REFERENCE_PEAK_GFLOPS = {("cpu", "fp32"): 231.0, ("cpu", "bf16"): 467.0}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def now(device: torch.device) -> float:
+    sync(device)
+    return time.perf_counter()
+
+
+def load_average() -> str:
+    try:
+        one, five, fifteen = os.getloadavg()
+        return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+    except OSError:
+        return "n/a"
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device) -> dict:
+    """Where and when the numbers were taken."""
+    info = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average": load_average()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def describe_machine(info: dict) -> str:
+    where = info.get("gpu") or f"{info['cpu']}, {info['cpu_count']} CPUs, {info['torch_threads']} torch threads"
+    return f"{info['date']}  {where}  torch {info['torch']}  load average {info['load_average']}"
+
+
+def measure_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.5, n: int = 2048) -> float:
+    """GFLOP/s of a large square matmul in `dtype`, best of a few timed bursts (the roofline's compute peak)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    c = torch.empty(n, n, device=device, dtype=dtype)
+    torch.mm(a, b, out=c)  # warm-up
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t0 = now(device)
+        reps = 3
+        for _ in range(reps):
+            torch.mm(a, b, out=c)
+        elapsed = now(device) - t0
+        best = max(best, 2 * n**3 * reps / elapsed / 1e9)
+    return best
+
+
+def peaks(device: torch.device, measure: bool = True) -> dict:
+    """{"fp32": (reference or None, measured now), "bf16": ...} in GFLOP/s."""
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        measured = measure_peak(device, dtype) if measure else None
+        out[name] = (REFERENCE_PEAK_GFLOPS.get((device.type, name)), measured)
+    return out
+
+
+def peak_for(peak: dict, precision: str) -> float | None:
+    """The peak a percentage is taken of: the machine's quiet reference where known, else the measured one."""
+    reference, measured = peak[precision]
+    return reference or measured
+
+
+def interleaved(cases: dict[str, Callable[[], float]], repeats: int, *, verbose: bool = False) -> dict[str, list]:
+    """Run every case once per repeat in turn (A B C A B C ...), so slow drifts of the machine's load hit all
+    cases alike; returns each case's list of seconds."""
+    times = {name: [] for name in cases}
+    for r in range(repeats):
+        for name, case in cases.items():
+            times[name].append(case())
+            if verbose:
+                print(f"  repeat {r + 1}/{repeats}  {name:<28} {times[name][-1]:8.3f} s", file=sys.stderr, flush=True)
+    return times
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def spread(values) -> str:
+    """median [min-max] of a list of seconds, for the table."""
+    return f"{median(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
+
+
+def max_rss_mib() -> float:
+    """Peak resident memory of this process so far, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_peak_memory(script: Path, args: list[str], timeout: float = 1800) -> dict:
+    """Run `script --memory-child ...args` in a fresh process and return the JSON it prints last: the peak memory
+    of one configuration, free of what other configurations allocated in the parent."""
+    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout,
+                         cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"{script.name} {' '.join(args)} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """A Markdown table of `rows` with `columns` = [(key, header)]; missing values print as '-'."""
+    head = "| " + " | ".join(h for _, h in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(_cell(row.get(k)) for k, _ in columns) + " |" for row in rows]
+    return "\n".join([head, rule, *body])
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def write_json(path: str | None, obj) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(obj, indent=2))

@@ -1,0 +1,450 @@
+"""Adversarial belief matching (paper §4.3, Algorithm 2; SPEC §6): transition curves and the mean transition
+error (MTE). The attacked network (the student) is pushed by plain gradient steps towards each other class and
+both networks' probability of that class is recorded; MTE is the mean gap between the two over the curves.
+
+`authors_transition_curves` is the authors' `utils/transition_curves.py` loop, one image and one target at a
+time; `transition_curves` computes the same numbers with every (image, target) pair of a chunk stepped together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zskt.config import check, field
+from zskt.data import DATASETS, ImageData, ImageSplit, load_dataset, normalize
+from zskt.errors import ZsktError
+from zskt.io import atomic_write_bytes
+from zskt.runlog import RunLog, Timer
+from zskt.runtime import PRECISIONS, Precision, resolve_device, resolve_precision
+
+logger = logging.getLogger(__name__)
+
+TargetMode = Literal["label", "prediction"]
+
+# Pairs stepped together when --chunk-size is not given. Memory is set by what the student's backward keeps
+# per pair (saved activations, fp32, measured with saved_tensors_hooks): WRN-16-1 1.15 MB at 32x32 and 0.35 MB
+# at 16x16; WRN-16-2 2.3 MB; WRN-40-2 6.8 MB at 32x32. The teacher runs under no_grad and keeps nothing.
+# CPU: 2048 pairs are ~2.4 GB for a WRN-16-1 on CIFAR-sized images, and larger chunks are no faster on a few
+# cores. CUDA: 16384 pairs (~19 GB for WRN-16-1, ~110 GB would be a WRN-40-2 student: lower it then) hold the
+# paper's 1000 x 9 = 9000 pairs in a single chunk, the device's full occupancy.
+DEFAULT_CHUNK = {"cpu": 2048, "cuda": 16384}
+FIGURE_STEPS = 30  # Figure 4 plots the first 30 steps (SPEC §6)
+
+
+# ---------------------------------------------------------------------------------------------- procedure
+
+
+@contextlib.contextmanager
+def _frozen_eval(*models: nn.Module):
+    """Eval mode (BN running statistics, no dropout) and requires_grad False on every parameter, restored after.
+
+    Eval mode is what the authors use and what makes batching exact (see `transition_curves`); frozen
+    parameters mean the backward computes the input's gradient only, not weight gradients nobody reads.
+    """
+    unique = list({id(m): m for m in models}.values())
+    modes = [m.training for m in unique]
+    flags = [[p.requires_grad for p in m.parameters()] for m in unique]
+    try:
+        for m in unique:
+            m.eval()
+            m.requires_grad_(False)
+        yield
+    finally:
+        for m, mode, saved in zip(unique, modes, flags):
+            m.train(mode)
+            for p, flag in zip(m.parameters(), saved):
+                p.requires_grad_(flag)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _autocast(precision: Precision | None):
+    return precision.autocast() if precision is not None else contextlib.nullcontext()
+
+
+def _layout(precision: Precision | None, images: torch.Tensor) -> torch.Tensor:
+    return precision.layout(images) if precision is not None else images
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: ImageSplit, mean, std, *, batch_size: int = 500,
+            precision: Precision | None = None) -> torch.Tensor:
+    """argmax of `model` on every image of `split`, in eval mode: int64 (N,) on the CPU."""
+    device = _device_of(model)
+    out = []
+    with _frozen_eval(model), _autocast(precision):
+        for start in range(0, len(split), batch_size):
+            images = normalize(split.images[start:start + batch_size].to(device), mean, std)
+            logits, _ = model(_layout(precision, images))
+            out.append(logits.argmax(1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def select_agreeing(student: nn.Module, teacher: nn.Module, split: ImageSplit, mean, std, n_images: int,
+                    seed: int = 0, *, batch_size: int = 500, precision: Precision | None = None) -> torch.Tensor:
+    """Indices into `split` of `n_images` images on which both networks predict the same class (SPEC §6).
+
+    The authors shuffle the test set and walk it one image at a time, keeping agreeing images until n are
+    collected; here the predictions are computed in batches and the same walk is taken over a permutation
+    seeded by `seed`. Agreement is all that counts: both may be wrong. If fewer than n agree, all that do are
+    used (the authors stop with an error) and a warning is logged.
+    """
+    agree = predict(student, split, mean, std, batch_size=batch_size, precision=precision) == predict(
+        teacher, split, mean, std, batch_size=batch_size, precision=precision)
+    return shuffle_and_collect(agree, n_images, seed)
+
+
+def shuffle_and_collect(agree: torch.Tensor, n_images: int, seed: int) -> torch.Tensor:
+    """The first `n_images` indices i with agree[i] (N,) bool, in the order of a permutation seeded by `seed`."""
+    order = torch.randperm(len(agree), generator=torch.Generator().manual_seed(seed))
+    chosen = order[agree[order]]
+    if len(chosen) < n_images:
+        logger.warning("only %d of %d test images have the same prediction from both networks; using all %d "
+                       "(asked for %d)", len(chosen), len(agree), len(chosen), n_images)
+    return chosen[:n_images]
+
+
+def targets_for(sources: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(n,) source classes -> (n, C-1) targets j = (y + c + 1) mod C for c = 0..C-2: every other class once.
+
+    The authors' code passes the data set label as y; the paper's Algorithm 2 uses the agreed prediction i
+    (`BeliefConfig.targets` chooses which `run_belief` passes).
+    """
+    offsets = torch.arange(1, num_classes, device=sources.device)
+    return (sources.long()[:, None] + offsets) % num_classes
+
+
+def transition_curves(student: nn.Module, teacher: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                      steps: int = 200, step_size: float = 1.0, chunk_size: int | None = None, *,
+                      precision: Precision | None = None, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Transition curves of every (image, target) pair: (p_student, p_teacher), each float32 (n, T, steps).
+
+    `images` are normalised (n, C, H, W), `targets` (n, T) int64. For each pair, x starts at the image and takes
+    `steps` plain gradient steps x <- x - step_size * d CE(student(x), j) / dx in normalised-input space (no
+    sign, no projection, no clamping); entry s holds softmax(.)[j] of both networks *before* step s's update,
+    so entry 0 is the clean image. This is the authors' loop (`authors_transition_curves`), with the pairs of a
+    chunk of `chunk_size` advancing together on the networks' device.
+    """
+    n, n_targets = targets.shape
+    device = _device_of(student)
+    chunk_size = chunk_size or DEFAULT_CHUNK.get(device.type, DEFAULT_CHUNK["cpu"])
+    images = images.to(device, torch.float32)
+    pair_targets = targets.to(device, torch.long).reshape(-1)  # (n*T,), pair p is image p // T, target column p % T
+    pair_images = torch.arange(n, device=device).repeat_interleave(n_targets)
+    p_student = torch.empty(n * n_targets, steps)
+    p_teacher = torch.empty(n * n_targets, steps)
+    with _frozen_eval(student, teacher):
+        for start in range(0, n * n_targets, chunk_size):
+            stop = min(start + chunk_size, n * n_targets)
+            target = pair_targets[start:stop, None]  # (B, 1)
+            x = _layout(precision, images[pair_images[start:stop]].clone())  # (B, C, H, W)
+            # Recorded on the device, copied to the host once per chunk: no host sync inside the step loop.
+            chunk_student = torch.empty(stop - start, steps, device=device)
+            chunk_teacher = torch.empty(stop - start, steps, device=device)
+            for step in range(steps):
+                x.requires_grad_(True)
+                with _autocast(precision):
+                    logits_student, _ = student(x)
+                    with torch.no_grad():
+                        logits_teacher, _ = teacher(x)
+                logits_student = logits_student.float()
+                # Summed, not averaged: in eval mode nothing couples the samples of a batch (BN uses its
+                # running statistics, there is no dropout), so d(sum_b CE_b)/dx_b = dCE_b/dx_b, exactly the
+                # gradient the authors take with a batch of one. The mean would scale every step by 1/B.
+                loss = F.cross_entropy(logits_student, target[:, 0], reduction="sum")
+                (grad,) = torch.autograd.grad(loss, x)
+                with torch.no_grad():
+                    chunk_student[:, step] = logits_student.softmax(1).gather(1, target)[:, 0]
+                    chunk_teacher[:, step] = logits_teacher.float().softmax(1).gather(1, target)[:, 0]
+                    x = x.detach() - step_size * grad
+                if progress is not None:
+                    progress.update(1)
+            p_student[start:stop] = chunk_student.cpu()
+            p_teacher[start:stop] = chunk_teacher.cpu()
+    return p_student.view(n, n_targets, steps), p_teacher.view(n, n_targets, steps)
+
+
+def authors_transition_curves(student: nn.Module, teacher: nn.Module, images: torch.Tensor, sources: torch.Tensor,
+                              steps: int = 200, step_size: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The authors' `TransitionCurves.run`, one image and one target at a time: (p_student, p_teacher), each
+    float32 (n, C-1, steps). Slow by design; kept as the reference the batched version is tested against.
+
+    `images` normalised (n, C, H, W); `sources` (n,) the classes targets are taken relative to (the authors:
+    the label). Statement for statement: clone x with requires_grad; per step logits_A with grad, logits_B
+    under no_grad, CrossEntropyLoss(logits_A, j) (mean over a batch of one), backward, x -= xi * grad, zero
+    the grad, record both softmax(.)[j] from the logits computed before the update.
+    """
+    student.eval()
+    teacher.eval()
+    criterion = nn.CrossEntropyLoss()
+    device = _device_of(student)
+    n = len(images)
+    with torch.no_grad():
+        num_classes = student(images[:1].to(device))[0].shape[1]
+    curves_a = torch.zeros(n, num_classes - 1, steps)
+    curves_b = torch.zeros(n, num_classes - 1, steps)
+    for im_idx in range(n):
+        x = images[im_idx:im_idx + 1].to(device)
+        y = sources[im_idx:im_idx + 1].to(device)
+        for class_idx in range(num_classes - 1):
+            x_adversarial = x.detach().clone()
+            x_adversarial.requires_grad = True
+            y_adversarial = (y + class_idx + 1) % num_classes
+            for step_idx in range(steps):
+                logits_a, _ = student(x_adversarial)
+                with torch.no_grad():
+                    logits_b, _ = teacher(x_adversarial)
+                loss = criterion(logits_a, y_adversarial)
+                student.zero_grad()
+                loss.backward()
+                x_adversarial.data -= step_size * x_adversarial.grad.data
+                x_adversarial.grad.data.zero_()
+                with torch.no_grad():
+                    curves_a[im_idx, class_idx, step_idx] = torch.softmax(logits_a, dim=1)[0, y_adversarial]
+                    curves_b[im_idx, class_idx, step_idx] = torch.softmax(logits_b, dim=1)[0, y_adversarial]
+    return curves_a, curves_b
+
+
+# ---------------------------------------------------------------------------------------------- the error
+
+
+def mean_transition_error(p_student: torch.Tensor, p_teacher: torch.Tensor, k: int = 100) -> float:
+    """MTE = mean |p_teacher - p_student| over all curves and their first k steps (NB-MTE; paper Table 2: K 100).
+
+    (n, T, steps) each, steps >= k; computed in float64.
+    """
+    if p_student.shape != p_teacher.shape:
+        raise ValueError(f"curve shapes differ: {tuple(p_student.shape)} vs {tuple(p_teacher.shape)}")
+    if not 0 < k <= p_student.shape[-1]:
+        raise ValueError(f"MTE over the first {k} steps needs at least {k} recorded steps, "
+                         f"got {p_student.shape[-1]}")
+    diff = (p_teacher[..., :k].double() - p_student[..., :k].double()).abs()
+    return diff.mean().item()
+
+
+@dataclass(frozen=True)
+class MTEBreakdown:
+    per_step: np.ndarray  # (steps,) mean |diff| over all curves at each recorded step
+    per_pair: np.ndarray  # (C, C) mean |diff| over the first k steps by (source class, target class); NaN if none
+    pair_counts: np.ndarray  # (C, C) curves behind each per_pair entry
+
+
+def mte_breakdown(p_student: torch.Tensor, p_teacher: torch.Tensor, sources: torch.Tensor, targets: torch.Tensor,
+                  num_classes: int, k: int = 100) -> MTEBreakdown:
+    """Per-step and per-class-pair means of |p_teacher - p_student|, for plots; their overall mean is the MTE."""
+    diff = (p_teacher.double() - p_student.double()).abs()  # (n, T, steps)
+    per_curve = diff[..., :k].mean(-1).reshape(-1)  # (n*T,)
+    pair = (sources.long()[:, None] * num_classes + targets.long()).reshape(-1)  # (n*T,) flat (source, target)
+    sums = torch.zeros(num_classes * num_classes, dtype=torch.float64).index_add_(0, pair, per_curve)
+    counts = torch.zeros(num_classes * num_classes, dtype=torch.float64).index_add_(
+        0, pair, torch.ones_like(per_curve))
+    per_pair = torch.where(counts > 0, sums / counts.clamp(min=1), torch.tensor(float("nan"), dtype=torch.float64))
+    return MTEBreakdown(per_step=diff.mean((0, 1)).numpy(),
+                        per_pair=per_pair.view(num_classes, num_classes).numpy(),
+                        pair_counts=counts.view(num_classes, num_classes).long().numpy())
+
+
+# ---------------------------------------------------------------------------------------------- the command
+
+
+@dataclass(frozen=True)
+class BeliefConfig:
+    """Transition curves and MTE of a student against its teacher (paper §4.3, Table 2, Figure 4; SPEC §6)."""
+
+    student: str = field("", "checkpoint of the attacked network (netA in the authors' code: the student)")
+    teacher: str = field("", "checkpoint of the reference network (netB: the teacher)")
+    dataset: str = field("digits", "data set whose test split supplies the images: cifar10, svhn, "
+                                   "fashion-mnist or digits")
+    images: int = field(1000, "N: test images on which both networks agree (authors: 1000)")
+    steps: int = field(200, "adversarial steps recorded per curve (authors: 200)")
+    mte_steps: int = field(100, "K: first steps the MTE averages over (paper Table 2 and NB-MTE: 100)")
+    step_size: float = field(1.0, "xi: gradient step in normalised-input space (paper and authors: 1)")
+    targets: Literal["label", "prediction"] = field("label", "targets relative to the test label (authors' code) or to the agreed "
+                                         "prediction (paper's Algorithm 2)")
+    chunk_size: int | None = field(None, "(image, target) pairs stepped together; default 2048 on CPU, "
+                                         "16384 on CUDA (memory ~1.2 MB per pair for WRN-16-1 at 32x32)")
+    seed: int = field(0, "seed of the shuffle that picks the images (authors: 0)")
+    device: str = field("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    precision: str = field("fp32", "fp32 (the curves are a measurement), bf16 autocast, or auto "
+                                   "(fp32 on CPU, bf16 on CUDA)")
+    image_size: int | None = field(None, "digits only: side of the resized images (default 16); must match "
+                                         "what the networks were trained on")
+    data_dir: str | None = field(None, "data root (default: $ZSKT_DATA or ~/.cache/zskt/data)")
+    download: bool = field(False, "download missing data files (CIFAR-10, SVHN, Fashion-MNIST)")
+
+    def __post_init__(self):
+        check(bool(self.student), "give the attacked network's checkpoint with --student PATH")
+        check(bool(self.teacher), "give the reference network's checkpoint with --teacher PATH")
+        check(self.dataset in DATASETS, f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        check(self.images > 0, f"images must be positive, got {self.images}")
+        check(self.steps > 0, f"steps must be positive, got {self.steps}")
+        check(0 < self.mte_steps <= self.steps,
+              f"mte_steps must be in 1..steps ({self.steps}), got {self.mte_steps}")
+        check(math.isfinite(self.step_size) and self.step_size > 0,
+              f"step_size must be positive, got {self.step_size}")
+        check(self.targets in ("label", "prediction"), f"targets must be label or prediction, got {self.targets!r}")
+        check(self.chunk_size is None or self.chunk_size > 0, f"chunk_size must be positive, got {self.chunk_size}")
+        check(self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
+
+
+def _load_network(role: str, path: str, data: ImageData, device: torch.device) -> nn.Module:
+    from zskt.models import load_model
+
+    info = data.info
+    try:
+        return load_model(path, num_classes=info.num_classes, in_channels=info.in_channels, map_location=device)
+    except ZsktError as e:
+        raise ZsktError(f"{role}: {e} ({info.title} has {info.num_classes} classes of "
+                        f"{info.in_channels}-channel images)") from None
+
+
+def run_belief(cfg: BeliefConfig, log: RunLog, data: ImageData | None = None) -> dict:
+    """Select agreeing test images, compute the transition curves, write curves.npz, transition_curves.png
+    and result.json (with `mte`)."""
+    data = data or load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    student = precision.prepare(_load_network("--student", cfg.student, data, device))
+    teacher = precision.prepare(_load_network("--teacher", cfg.teacher, data, device))
+    num_classes = data.info.num_classes
+    test = data.test
+
+    student_pred = predict(student, test, data.mean, data.std, precision=precision)
+    teacher_pred = predict(teacher, test, data.mean, data.std, precision=precision)
+    # select_agreeing's walk, on the predictions already made (they also give both accuracies).
+    indices = shuffle_and_collect(student_pred == teacher_pred, cfg.images, cfg.seed)
+    if len(indices) == 0:
+        raise ZsktError(f"the two networks agree on none of the {len(test)} {data.info.title} test images; "
+                        "check that --student and --teacher were trained on this data set")
+    labels = test.labels[indices]
+    predictions = teacher_pred[indices]
+    sources = labels if cfg.targets == "label" else predictions
+    targets = targets_for(sources, num_classes)
+    n = len(indices)
+    chunk = cfg.chunk_size or DEFAULT_CHUNK.get(device.type, DEFAULT_CHUNK["cpu"])
+    n_chunks = math.ceil(n * (num_classes - 1) / chunk)
+    log.print(f"belief matching on {data.info.title}: {n} agreeing test images x {num_classes - 1} targets, "
+               f"{cfg.steps} steps of xi = {cfg.step_size}, {n_chunks} chunk(s) of <= {chunk} pairs, "
+               f"{device}, {precision.name}")
+
+    images = normalize(test.images[indices].to(device), data.mean, data.std)
+    timer = Timer(device)
+    t0 = timer.now()
+    progress = _ChunkRows(log, log.progress(n_chunks * cfg.steps, desc="transition curves", unit="step"),
+                          cfg.steps, n_chunks, t0)
+    p_student, p_teacher = transition_curves(student, teacher, images, targets, cfg.steps, cfg.step_size, chunk,
+                                             precision=precision, progress=progress)
+    seconds = timer.now() - t0
+    log.close_progress()
+
+    mte = mean_transition_error(p_student, p_teacher, cfg.mte_steps)
+    parts = mte_breakdown(p_student, p_teacher, sources, targets, num_classes, cfg.mte_steps)
+    if log.enabled:
+        _save_curves(log, p_student=p_student.numpy(), p_teacher=p_teacher.numpy(), indices=indices.numpy(),
+                     labels=labels.numpy(), predictions=predictions.numpy(), sources=sources.numpy(),
+                     targets=targets.numpy(), mte_per_step=parts.per_step, mte_per_pair=parts.per_pair,
+                     pair_counts=parts.pair_counts)
+        _plot(log, p_student, p_teacher, parts.per_step, cfg, mte, data.info.title)
+    curves = n * (num_classes - 1)
+    log.print(f"MTE (first {cfg.mte_steps} steps) {mte:.4f} over {curves} curves; {seconds:.1f} s")
+    return log.finish({
+        "mte": mte,
+        "images": n,
+        "images_asked": cfg.images,
+        "targets_per_image": num_classes - 1,
+        "steps": cfg.steps,
+        "mte_steps": cfg.mte_steps,
+        "step_size": cfg.step_size,
+        "targets": cfg.targets,
+        "seed": cfg.seed,
+        "dataset": cfg.dataset,
+        "student": cfg.student,
+        "teacher": cfg.teacher,
+        "student_test_accuracy_percent": 100.0 * (student_pred == test.labels).double().mean().item(),
+        "teacher_test_accuracy_percent": 100.0 * (teacher_pred == test.labels).double().mean().item(),
+        "agreement_percent": 100.0 * (student_pred == teacher_pred).double().mean().item(),
+        # Figure 4's numbers, so reports need only this file: mean curves and their standard errors per step.
+        "mean_p_student": p_student.double().mean((0, 1)).tolist(),
+        "mean_p_teacher": p_teacher.double().mean((0, 1)).tolist(),
+        "sem_p_student": _sem(p_student).tolist(),
+        "sem_p_teacher": _sem(p_teacher).tolist(),
+        "mte_per_step": parts.per_step.tolist(),
+        "mte_per_pair": [[None if math.isnan(v) else v for v in row] for row in parts.per_pair.tolist()],
+        "chunk_size": chunk,
+        "seconds": seconds,
+        "pair_steps_per_second": curves * cfg.steps / max(seconds, 1e-9),
+        **precision.describe(),
+    })
+
+
+class _ChunkRows:
+    """The progress bar, plus one line per finished chunk (what a log shows when stderr is not a terminal)."""
+
+    def __init__(self, log: RunLog, bar, steps: int, n_chunks: int, start: float):
+        self.log, self.bar, self.steps, self.n_chunks, self.start, self.done = log, bar, steps, n_chunks, start, 0
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        self.done += n
+        if self.done % self.steps == 0:
+            chunks = self.done // self.steps
+            elapsed = time.perf_counter() - self.start
+            eta = elapsed / chunks * (self.n_chunks - chunks)
+            self.log.print(f"chunk {chunks:>4}/{self.n_chunks}  {elapsed:7.0f} s  eta {eta:6.0f} s")
+
+
+def _sem(curves: torch.Tensor) -> torch.Tensor:
+    """Standard error of the mean curve at each step over all n*T curves: std / sqrt(n*T), as the notebook."""
+    flat = curves.double().reshape(-1, curves.shape[-1])
+    return flat.std(0, correction=0) / math.sqrt(flat.shape[0])
+
+
+def _save_curves(log: RunLog, **arrays: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(log.out / "curves.npz", buffer.getvalue())
+
+
+def _plot(log: RunLog, p_student: torch.Tensor, p_teacher: torch.Tensor, per_step: np.ndarray,
+          cfg: BeliefConfig, mte: float, title: str) -> None:
+    """Figure 4's form (mean curves of both networks, +-2 standard errors, first 30 steps) and the per-step
+    |difference| whose first K steps average to the MTE."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = min(FIGURE_STEPS, cfg.steps)
+    steps = np.arange(shown)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for curves, label, colour in ((p_student, "student (attacked)", "tab:blue"), (p_teacher, "teacher", "tab:red")):
+        mean = curves.double().mean((0, 1)).numpy()[:shown]
+        band = 2 * _sem(curves).numpy()[:shown]
+        left.plot(steps, mean, color=colour, label=label)
+        left.fill_between(steps, mean - band, mean + band, color=colour, alpha=0.25, linewidth=0)
+    left.set(xlabel="adversarial step", ylabel="mean $p_j$", ylim=(0, 1),
+             title=f"{title}: transition curves ({p_student.shape[0]}x{p_student.shape[1]})")
+    left.legend(loc="upper left")
+    right.plot(np.arange(len(per_step)), per_step, color="black")
+    right.axvline(cfg.mte_steps - 1, color="grey", linestyle="--", linewidth=1)
+    right.set(xlabel="adversarial step", ylabel="mean $|p_j^T - p_j^S|$", ylim=(0, 1),
+              title=f"MTE over first {cfg.mte_steps} steps = {mte:.3f}")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(log.out / "transition_curves.png", buffer.getvalue())

@@ -1,0 +1,345 @@
+"""The paper's figure and tables as grids of runs of the `zskt` commands: the `Run` record, the run-id grammar
+(every run folder's path says what it is), the command forms (the one place that names each command's options),
+and the builders that `experiments/__init__.py` registers as named experiments.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from zskt.errors import ZsktError
+
+# SPEC §3: the six teacher -> student pairs of Table 1, in the paper's row order.
+PAIRS = (
+    ("wrn-16-2", "wrn-16-1"),
+    ("wrn-40-1", "wrn-16-1"),
+    ("wrn-40-2", "wrn-16-1"),
+    ("wrn-40-1", "wrn-16-2"),
+    ("wrn-40-2", "wrn-16-2"),
+    ("wrn-40-2", "wrn-40-1"),
+)
+FIGURE_PAIR = ("wrn-40-2", "wrn-16-1")  # Figure 2 and Table 2 use this pair only
+FIGURE_M = (10, 25, 50, 75, 100)  # Figure 2's M > 0; M = 0 is the zero-shot run itself (see docs/experiments.md)
+TABLE1_M = 200  # Table 1's KD+AT column
+MTE_M = 200  # Table 2's KD+AT student: the paper does not say its M; both reproductions used 200 (SPEC §6, §9.6)
+SEEDS = (0, 1, 2)  # the authors' scripts (SPEC §3, §4)
+TEACHER_SEED = 0  # one teacher per architecture and data set, reused by every student seed (as the authors' files)
+
+# Defaults of the commands the grids shrink with --scale; None means "the command's own preset".
+BELIEF_IMAGES = 1000  # SPEC §6: n_matching_images
+BELIEF_STEPS = 200  # SPEC §6: n_adversarial_steps
+BELIEF_MTE_STEPS = 100  # SPEC §6: K, the steps the MTE averages (fewer when fewer are recorded)
+
+
+# ------------------------------------------------------------------------------------------- the record
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of one `zskt` command, in folder `id` of the experiment folder.
+
+    `options` are the command's config fields (the option of `foo_bar` is `--foo-bar`); `needs` maps an option
+    to the id of the run whose `model.pt` it reads, filled in by `run_argv` once that run has finished.
+    """
+
+    id: str  # relative folder, e.g. "cifar10/kd-at/wrn-40-2_wrn-16-1/M10/seed0"; parse_run_id reads it back
+    command: str  # the zskt subcommand
+    options: Mapping[str, Any] = field(default_factory=dict)
+    needs: Mapping[str, str] = field(default_factory=dict)
+
+    def __hash__(self) -> int:  # options are dicts; the id is unique within a grid
+        return hash(self.id)
+
+    @property
+    def dependencies(self) -> tuple[str, ...]:
+        return tuple(self.needs.values())
+
+    @property
+    def tags(self) -> dict:
+        return parse_run_id(self.id)
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "command": self.command, "options": dict(self.options), "needs": dict(self.needs)}
+
+
+# ------------------------------------------------------------------------------------------- run ids
+# <dataset>/scratch/<arch>/seed<s>                      full train split, cross-entropy (teachers; "scratch")
+# <dataset>/no-teacher/<student>/M<m>/seed<s>           few-shot, cross-entropy only
+# <dataset>/kd-at/<teacher>_<student>/M<m>/seed<s>       few-shot KD+AT
+# <dataset>/zero-shot/<teacher>_<student>/seed<s>        M = 0
+# <dataset>/finetune/<teacher>_<student>/M<m>/seed<s>    the zero-shot student of that seed, fine-tuned on M
+# <dataset>/belief/<student run id without dataset>     transition curves / MTE of that student vs its teacher
+
+_ARCH = r"[a-z0-9-]+?"
+_PATTERNS = (
+    ("scratch", re.compile(rf"^(?P<dataset>[^/]+)/scratch/(?P<model>{_ARCH})/seed(?P<seed>\d+)$")),
+    ("no-teacher", re.compile(rf"^(?P<dataset>[^/]+)/no-teacher/(?P<student>{_ARCH})/M(?P<m>\d+)/seed(?P<seed>\d+)$")),
+    ("kd-at", re.compile(rf"^(?P<dataset>[^/]+)/kd-at/(?P<teacher>{_ARCH})_(?P<student>{_ARCH})/M(?P<m>\d+)"
+                         rf"/seed(?P<seed>\d+)$")),
+    ("zero-shot", re.compile(rf"^(?P<dataset>[^/]+)/zero-shot/(?P<teacher>{_ARCH})_(?P<student>{_ARCH})"
+                             rf"/seed(?P<seed>\d+)$")),
+    ("finetune", re.compile(rf"^(?P<dataset>[^/]+)/finetune/(?P<teacher>{_ARCH})_(?P<student>{_ARCH})/M(?P<m>\d+)"
+                            rf"/seed(?P<seed>\d+)$")),
+)
+
+
+def parse_run_id(run_id: str) -> dict:
+    """What a run folder holds, from its path: method, dataset, teacher, student (or model), m, seed; a belief
+    run adds `of` (the method of the student it measures). Raises ValueError on a path outside the grammar."""
+    parts = run_id.strip("/").split("/")
+    if len(parts) > 2 and parts[1] == "belief":
+        inner = parse_run_id("/".join([parts[0], *parts[2:]]))
+        if inner["method"] not in ("zero-shot", "kd-at", "finetune", "no-teacher", "scratch"):
+            raise ValueError(f"not a run id: {run_id}")
+        return {**inner, "method": "belief", "of": inner["method"]}
+    for method, pattern in _PATTERNS:
+        match = pattern.match(run_id.strip("/"))
+        if match:
+            tags = {"method": method, **match.groupdict()}
+            tags["seed"] = int(tags["seed"])
+            if "m" in tags:
+                tags["m"] = int(tags["m"])
+            elif method == "zero-shot":
+                tags["m"] = 0
+            else:  # the full train split
+                tags["m"] = -1
+            if method == "scratch":
+                tags["student"] = tags["model"]
+            return tags
+    raise ValueError(f"not a run id: {run_id}")
+
+
+def pair_name(teacher: str, student: str) -> str:
+    return f"{teacher}_{student}"
+
+
+# ------------------------------------------------------------------------------------------- command forms
+# The one place that knows each command's option names. Values are the command's config fields; options left
+# out take the command's own (paper) defaults, so at --scale 1 the grid runs exactly the presets.
+
+
+def scaled(value: int, scale: float) -> int:
+    """`int(value * scale)` (the authors' rounding), at least 1."""
+    return max(1, int(value * scale + 1e-9))
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """What a named experiment is built for: data sets, seeds, --scale, given teacher files, overrides."""
+
+    datasets: tuple[str, ...]
+    seeds: tuple[int, ...] = SEEDS
+    scale: float = 1.0  # multiplies epochs, pseudo batches and belief images/steps, each at least 1
+    teachers: Mapping[tuple[str, str], str] = field(default_factory=dict)  # (dataset, arch) -> given model file
+    pair: tuple[str, str] | None = None  # accuracy-vs-m, mte: the teacher/student pair; pairs: only this pair
+    images_per_class: tuple[int, ...] | None = None  # accuracy-vs-m: the M > 0 values
+    # Base lengths before --scale (None = the command's preset): the demo sets its own.
+    epochs: Mapping[str, int] = field(default_factory=dict)  # dataset -> base epochs of train/kd-at
+    few_shot_epochs: Mapping[str, int] = field(default_factory=dict)  # dataset -> the same, for the M-scaled runs
+    iterations: Mapping[str, int] = field(default_factory=dict)  # dataset -> zero-shot pseudo batches
+    belief_images: int = BELIEF_IMAGES
+    belief_steps: int = BELIEF_STEPS
+    extra: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # command -> more options (the demo's)
+
+    def __post_init__(self):
+        if not self.seeds:
+            raise ZsktError("give at least one seed")
+        if not (self.scale > 0):
+            raise ZsktError(f"--scale must be positive, got {self.scale}")
+
+    def base_epochs(self, dataset: str, few_shot: bool = False) -> int | None:
+        """train/kd-at `--epochs` (the base, which the commands scale with M): only when shortened or set."""
+        from zskt.methods.schedule import BASE_EPOCHS
+
+        base = self.epochs.get(dataset)
+        if few_shot and dataset in self.few_shot_epochs:
+            base = self.few_shot_epochs[dataset]
+        if base is None and self.scale == 1:
+            return None
+        return scaled(base if base is not None else BASE_EPOCHS[dataset], self.scale)
+
+    def zero_shot_iterations(self, dataset: str) -> int | None:
+        from zskt.methods.zero_shot import ITERATIONS
+
+        base = self.iterations.get(dataset)
+        if base is None and self.scale == 1:
+            return None
+        return scaled(base if base is not None else ITERATIONS[dataset], self.scale)
+
+    def teacher_file(self, dataset: str, arch: str) -> str | None:
+        return self.teachers.get((dataset, arch))
+
+
+def _options(spec: GridSpec, command: str, **values: Any) -> dict:
+    extra = dict(spec.extra.get(command, {}))
+    return {**extra, **{k: v for k, v in values.items() if v is not None}}
+
+
+def _teacher(spec: GridSpec, dataset: str, arch: str) -> tuple[dict, dict]:
+    """(options, needs) naming the teacher: a given file, or the grid's own scratch run at TEACHER_SEED."""
+    given = spec.teacher_file(dataset, arch)
+    if given:
+        return {"teacher": given}, {}
+    return {}, {"teacher": scratch_id(dataset, arch, TEACHER_SEED)}
+
+
+def scratch_id(dataset: str, arch: str, seed: int) -> str:
+    return f"{dataset}/scratch/{arch}/seed{seed}"
+
+
+def scratch(spec: GridSpec, dataset: str, arch: str, seed: int) -> Run:
+    """A network trained from scratch on the full train split (a teacher, or a Table 1 scratch column)."""
+    return Run(scratch_id(dataset, arch, seed), "train",
+               _options(spec, "train", dataset=dataset, model=arch, seed=seed, epochs=spec.base_epochs(dataset)))
+
+
+def check_images_per_class(dataset: str, m: int) -> None:
+    """Refuse an M the data set cannot have (e.g. Table 1's M = 200 on digits' ~140 train images per class)."""
+    from zskt.data import get_info
+
+    info = get_info(dataset)
+    if m > info.n_train // info.num_classes:
+        raise ZsktError(f"M = {m} images per class is more than {info.title} has ({info.n_train} train images in "
+                        f"{info.num_classes} classes); pass a smaller -M")
+
+
+def no_teacher(spec: GridSpec, dataset: str, student: str, m: int, seed: int) -> Run:
+    check_images_per_class(dataset, m)
+    return Run(f"{dataset}/no-teacher/{student}/M{m}/seed{seed}", "train",
+               _options(spec, "train", dataset=dataset, model=student, images_per_class=m, seed=seed,
+                        epochs=spec.base_epochs(dataset, few_shot=True)))
+
+
+def kd_at(spec: GridSpec, dataset: str, teacher: str, student: str, m: int, seed: int) -> Run:
+    check_images_per_class(dataset, m)
+    options, needs = _teacher(spec, dataset, teacher)
+    return Run(f"{dataset}/kd-at/{pair_name(teacher, student)}/M{m}/seed{seed}", "kd-at",
+               _options(spec, "kd-at", **options, dataset=dataset, student=student, images_per_class=m, seed=seed,
+                        epochs=spec.base_epochs(dataset, few_shot=True)), needs)
+
+
+def zero_shot(spec: GridSpec, dataset: str, teacher: str, student: str, seed: int) -> Run:
+    options, needs = _teacher(spec, dataset, teacher)
+    return Run(f"{dataset}/zero-shot/{pair_name(teacher, student)}/seed{seed}", "zero-shot",
+               _options(spec, "zero-shot", **options, dataset=dataset, student=student, seed=seed,
+                        iterations=spec.zero_shot_iterations(dataset)), needs)
+
+
+def finetune(spec: GridSpec, dataset: str, teacher: str, student: str, m: int, seed: int) -> Run:
+    """The zero-shot student of `seed` fine-tuned with KD+AT on M images per class (`kd-at --init`)."""
+    options, needs = _teacher(spec, dataset, teacher)
+    zs = zero_shot(spec, dataset, teacher, student, seed).id
+    return Run(f"{dataset}/finetune/{pair_name(teacher, student)}/M{m}/seed{seed}", "kd-at",
+               _options(spec, "kd-at", **options, dataset=dataset, student=student, images_per_class=m, seed=seed,
+                        epochs=spec.base_epochs(dataset, few_shot=True)), {**needs, "init": zs})
+
+
+def belief(spec: GridSpec, student_run: Run) -> Run:
+    """Transition curves and MTE of a finished student against the teacher it learned from."""
+    dataset, rest = student_run.id.split("/", 1)
+    options = {k: v for k, v in student_run.options.items() if k == "teacher"}
+    needs = {k: v for k, v in student_run.needs.items() if k == "teacher"}
+    images = scaled(spec.belief_images, spec.scale)
+    steps = max(2, scaled(spec.belief_steps, spec.scale))
+    lengths = {}
+    if (images, steps) != (BELIEF_IMAGES, BELIEF_STEPS):
+        lengths = {"images": images, "steps": steps, "mte_steps": min(BELIEF_MTE_STEPS, steps)}
+    return Run(f"{dataset}/belief/{rest}", "belief",
+               _options(spec, "belief", **options, dataset=dataset, seed=0, **lengths),
+               {"student": student_run.id, **needs})
+
+
+# ------------------------------------------------------------------------------------------- the grids
+
+
+def _unique(runs: list[Run]) -> list[Run]:
+    seen: dict[str, Run] = {}
+    for run in runs:
+        if run.id in seen:
+            if seen[run.id].to_json() != run.to_json():
+                raise AssertionError(f"two different runs share the id {run.id}")
+            continue
+        seen[run.id] = run
+    return list(seen.values())
+
+
+def teacher_runs(spec: GridSpec, dataset: str, teachers: set[str]) -> list[Run]:
+    """The scratch runs that train the teachers no file was given for (first in the grid: students need them)."""
+    return [scratch(spec, dataset, arch, TEACHER_SEED) for arch in sorted(teachers)
+            if not spec.teacher_file(dataset, arch)]
+
+
+def accuracy_vs_m(spec: GridSpec) -> list[Run]:
+    """Figure 2: no-teacher, KD+AT and zero-shot (+ fine-tune for M > 0) against M, one pair, per seed."""
+    teacher, student = spec.pair or FIGURE_PAIR
+    ms = spec.images_per_class or FIGURE_M
+    runs: list[Run] = []
+    for d in spec.datasets:
+        runs += teacher_runs(spec, d, {teacher})
+        for seed in spec.seeds:
+            runs.append(scratch(spec, d, student, seed))  # the "student, full data" reference line
+            runs.append(zero_shot(spec, d, teacher, student, seed))
+            for m in ms:
+                runs.append(no_teacher(spec, d, student, m, seed))
+                runs.append(kd_at(spec, d, teacher, student, m, seed))
+                runs.append(finetune(spec, d, teacher, student, m, seed))
+    return _unique(runs)
+
+
+def pairs(spec: GridSpec) -> list[Run]:
+    """Table 1: every architecture from scratch (teacher and student columns), KD+AT M = 200 and zero-shot."""
+    chosen = [spec.pair] if spec.pair else list(PAIRS)
+    archs = sorted({a for pair in chosen for a in pair})
+    m = (spec.images_per_class or (TABLE1_M,))[0]
+    runs: list[Run] = []
+    for d in spec.datasets:
+        runs += teacher_runs(spec, d, {t for t, _ in chosen})
+        for seed in spec.seeds:
+            runs += [scratch(spec, d, arch, seed) for arch in archs]
+            for teacher, student in chosen:
+                runs.append(kd_at(spec, d, teacher, student, m, seed))
+                runs.append(zero_shot(spec, d, teacher, student, seed))
+    return _unique(runs)
+
+
+def mte(spec: GridSpec) -> list[Run]:
+    """Table 2: transition curves and MTE of the zero-shot and the KD+AT (M = 200) students of one pair."""
+    teacher, student = spec.pair or FIGURE_PAIR
+    m = (spec.images_per_class or (MTE_M,))[0]
+    runs: list[Run] = []
+    for d in spec.datasets:
+        runs += teacher_runs(spec, d, {teacher})
+        for seed in spec.seeds:
+            zs = zero_shot(spec, d, teacher, student, seed)
+            kd = kd_at(spec, d, teacher, student, m, seed)
+            runs += [zs, kd, belief(spec, zs), belief(spec, kd)]
+    return _unique(runs)
+
+
+def order_runs(runs: list[Run]) -> list[Run]:
+    """Dependency order (a run after every run it needs), otherwise the grid's order; checks the needs."""
+    by_id = {r.id: r for r in runs}
+    for run in runs:
+        for dep in run.dependencies:
+            if dep not in by_id:
+                raise AssertionError(f"{run.id} needs {dep}, which is not in the grid")
+    ordered: list[Run] = []
+    state: dict[str, int] = {}  # 1 visiting, 2 placed
+
+    def visit(run: Run) -> None:
+        if state.get(run.id) == 2:
+            return
+        if state.get(run.id) == 1:
+            raise AssertionError(f"dependency cycle through {run.id}")
+        state[run.id] = 1
+        for dep in run.dependencies:
+            visit(by_id[dep])
+        state[run.id] = 2
+        ordered.append(run)
+
+    for run in runs:
+        visit(run)
+    return ordered

@@ -1,0 +1,30 @@
+"""`zskt demo --quick` end to end: the whole pipeline at toy lengths on digits, its report, and a rerun that
+has nothing left to do."""
+
+import json
+import re
+
+from zskt.cli import main
+
+
+def test_demo_quick_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"11 of 11 runs to do .*; expected about \d+:\d\d", printed)  # said up front
+    report = out / "report.md"
+    assert f"report (tables beside the paper's numbers, plots): {report.resolve()}" in printed
+    text = report.read_text()
+    for needed in ("zero-shot", "KD+AT", "no teacher", "fine-tuned", "Mean transition error", "paper"):
+        assert needed in text, needed
+    # The report's numbers are the runs' own.
+    zs = json.loads((out / "digits/zero-shot/wrn-16-2_wrn-16-1/seed0/result.json").read_text())
+    assert f"| **ours** | {zs['test_accuracy']:.2f} (n=1) |" in text
+    mte = json.loads((out / "digits/belief/kd-at/wrn-16-2_wrn-16-1/M5/seed0/result.json").read_text())["mte"]
+    assert f"{mte:.3f} (n=1)" in text
+    assert (out / "accuracy_vs_m_digits_wrn-16-2_wrn-16-1.png").is_file()
+    assert (out / "transition_curves_digits_wrn-16-2_wrn-16-1.png").is_file()
+    assert json.loads((out / "experiment.json").read_text())["scale"] == 1
+    # Rerunning skips everything.
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert "0 of 11 runs to do" in capsys.readouterr().out
