@@ -3,7 +3,7 @@ error (MTE). The attacked network (the student) is pushed by plain gradient step
 both networks' probability of that class is recorded; MTE is the mean gap between the two over the curves.
 
 `authors_transition_curves` is the authors' `utils/transition_curves.py` loop, one image and one target at a
-time; `transition_curves` computes the same numbers with every (image, target) pair of a chunk stepped together.
+time; `transition_curves` gets the same numbers with the (image, target) pairs of a chunk stepped together.
 """
 
 from __future__ import annotations
@@ -30,14 +30,12 @@ from zskt.runtime import PRECISIONS, Precision, resolve_device, resolve_precisio
 
 logger = logging.getLogger(__name__)
 
-TargetMode = Literal["label", "prediction"]
-
 # Pairs stepped together when --chunk-size is not given. Memory is set by what the student's backward keeps
 # per pair (saved activations, fp32, measured with saved_tensors_hooks): WRN-16-1 1.15 MB at 32x32 and 0.35 MB
 # at 16x16; WRN-16-2 2.3 MB; WRN-40-2 6.8 MB at 32x32. The teacher runs under no_grad and keeps nothing.
-# CPU: 2048 pairs are ~2.4 GB for a WRN-16-1 on CIFAR-sized images, and larger chunks are no faster on a few
-# cores. CUDA: 16384 pairs (~19 GB for WRN-16-1, ~110 GB would be a WRN-40-2 student: lower it then) hold the
-# paper's 1000 x 9 = 9000 pairs in a single chunk, the device's full occupancy.
+# CPU: 2048 pairs are ~2.4 GB for a WRN-16-1 on CIFAR-sized images; on 2 (loaded) cores a digits pair-step
+# cost 3 ms of CPU at 2048 against 8 ms at 512 and 23 ms at 128. CUDA: 16384 pairs (~19 GB for a WRN-16-1;
+# a WRN-40-2 student would need ~110 GB, so lower it then) hold the paper's 1000 x 9 = 9000 pairs at once.
 DEFAULT_CHUNK = {"cpu": 2048, "cuda": 16384}
 FIGURE_STEPS = 30  # Figure 4 plots the first 30 steps (SPEC §6)
 
@@ -47,7 +45,7 @@ FIGURE_STEPS = 30  # Figure 4 plots the first 30 steps (SPEC §6)
 
 @contextlib.contextmanager
 def _frozen_eval(*models: nn.Module):
-    """Eval mode (BN running statistics, no dropout) and requires_grad False on every parameter, restored after.
+    """Eval mode (BN running statistics, no dropout) and requires_grad False on all parameters, then restored.
 
     Eval mode is what the authors use and what makes batching exact (see `transition_curves`); frozen
     parameters mean the backward computes the input's gradient only, not weight gradients nobody reads.
@@ -61,9 +59,9 @@ def _frozen_eval(*models: nn.Module):
             m.requires_grad_(False)
         yield
     finally:
-        for m, mode, saved in zip(unique, modes, flags):
+        for m, mode, saved in zip(unique, modes, flags, strict=True):
             m.train(mode)
-            for p, flag in zip(m.parameters(), saved):
+            for p, flag in zip(m.parameters(), saved, strict=True):
                 p.requires_grad_(flag)
 
 
@@ -95,7 +93,8 @@ def predict(model: nn.Module, split: ImageSplit, mean, std, *, batch_size: int =
 
 
 def select_agreeing(student: nn.Module, teacher: nn.Module, split: ImageSplit, mean, std, n_images: int,
-                    seed: int = 0, *, batch_size: int = 500, precision: Precision | None = None) -> torch.Tensor:
+                    seed: int = 0, *, batch_size: int = 500,
+                    precision: Precision | None = None) -> torch.Tensor:
     """Indices into `split` of `n_images` images on which both networks predict the same class (SPEC §6).
 
     The authors shuffle the test set and walk it one image at a time, keeping agreeing images until n are
@@ -109,7 +108,7 @@ def select_agreeing(student: nn.Module, teacher: nn.Module, split: ImageSplit, m
 
 
 def shuffle_and_collect(agree: torch.Tensor, n_images: int, seed: int) -> torch.Tensor:
-    """The first `n_images` indices i with agree[i] (N,) bool, in the order of a permutation seeded by `seed`."""
+    """The first `n_images` indices i with agree[i] ((N,) bool) along a permutation seeded by `seed`."""
     order = torch.randperm(len(agree), generator=torch.Generator().manual_seed(seed))
     chosen = order[agree[order]]
     if len(chosen) < n_images:
@@ -133,17 +132,19 @@ def transition_curves(student: nn.Module, teacher: nn.Module, images: torch.Tens
                       precision: Precision | None = None, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Transition curves of every (image, target) pair: (p_student, p_teacher), each float32 (n, T, steps).
 
-    `images` are normalised (n, C, H, W), `targets` (n, T) int64. For each pair, x starts at the image and takes
-    `steps` plain gradient steps x <- x - step_size * d CE(student(x), j) / dx in normalised-input space (no
-    sign, no projection, no clamping); entry s holds softmax(.)[j] of both networks *before* step s's update,
-    so entry 0 is the clean image. This is the authors' loop (`authors_transition_curves`), with the pairs of a
-    chunk of `chunk_size` advancing together on the networks' device.
+    `images` are normalised (n, C, H, W), `targets` (n, T) int64. For each pair, x starts at the image and
+    takes `steps` plain gradient steps x <- x - step_size * d CE(student(x), j) / dx in normalised-input space
+    (no sign, no projection, no clamping); entry s holds softmax(.)[j] of both networks *before* step s's
+    update, so entry 0 is the clean image. This is the authors' loop (`authors_transition_curves`), with the
+    pairs of a chunk of `chunk_size` advancing together on the networks' device.
     """
     n, n_targets = targets.shape
     device = _device_of(student)
     chunk_size = chunk_size or DEFAULT_CHUNK.get(device.type, DEFAULT_CHUNK["cpu"])
-    images = images.to(device, torch.float32)
-    pair_targets = targets.to(device, torch.long).reshape(-1)  # (n*T,), pair p is image p // T, target column p % T
+    images = images.to(device)
+    images = images if images.is_floating_point() else images.float()  # float64 networks (tests) stay exact
+    # Pairs in row-major order: pair p is image p // T with target column p % T.
+    pair_targets = targets.to(device, torch.long).reshape(-1)  # (n*T,)
     pair_images = torch.arange(n, device=device).repeat_interleave(n_targets)
     p_student = torch.empty(n * n_targets, steps)
     p_teacher = torch.empty(n * n_targets, steps)
@@ -161,7 +162,7 @@ def transition_curves(student: nn.Module, teacher: nn.Module, images: torch.Tens
                     logits_student, _ = student(x)
                     with torch.no_grad():
                         logits_teacher, _ = teacher(x)
-                logits_student = logits_student.float()
+                logits_student = _at_least_fp32(logits_student)
                 # Summed, not averaged: in eval mode nothing couples the samples of a batch (BN uses its
                 # running statistics, there is no dropout), so d(sum_b CE_b)/dx_b = dCE_b/dx_b, exactly the
                 # gradient the authors take with a batch of one. The mean would scale every step by 1/B.
@@ -169,7 +170,7 @@ def transition_curves(student: nn.Module, teacher: nn.Module, images: torch.Tens
                 (grad,) = torch.autograd.grad(loss, x)
                 with torch.no_grad():
                     chunk_student[:, step] = logits_student.softmax(1).gather(1, target)[:, 0]
-                    chunk_teacher[:, step] = logits_teacher.float().softmax(1).gather(1, target)[:, 0]
+                    chunk_teacher[:, step] = _at_least_fp32(logits_teacher).softmax(1).gather(1, target)[:, 0]
                     x = x.detach() - step_size * grad
                 if progress is not None:
                     progress.update(1)
@@ -178,8 +179,14 @@ def transition_curves(student: nn.Module, teacher: nn.Module, images: torch.Tens
     return p_student.view(n, n_targets, steps), p_teacher.view(n, n_targets, steps)
 
 
-def authors_transition_curves(student: nn.Module, teacher: nn.Module, images: torch.Tensor, sources: torch.Tensor,
-                              steps: int = 200, step_size: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
+    # Softmax and cross-entropy of bf16-autocast logits in fp32; float64 logits keep their precision.
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+def authors_transition_curves(student: nn.Module, teacher: nn.Module, images: torch.Tensor,
+                              sources: torch.Tensor, steps: int = 200,
+                              step_size: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The authors' `TransitionCurves.run`, one image and one target at a time: (p_student, p_teacher), each
     float32 (n, C-1, steps). Slow by design; kept as the reference the batched version is tested against.
 
@@ -223,7 +230,7 @@ def authors_transition_curves(student: nn.Module, teacher: nn.Module, images: to
 
 
 def mean_transition_error(p_student: torch.Tensor, p_teacher: torch.Tensor, k: int = 100) -> float:
-    """MTE = mean |p_teacher - p_student| over all curves and their first k steps (NB-MTE; paper Table 2: K 100).
+    """MTE = mean |p_teacher - p_student| over all curves and their first k steps (NB-MTE; Table 2: K = 100).
 
     (n, T, steps) each, steps >= k; computed in float64.
     """
@@ -239,20 +246,21 @@ def mean_transition_error(p_student: torch.Tensor, p_teacher: torch.Tensor, k: i
 @dataclass(frozen=True)
 class MTEBreakdown:
     per_step: np.ndarray  # (steps,) mean |diff| over all curves at each recorded step
-    per_pair: np.ndarray  # (C, C) mean |diff| over the first k steps by (source class, target class); NaN if none
+    per_pair: np.ndarray  # (C, C) mean |diff| over the first k steps by (source, target) class; NaN if none
     pair_counts: np.ndarray  # (C, C) curves behind each per_pair entry
 
 
-def mte_breakdown(p_student: torch.Tensor, p_teacher: torch.Tensor, sources: torch.Tensor, targets: torch.Tensor,
-                  num_classes: int, k: int = 100) -> MTEBreakdown:
-    """Per-step and per-class-pair means of |p_teacher - p_student|, for plots; their overall mean is the MTE."""
+def mte_breakdown(p_student: torch.Tensor, p_teacher: torch.Tensor, sources: torch.Tensor,
+                  targets: torch.Tensor, num_classes: int, k: int = 100) -> MTEBreakdown:
+    """Per-step and per-class-pair means of |p_teacher - p_student|, for plots; they average to the MTE."""
     diff = (p_teacher.double() - p_student.double()).abs()  # (n, T, steps)
     per_curve = diff[..., :k].mean(-1).reshape(-1)  # (n*T,)
-    pair = (sources.long()[:, None] * num_classes + targets.long()).reshape(-1)  # (n*T,) flat (source, target)
+    pair = (sources.long()[:, None] * num_classes + targets.long()).reshape(-1)  # (n*T,) source * C + target
     sums = torch.zeros(num_classes * num_classes, dtype=torch.float64).index_add_(0, pair, per_curve)
     counts = torch.zeros(num_classes * num_classes, dtype=torch.float64).index_add_(
         0, pair, torch.ones_like(per_curve))
-    per_pair = torch.where(counts > 0, sums / counts.clamp(min=1), torch.tensor(float("nan"), dtype=torch.float64))
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    per_pair = torch.where(counts > 0, sums / counts.clamp(min=1), nan)
     return MTEBreakdown(per_step=diff.mean((0, 1)).numpy(),
                         per_pair=per_pair.view(num_classes, num_classes).numpy(),
                         pair_counts=counts.view(num_classes, num_classes).long().numpy())
@@ -273,8 +281,8 @@ class BeliefConfig:
     steps: int = field(200, "adversarial steps recorded per curve (authors: 200)")
     mte_steps: int = field(100, "K: first steps the MTE averages over (paper Table 2 and NB-MTE: 100)")
     step_size: float = field(1.0, "xi: gradient step in normalised-input space (paper and authors: 1)")
-    targets: Literal["label", "prediction"] = field("label", "targets relative to the test label (authors' code) or to the agreed "
-                                         "prediction (paper's Algorithm 2)")
+    targets: Literal["label", "prediction"] = field(
+        "label", "targets relative to the test label (authors' code) or the agreed prediction (Algorithm 2)")
     chunk_size: int | None = field(None, "(image, target) pairs stepped together; default 2048 on CPU, "
                                          "16384 on CUDA (memory ~1.2 MB per pair for WRN-16-1 at 32x32)")
     seed: int = field(0, "seed of the shuffle that picks the images (authors: 0)")
@@ -289,16 +297,20 @@ class BeliefConfig:
     def __post_init__(self):
         check(bool(self.student), "give the attacked network's checkpoint with --student PATH")
         check(bool(self.teacher), "give the reference network's checkpoint with --teacher PATH")
-        check(self.dataset in DATASETS, f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        check(self.dataset in DATASETS,
+              f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         check(self.images > 0, f"images must be positive, got {self.images}")
         check(self.steps > 0, f"steps must be positive, got {self.steps}")
         check(0 < self.mte_steps <= self.steps,
               f"mte_steps must be in 1..steps ({self.steps}), got {self.mte_steps}")
         check(math.isfinite(self.step_size) and self.step_size > 0,
               f"step_size must be positive, got {self.step_size}")
-        check(self.targets in ("label", "prediction"), f"targets must be label or prediction, got {self.targets!r}")
-        check(self.chunk_size is None or self.chunk_size > 0, f"chunk_size must be positive, got {self.chunk_size}")
-        check(self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
+        check(self.targets in ("label", "prediction"),
+              f"targets must be label or prediction, got {self.targets!r}")
+        check(self.chunk_size is None or self.chunk_size > 0,
+              f"chunk_size must be positive, got {self.chunk_size}")
+        check(self.precision in PRECISIONS,
+              f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
 
 
 def _load_network(role: str, path: str, data: ImageData, device: torch.device) -> nn.Module:
@@ -306,7 +318,8 @@ def _load_network(role: str, path: str, data: ImageData, device: torch.device) -
 
     info = data.info
     try:
-        return load_model(path, num_classes=info.num_classes, in_channels=info.in_channels, map_location=device)
+        return load_model(path, num_classes=info.num_classes, in_channels=info.in_channels,
+                          map_location=device)
     except ZsktError as e:
         raise ZsktError(f"{role}: {e} ({info.title} has {info.num_classes} classes of "
                         f"{info.in_channels}-channel images)") from None
@@ -338,16 +351,16 @@ def run_belief(cfg: BeliefConfig, log: RunLog, data: ImageData | None = None) ->
     chunk = cfg.chunk_size or DEFAULT_CHUNK.get(device.type, DEFAULT_CHUNK["cpu"])
     n_chunks = math.ceil(n * (num_classes - 1) / chunk)
     log.print(f"belief matching on {data.info.title}: {n} agreeing test images x {num_classes - 1} targets, "
-               f"{cfg.steps} steps of xi = {cfg.step_size}, {n_chunks} chunk(s) of <= {chunk} pairs, "
-               f"{device}, {precision.name}")
+              f"{cfg.steps} steps of xi = {cfg.step_size}, {n_chunks} chunk(s) of <= {chunk} pairs, "
+              f"{device}, {precision.name}")
 
     images = normalize(test.images[indices].to(device), data.mean, data.std)
     timer = Timer(device)
     t0 = timer.now()
     progress = _ChunkRows(log, log.progress(n_chunks * cfg.steps, desc="transition curves", unit="step"),
                           cfg.steps, n_chunks, t0)
-    p_student, p_teacher = transition_curves(student, teacher, images, targets, cfg.steps, cfg.step_size, chunk,
-                                             precision=precision, progress=progress)
+    p_student, p_teacher = transition_curves(student, teacher, images, targets, cfg.steps, cfg.step_size,
+                                             chunk, precision=precision, progress=progress)
     seconds = timer.now() - t0
     log.close_progress()
 
@@ -395,7 +408,8 @@ class _ChunkRows:
     """The progress bar, plus one line per finished chunk (what a log shows when stderr is not a terminal)."""
 
     def __init__(self, log: RunLog, bar, steps: int, n_chunks: int, start: float):
-        self.log, self.bar, self.steps, self.n_chunks, self.start, self.done = log, bar, steps, n_chunks, start, 0
+        self.log, self.bar, self.steps, self.n_chunks, self.start = log, bar, steps, n_chunks, start
+        self.done = 0
 
     def update(self, n: int = 1) -> None:
         self.bar.update(n)
@@ -431,7 +445,8 @@ def _plot(log: RunLog, p_student: torch.Tensor, p_teacher: torch.Tensor, per_ste
     shown = min(FIGURE_STEPS, cfg.steps)
     steps = np.arange(shown)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for curves, label, colour in ((p_student, "student (attacked)", "tab:blue"), (p_teacher, "teacher", "tab:red")):
+    networks = ((p_student, "student (attacked)", "tab:blue"), (p_teacher, "teacher", "tab:red"))
+    for curves, label, colour in networks:
         mean = curves.double().mean((0, 1)).numpy()[:shown]
         band = 2 * _sem(curves).numpy()[:shown]
         left.plot(steps, mean, color=colour, label=label)
