@@ -440,9 +440,10 @@ def zero_shot(cfg: ZeroShotConfig, log: RunLog, teacher: torch.nn.Module, studen
     log.close_progress()
     seconds = median(history) if history else first_seconds
     if log.enabled:
-        save_model(student, log.out / "model.pt", dataset=cfg.dataset, test_accuracy=accuracy, command=log.command,
-                   teacher=cfg.teacher)
-        save_generator(generator, log.out / "generator.pt", dataset=cfg.dataset, command=log.command)
+        save_model(student, log.out / "model.pt", dataset=cfg.dataset, image_size=size, test_accuracy=accuracy,
+                   command=log.command, teacher=cfg.teacher)
+        save_generator(generator, log.out / "generator.pt", dataset=cfg.dataset, image_size=size,
+                       command=log.command)
     return log.finish({
         "test_accuracy": accuracy, "best_test_accuracy": best, "seconds_per_iteration": seconds,
         "teacher_test_accuracy": teacher_accuracy, "iterations": total, "train_seconds": time.perf_counter() - t0,
