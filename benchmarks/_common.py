@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,6 +139,35 @@ def child_peak_memory(script: Path, args: list[str], timeout: float = 1800) -> d
     if out.returncode != 0:
         raise RuntimeError(f"{script.name} {' '.join(args)} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+class FlopCount:
+    """FLOPs of what runs inside `with FlopCount() as c:` (c.total), counted by torch.utils.flop_counter's formulas
+    (matmuls and convolutions, forward and backward, 2 FLOPs per multiply-add) as FlopCounterMode counts them,
+    but without its module hooks, which `torch.autograd.grad` does not allow (belief matching uses it)."""
+
+    def __enter__(self):
+        self.counter = FlopCounterMode(display=False)
+        self.counter.mod_tracker = _NoModules()  # per-module breakdown off: the total is all we need
+        self.counter.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.counter.__exit__(*exc)
+
+    @property
+    def total(self) -> int:
+        return self.counter.get_total_flops()
+
+
+class _NoModules:
+    parents = ("Global",)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
@@ -165,9 +164,9 @@ def make_loop(name: str, pair: str, batch_size: int, device, networks=None):
 def count_flops(name: str, pair: str, batch_size: int, device, flop_batch: int = 8) -> float:
     """FLOPs of one pseudo batch of loop `name` at `batch_size`, counted at `flop_batch` and scaled."""
     loop = make_loop(name.replace("-compile", ""), pair, flop_batch, device)
-    with FlopCounterMode(display=False) as counter:
+    with common.FlopCount() as counter:
         loop.run(1)
-    return counter.get_total_flops() * batch_size / flop_batch
+    return counter.total * batch_size / flop_batch
 
 
 def spec_flops(pair: str, batch_size: int) -> dict:

@@ -13,7 +13,8 @@ from zskt.data import load_dataset
 from zskt.errors import ZsktError
 from zskt.evaluate import evaluate_accuracy
 from zskt.losses import kd_at_loss
-from zskt.methods.kd_at import BETA_PRESETS, KDATConfig
+from zskt.methods.kd_at import KDATConfig
+from zskt.methods.schedule import Schedule
 from zskt.models import build_model, load_model, save_model
 from zskt.runlog import RunLog
 
@@ -99,19 +100,29 @@ def test_config_defaults_are_the_fskt_scripts():
         0.9, 4.0, 1000.0, "mean", 2.0)
     assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.batch_size, cfg.lr_decay) == (
         0.1, 0.9, 5e-4, False, 128, 0.2)
-    assert cfg.student == "wrn-16-1" and cfg.init is None and cfg.initial_lr == 0.1
-    assert BETA_PRESETS["svhn"] == BETA_PRESETS["fashion-mnist"] == 1000.0
-    assert KDATConfig(dataset="digits").attention_beta == BETA_PRESETS["digits"]
+    assert cfg.student == "wrn-16-1" and cfg.init is None and cfg.finetune_epochs is None
+    # β preset: 1000 per layer at 32x32, rescaled by (side/32)² (the attention term is a mean over H·W).
+    assert [KDATConfig(dataset=d).attention_beta for d in ("svhn", "fashion-mnist", "digits")] == [1000, 1000, 250]
+    assert [KDATConfig(dataset="digits", image_size=s).attention_beta for s in (8, 32)] == [62.5, 1000]
     assert KDATConfig(dataset="cifar10", beta=0.0).attention_beta == 0.0
 
 
-def test_finetune_schedule_is_a_fraction_of_the_kd_at_schedule():
+def test_finetune_schedule_is_kd_at_unless_its_length_is_given():
     full = KDATConfig(dataset="cifar10", images_per_class=100).schedule(50_000)
-    tuned = KDATConfig(dataset="cifar10", images_per_class=100, init="zs.pt", finetune_fraction=0.1)
-    assert (full.epochs, full.milestones) == (10_000, (3000, 6000, 8000))
-    schedule = tuned.schedule(50_000)
-    assert (schedule.epochs, schedule.milestones, schedule.batches_per_epoch) == (1000, (300, 600, 800), 8)
-    assert tuned.initial_lr == tuned.finetune_lr == 0.01
+    assert (full.epochs, full.milestones, full.batches_per_epoch) == (10_000, (3000, 6000, 8000), 8)
+    assert KDATConfig(dataset="cifar10", images_per_class=100, init="zs.pt").schedule(50_000) == full
+    ferles = KDATConfig(dataset="cifar10", images_per_class=100, init="zs.pt", finetune_epochs=200)
+    assert ferles.schedule(50_000) == Schedule(epochs=200, milestones=(60, 120, 160), batches_per_epoch=8)
+    # finetune_epochs only applies to fine-tuning
+    assert KDATConfig(dataset="cifar10", images_per_class=100, finetune_epochs=200).schedule(50_000) == full
+
+
+def test_finetune_length_through_the_printout(capsys):
+    argv = ["kd-at", "--dataset", "cifar10", "-M", "100", "--init", "zs.pt", "--finetune-epochs", "200",
+            "--print-schedule"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "200 epochs" in out and "60/120/160" in out and " 1600" in out
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -161,13 +172,13 @@ def test_run_folder_contract(base_run, capsys):
     result = read(out / "result.json")
     assert 0 <= result["test_accuracy"] <= 100 and result["command"] == "kd-at"
     assert (result["student"], result["images_per_class"], result["beta"], result["alpha"], result["lr"]) == (
-        "wrn-16-1", 2, BETA_PRESETS["digits"], 0.9, 0.1)
+        "wrn-16-1", 2, 62.5, 0.9, 0.1)  # β preset at 8x8: 1000 · (8/32)²
     assert 0 <= result["teacher_test_accuracy"] <= 100 and "init_test_accuracy" not in result
     config = read(out / "config.json")
     # The resolved schedule is stored: int(1 · 0.03 · 1400 / 20) = 2 epochs; base milestones int(0.3 · 1) = 0.
     assert config["resolved"]["schedule"] == {"epochs": 2, "milestones": [0, 0, 0], "batches_per_epoch": 1,
                                               "iterations": 2}
-    assert config["resolved"]["beta"] == BETA_PRESETS["digits"] and config["beta"] is None
+    assert config["resolved"]["beta"] == 62.5 and config["beta"] is None
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and rows[-1]["test_accuracy"] == result["test_accuracy"]
     student = load_model(out / "model.pt", "wrn-16-1", num_classes=10, in_channels=1)
@@ -241,7 +252,7 @@ def test_finetuning_starts_from_the_given_weights(tmp_path, base_run, files, dig
     init = load_model(files["student"])
     before = evaluate_accuracy(init, digits8.test, digits8.mean, digits8.std)
     # A vanishing learning rate and no weight decay: the fine-tuned weights are the --init weights.
-    assert kd_at(tmp_path / "ft", files, *TINY, "--init", str(files["student"]), "--finetune-lr", "1e-30",
+    assert kd_at(tmp_path / "ft", files, *TINY, "--init", str(files["student"]), "--lr", "1e-30",
                  "--weight-decay", "0") == 0
     result = read(tmp_path / "ft" / "result.json")
     assert result["init_test_accuracy"] == pytest.approx(before)
@@ -279,7 +290,7 @@ def test_help_lists_the_options(command, capsys):
     out = capsys.readouterr().out
     assert "--print-schedule" in out and "--images-per-class" in out
     if command == "kd-at":
-        assert all(option in out for option in ("--teacher", "--student", "--init", "--finetune-fraction", "--beta"))
+        assert all(option in out for option in ("--teacher", "--student", "--init", "--finetune-epochs", "--beta"))
 
 
 @pytest.mark.parametrize("which,extra,words", [

@@ -27,6 +27,12 @@ class Schedule:
                 f"lr /5 after epochs {', '.join(map(str, self.milestones))}")
 
 
+def milestones_at(epochs: int) -> tuple[int, ...]:
+    """30/60/80 % of `epochs`, rounded down as the authors' base recipes are (200 epochs: 60, 120, 160)."""
+    # 1e-9 absorbs float error (0.3 * 200 must give 60, not 59.999...).
+    return tuple(int(f * epochs + 1e-9) for f in MILESTONE_FRACTIONS)
+
+
 def default_scale_n_iters(dataset: str, images_per_class: int, same_iterations: bool = False) -> float:
     """The authors' `scale_n_iters`: 1 in the CIFAR-10 scripts; M/100 in the SVHN scripts ("for SVHN and low M
     lower n_iters doesnt hurt perf"), and in ours for Fashion-MNIST, which the Southampton study scaled the same
@@ -45,8 +51,7 @@ def make_schedule(dataset: str, n_train: int, images_per_class: int, batch_size:
     milestone int(m·scale), with the authors' float arithmetic (so CIFAR-10 M = 75 gives 13,333 epochs and
     milestones 4000/8000/10666). M = −1 is the full split at the base recipe."""
     base = BASE_EPOCHS[dataset] if base_epochs is None else base_epochs
-    # 1e-9 absorbs float error (0.3 * 200 must give 60, not 59.999...); CIFAR-10 gives 60/120/160.
-    base_milestones = [int(f * base + 1e-9) for f in MILESTONE_FRACTIONS]
+    base_milestones = list(milestones_at(base))
     if images_per_class is None or images_per_class < 0:
         epochs, milestones, n_images = base, base_milestones, n_train
     else:

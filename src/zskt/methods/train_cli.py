@@ -22,8 +22,8 @@ def schedule_table(cfg, images_per_class: list[int]) -> str:
     info = get_info(cfg.dataset)
     lines = [f"{cfg.dataset}: {info.n_train} train images, batch {cfg.batch_size}"
              + (f", base epochs {cfg.epochs}" if cfg.epochs else "")
-             + (f"; fine-tuning from --init: the first {cfg.finetune_fraction:g} of the schedule"
-                if getattr(cfg, "init", None) else ""),
+             + (f"; fine-tuning from --init for {cfg.finetune_epochs} epochs"
+                if getattr(cfg, "init", None) and getattr(cfg, "finetune_epochs", None) else ""),
              f"{'M':>5} {'scale':>6} {'epochs':>8} {'milestones':>20} {'batches/epoch':>14} {'iterations':>11}"]
     for m in images_per_class:
         one = dataclasses.replace(cfg, images_per_class=m)
