@@ -47,7 +47,7 @@ def load_average() -> str:
 
 def cpu_model() -> str:
     try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+        out = subprocess.run(["lscpu"], check=False, capture_output=True, text=True, timeout=5).stdout
         for line in out.splitlines():
             if line.startswith("Model name:"):
                 return line.split(":", 1)[1].strip()
@@ -134,7 +134,7 @@ def max_rss_mib() -> float:
 def child_peak_memory(script: Path, args: list[str], timeout: float = 1800) -> dict:
     """Run `script --memory-child ...args` in a fresh process and return the JSON it prints last: the peak memory
     of one configuration, free of what other configurations allocated in the parent."""
-    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout,
+    out = subprocess.run([sys.executable, str(script), *args], check=False, capture_output=True, text=True, timeout=timeout,
                          cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(f"{script.name} {' '.join(args)} failed:\n{out.stderr[-2000:]}")

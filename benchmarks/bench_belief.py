@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
+import _common as common
 
-from zskt.evaluate.belief import DEFAULT_CHUNK, authors_transition_curves, targets_for, transition_curves  # noqa: E402
-from zskt.models import build_model  # noqa: E402
-from zskt.runtime import resolve_precision  # noqa: E402
+from zskt.evaluate.belief import DEFAULT_CHUNK, authors_transition_curves, targets_for, transition_curves
+from zskt.models import build_model
+from zskt.runtime import resolve_precision
 
 PAPER_TRIPLES = 1000 * 9 * 200
 

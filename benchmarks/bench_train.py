@@ -25,15 +25,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
+import _common as common
 
-from zskt.data import ImageData, ImageSplit, get_info  # noqa: E402
-from zskt.methods.kd_at import KDATConfig, kd_at_loss_fn  # noqa: E402
-from zskt.methods.schedule import Schedule  # noqa: E402
-from zskt.methods.train import TrainConfig, cross_entropy_loss, fit_supervised  # noqa: E402
-from zskt.models import build_model  # noqa: E402
-from zskt.runlog import RunLog  # noqa: E402
-from zskt.runtime import resolve_precision  # noqa: E402
+from zskt.data import ImageData, ImageSplit, get_info
+from zskt.methods.kd_at import KDATConfig, kd_at_loss_fn
+from zskt.methods.schedule import Schedule
+from zskt.methods.train import TrainConfig, cross_entropy_loss, fit_supervised
+from zskt.models import build_model
+from zskt.runlog import RunLog
+from zskt.runtime import resolve_precision
 
 CASES = ("teacher", "kd-at")
 LOOPS = ("authors", "zskt-fp32", "zskt-bf16")
@@ -235,11 +235,13 @@ def main(argv=None) -> dict:
                 "--memory-child", row["case_id"], row["loop"], "--device", args.device,
                 "--batch-size", str(args.batch_size)])
             row["peak_mib"] = mem.get("cuda_max_allocated_mib", mem["max_rss_mib"])
+            # CPU: ru_maxrss includes Python + torch (~300 MiB); this is what the configuration added on top.
+            row["added_mib"] = None if "cuda_max_allocated_mib" in mem else mem["max_rss_mib"] - mem["rss_before_mib"]
     columns = [("case", "step"), ("loop", "loop"), ("seconds", "s / step (median)"), ("min", "min"),
                ("max", "max"), ("n", "n"), ("speedup", "x authors"), ("tflop", "TFLOP / step"),
                ("gflops", "GFLOP/s"), ("pct_peak", "% peak"), ("floor_s", "floor s")]
     if args.memory:
-        columns.append(("peak_mib", "peak MiB (CUDA alloc / CPU max RSS)"))
+        columns += [("peak_mib", "peak MiB (CUDA alloc / CPU max RSS)"), ("added_mib", "CPU: MiB over start")]
     print(common.table(rows, columns))
     print(f"# load average at the end: {common.load_average()}")
     result = {"machine": info, "peak_gflops": peak, "args": vars(args), "rows": rows}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -27,11 +28,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
+import _common as common
 
-from zskt.methods.zero_shot import Optimisers, PseudoStats, ZeroShotConfig, zero_shot_steps  # noqa: E402
-from zskt.models import Generator, build_model  # noqa: E402
-from zskt.runtime import resolve_precision  # noqa: E402
+from zskt.methods.zero_shot import Optimisers, PseudoStats, ZeroShotConfig, zero_shot_steps
+from zskt.models import Generator, build_model
+from zskt.runtime import resolve_precision
 
 LOOPS = ("authors", "zskt-fp32", "zskt-bf16")
 ALL_LOOPS = LOOPS + ("zskt-fp32-compile", "zskt-bf16-compile")
@@ -181,6 +182,28 @@ def spec_flops(pair: str, batch_size: int) -> dict:
     return {"spec_done_once": done_once * batch_size}
 
 
+def check_authors_loop(pair: str = "wrn-16-2:wrn-16-1", batch_size: int = 16, n: int = 2) -> float:
+    """Largest parameter difference between this file's `AuthorsLoop` and zskt's `reference_zero_shot_steps`
+    after `n` pseudo batches from the same networks and z sequence: both are the authors' loop, written twice,
+    and with the authors' plain Adam on both sides they agree exactly (0.0)."""
+    from zskt.methods.zero_shot import CosineFactor, reference_zero_shot_steps
+
+    device = torch.device("cpu")
+    networks = make_networks(pair, device)
+    ours = AuthorsLoop(*(copy.deepcopy(m) for m in networks), batch_size)
+    ours.run(n)
+    teacher, student, generator = (copy.deepcopy(m) for m in networks)
+    cfg = ZeroShotConfig(dataset="cifar10", iterations=80_000, batch_size=batch_size)
+    gen = torch.optim.Adam(generator.train().parameters(), lr=cfg.generator_lr)
+    stu = torch.optim.Adam(student.train().parameters(), lr=cfg.student_lr)
+    lam = torch.optim.lr_scheduler.LambdaLR
+    opt = Optimisers(gen, stu, lam(gen, CosineFactor(cfg.total_iterations)), lam(stu, CosineFactor(cfg.total_iterations)))
+    reference_zero_shot_steps(teacher.eval(), student, generator, opt, torch.Generator().manual_seed(0), n, cfg)
+    pairs = [*zip(ours.student.parameters(), student.parameters()),
+             *zip(ours.generator.parameters(), generator.parameters())]
+    return max((a - b).abs().max().item() for a, b in pairs)
+
+
 # ------------------------------------------------------------------------------ memory, in a child process
 
 
@@ -224,8 +247,10 @@ class CliCase:
     def __call__(self) -> float:
         self.n += 1
         out = self.dir / f"run{self.n}"
-        proc = subprocess.run([sys.executable, "-m", "zskt", *self.args, "--out", str(out)], capture_output=True,
-                              text=True)
+        # The command runs with this process's torch thread count, so that both sides use the same cores.
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+        proc = subprocess.run([sys.executable, "-m", "zskt", *self.args, "--out", str(out)], check=False, capture_output=True,
+                              text=True, env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"zskt zero-shot failed:\n{proc.stderr[-2000:]}")
         return json.loads((out / "result.json").read_text())["seconds_per_iteration"]
@@ -250,12 +275,18 @@ def main(argv=None) -> dict:
     p.add_argument("--memory", action="store_true", help="peak memory per configuration, each in a fresh process")
     p.add_argument("--cli", action="store_true", help="also time `zskt zero-shot` (6 pseudo batches, eval every 3) "
                                                       "in fp32 and bf16 for the first pair, interleaved")
+    p.add_argument("--check", action="store_true", help="only compare this file's authors' loop with zskt's "
+                                                        "reference_zero_shot_steps (parameters after 2 batches)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--memory-child", nargs=2, metavar=("PAIR", "LOOP"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_child:
         return memory_child(args)
+    if args.check:
+        diff = check_authors_loop()
+        print(f"authors' loop here vs zskt.reference_zero_shot_steps: max |parameter difference| {diff:.2e}")
+        return {"max_abs_diff": diff}
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -296,7 +327,8 @@ def main(argv=None) -> dict:
             f = flops.get(name) or flops.get(name.replace("zskt CLI ", "zskt-"))
             row = {"pair": pair.replace("wrn-", "").replace(":", " -> "), "pair_id": pair, "loop": name, "precision": precision,
                    "seconds": sec, "min": min(values), "max": max(values), "n": len(values),
-                   "speedup": authors / sec if authors else None, "tflop": f / 1e12 if f else None}
+                   "speedup": authors / sec if authors else None, "tflop": f / 1e12 if f else None,
+                   "run_80k_h": sec * 80_000 / 3600}
             if f:
                 row["gflops"] = f / sec / 1e9
                 ref = common.peak_for(peak, precision)
@@ -313,14 +345,16 @@ def main(argv=None) -> dict:
             extra = ["--device", args.device, "--batch-size", str(args.batch_size)]
             mem = common.child_peak_memory(script, ["--memory-child", row["pair_id"], row["loop"], *extra])
             row["peak_mib"] = mem.get("cuda_max_allocated_mib", mem["max_rss_mib"])
+            # CPU: ru_maxrss includes Python + torch (~300 MiB); this is what the configuration added on top.
+            row["added_mib"] = None if "cuda_max_allocated_mib" in mem else mem["max_rss_mib"] - mem["rss_before_mib"]
             row["rss_before_mib"] = mem["rss_before_mib"]
 
     columns = [("pair", "teacher -> student"), ("loop", "loop"), ("seconds", "s / pseudo batch (median)"),
                ("min", "min"), ("max", "max"), ("n", "n"), ("speedup", "x authors"),
                ("tflop", "TFLOP / pseudo batch"), ("gflops", "GFLOP/s"), ("pct_peak", "% peak"),
-               ("floor_s", "floor s")]
+               ("floor_s", "floor s"), ("run_80k_h", "80k pseudo batches, h")]
     if args.memory:
-        columns.append(("peak_mib", "peak MiB (CUDA alloc / CPU max RSS)"))
+        columns += [("peak_mib", "peak MiB (CUDA alloc / CPU max RSS)"), ("added_mib", "CPU: MiB over start")]
     print(common.table(rows, columns))
     print(f"# load average at the end: {common.load_average()}")
     result = {"machine": info, "peak_gflops": peak, "args": vars(args), "rows": rows,
