@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 from typing import Callable
 
 from zskt.config import add_config_arguments, config_from_args, to_dict
-from zskt.errors import ZsktError
+from zskt.errors import PeerError, ZsktError
 
 
 class Parser(argparse.ArgumentParser):
@@ -57,8 +58,22 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
             prepare(cfg)
         with RunContext(cfg.device) as ctx:
             device = ctx.device or resolve_device(cfg.device)
-            log = RunLog(args.out, command=name, config=to_dict(cfg), environment=environment(device),
-                         resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, enabled=ctx.is_main)
+            # Under torchrun only rank 0 checks and writes the run folder; its verdict reaches every rank, so a
+            # refused --out stops all ranks at once with rank 0's message.
+            log, error = None, None
+            try:
+                log = RunLog(args.out, command=name, config=to_dict(cfg), environment=environment(device),
+                             resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, enabled=ctx.is_main)
+            except ZsktError as e:
+                error = str(e)
+            if ctx.distributed:
+                from zskt.distributed import broadcast_object
+
+                error = broadcast_object(error)
+                if error and not ctx.is_main:
+                    raise PeerError(error)
+            if error:
+                raise ZsktError(error)
             result = run(cfg, log)
         if ctx.is_main:
             shown = ", ".join(f"{k} {result[k]:.2f}" + ("%" if "accuracy" in k else "")
@@ -118,8 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args._command.main(args) or 0
+    except PeerError:
+        return 2
     except ZsktError as e:
-        print(f"zskt {args.command}: error: {e}", file=sys.stderr, flush=True)
+        rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+        where = f" (rank {rank})" if rank not in (None, "0") else ""
+        print(f"zskt {args.command}: error{where}: {e}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         out = getattr(args, "out", None)

@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass
 from typing import Iterable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -88,30 +87,37 @@ def shard(batch_size: int, rank: int | None = None, world_size: int | None = Non
     return start, start + base + (1 if rank < extra else 0)
 
 
-def local_batch_size(batch_size: int) -> int:
-    start, stop = shard(batch_size)
-    return stop - start
-
-
-def loss_share(local: int, batch_size: int) -> float:
-    """Factor for a rank's mean loss so that summed gradients are the global-batch mean's: local / global."""
-    return local / batch_size if world()[1] > 1 else 1.0
-
-
 def sum_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
-    """All-reduce (sum) the gradients of `parameters` in one flat buffer; no-op in a single process."""
+    """All-reduce (sum) the gradients of `parameters` in one flat buffer; no-op in a single process.
+
+    Every rank must send the same layout, so a parameter without a gradient on this rank (a rank whose shard
+    of a batch was empty) contributes zeros: its gradient is created as zeros first."""
     if world()[1] <= 1:
         return
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
+    params = [p for p in parameters if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if not params:
         return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    offset = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[offset:offset + n].view_as(g))
-        offset += n
+    _all_reduce_in_place([p.grad for p in params])
+
+
+def _all_reduce_in_place(tensors: list[torch.Tensor], average: bool = False) -> None:
+    # One collective per dtype: a flat buffer of each group, summed, then copied back (layouts preserved).
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():
+        flat = torch.cat([t.reshape(-1) for t in group])
+        dist.all_reduce(flat)
+        if average:
+            flat /= world()[1]
+        offset = 0
+        for t in group:
+            n = t.numel()
+            t.copy_(flat[offset:offset + n].view_as(t))
+            offset += n
 
 
 def average_buffers(module: torch.nn.Module) -> None:
@@ -120,16 +126,45 @@ def average_buffers(module: torch.nn.Module) -> None:
     if world()[1] <= 1:
         return
     buffers = [b for b in module.buffers() if b.is_floating_point()]
-    if not buffers:
+    if buffers:
+        _all_reduce_in_place(buffers, average=True)
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank (the start of a run: every rank then holds exactly the
+    same network, whatever its own initialisation drew); no-op in a single process."""
+    if world()[1] <= 1:
         return
-    flat = torch.cat([b.reshape(-1) for b in buffers])
-    dist.all_reduce(flat)
-    flat /= world()[1]
-    offset = 0
-    for b in buffers:
-        n = b.numel()
-        b.copy_(flat[offset:offset + n].view_as(b))
-        offset += n
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+
+def fingerprint(*modules: torch.nn.Module) -> str:
+    """A digest of the exact bytes of every parameter and buffer (SHA-256), for checking that ranks agree."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for module in modules:
+        for name, t in [*module.named_parameters(), *module.named_buffers()]:
+            h.update(name.encode())
+            h.update(t.detach().float().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_in_sync(*modules: torch.nn.Module) -> dict:
+    """At the end of a distributed run: every rank's fingerprint of `modules`, compared on every rank. Returns
+    what result.json records ({} in a single process); raises if the ranks ended with different weights."""
+    rank, size = world()
+    if size <= 1:
+        return {}
+    prints = [None] * size
+    dist.all_gather_object(prints, fingerprint(*modules))
+    if len(set(prints)) != 1:
+        differ = [r for r, p in enumerate(prints) if p != prints[0]]
+        raise ZsktError(f"ranks {differ} ended with weights different from rank 0's; this is a bug in zskt's "
+                        "data-parallel code, please report it (the single-process run is unaffected)")
+    return {"world_size": size, "backend": dist.get_backend(), "weights_identical_across_ranks": True}
 
 
 def all_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -153,7 +188,51 @@ def broadcast_object(obj):
     return box[0]
 
 
-def derived_seed(seed: int, *keys: int) -> int:
-    """A seed for (run seed, keys...), e.g. (seed, pseudo batch, rank): independent streams that a resumed
-    run can recreate from the counters alone, whatever the number of ranks before and after."""
-    return int(np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
+@dataclass(frozen=True)
+class Shard:
+    """This rank's part of one global batch of `size` samples: [start, stop) and the factor `share` =
+    local / global that makes summed gradients the global-batch mean's. In a single process the whole batch,
+    share 1, and `reduce` does nothing."""
+
+    size: int
+    start: int
+    stop: int
+    world_size: int
+
+    @classmethod
+    def of(cls, size: int) -> "Shard":
+        rank, world_size = world()
+        start, stop = shard(size, rank, world_size)
+        return cls(size, start, stop, world_size)
+
+    @property
+    def local(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def share(self) -> float:
+        return self.local / self.size if self.world_size > 1 else 1.0
+
+    def take(self, tensor: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a global-batch tensor (the tensor itself in a single process)."""
+        return tensor if self.world_size <= 1 else tensor[self.start:self.stop]
+
+    def reduce(self, parameters: Iterable[torch.nn.Parameter]) -> None:
+        """Sum the gradients over ranks (each already scaled by `share`): the global batch's gradient."""
+        if self.world_size > 1:
+            sum_gradients(parameters)
+
+
+def use_sync_batchnorm(module: torch.nn.Module, enabled: bool, device: torch.device) -> torch.nn.Module:
+    """`--sync-bn`: under torchrun, BatchNorm layers normalise over the global batch (PyTorch's SyncBatchNorm),
+    as a single process does; converted in place (state_dict keys unchanged). Off, or in a single process, the
+    module is returned as it is. SyncBatchNorm runs on GPUs only: asked for on CPU it is refused."""
+    if not enabled or world()[1] <= 1:
+        return module
+    if device.type != "cuda":
+        raise ZsktError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); on CPU leave it off: "
+                        "each rank then normalises over its own shard of the batch (docs/distributed.md)")
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if converted is not module:
+        raise ZsktError("--sync-bn: a bare BatchNorm module cannot be converted in place")
+    return module

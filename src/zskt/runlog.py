@@ -103,18 +103,33 @@ class RunLog:
             atomic_torch_save(self.out / CHECKPOINT, state)
 
     def load_checkpoint(self, map_location: Any = "cpu") -> dict | None:
-        """The last checkpoint, or None. Metrics rows past the checkpoint are dropped (they will be redone)."""
-        path = self.out / CHECKPOINT
-        if not path.is_file():
+        """The last checkpoint, or None. Metrics rows past the checkpoint are dropped (they will be redone).
+
+        In a distributed run rank 0 reads the file and sends it to every rank (all ranks call this at the same
+        point), so the other ranks never read a file rank 0 is replacing, nor need the same file system."""
+        from zskt.distributed import broadcast_object, world
+
+        if world()[1] > 1:
+            state, error = self._read_checkpoint("cpu") if self.enabled else (None, None)
+            state, error = broadcast_object((state, error))
+        else:
+            state, error = self._read_checkpoint(map_location)
+        if error:
+            raise ZsktError(error)
+        if state is None:
             return None
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=False)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing here
-            raise ZsktError(f"checkpoint {path} cannot be read ({type(e).__name__}); "
-                            "delete it to start the run again") from None
         self.resumed_from = {"step": state.get("step")}
         self._trim_metrics(state.get("step"))
         return state
+
+    def _read_checkpoint(self, map_location: Any) -> tuple[dict | None, str | None]:
+        path = self.out / CHECKPOINT
+        if not path.is_file():
+            return None, None
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False), None
+        except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing here
+            return None, f"checkpoint {path} cannot be read ({type(e).__name__}); delete it to start the run again"
 
     def _trim_metrics(self, step: int | None) -> None:
         path = self.out / "metrics.jsonl"

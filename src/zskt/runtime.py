@@ -114,6 +114,13 @@ def environment(device: torch.device | None = None) -> dict:
         "torch_threads": torch.get_num_threads(),
         "argv": sys.argv,
     }
+    from zskt.distributed import world
+
+    rank, world_size = world()
+    if world_size > 1:
+        import torch.distributed as dist
+
+        env["distributed"] = {"world_size": world_size, "backend": dist.get_backend()}
     if device is not None:
         env["device"] = str(device)
         if device.type == "cuda":

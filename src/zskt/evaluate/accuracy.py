@@ -7,6 +7,7 @@ import contextlib
 import torch
 
 from zskt.data import ImageSplit, normalize
+from zskt.distributed import all_sum, shard
 
 
 @torch.no_grad()
@@ -19,14 +20,18 @@ def evaluate_accuracy(model: torch.nn.Module, split: ImageSplit, mean, std, *, b
     device = next(model.parameters()).device
     correct = torch.zeros((), dtype=torch.long, device=device)
     autocast = precision.autocast() if precision is not None else contextlib.nullcontext()
+    # Under torchrun each rank counts its contiguous part of the split and the counts are summed: every rank
+    # gets the same accuracy for a fraction of the work (all ranks must call this together).
+    first, last = shard(len(split.labels))
     try:
         with autocast:
-            for start in range(0, len(split.labels), batch_size):
-                images = normalize(split.images[start:start + batch_size].to(device), mean, std)
+            for start in range(first, last, batch_size):
+                stop = min(start + batch_size, last)
+                images = normalize(split.images[start:stop].to(device), mean, std)
                 if precision is not None:
                     images = precision.layout(images)
                 logits, _ = model(images)
-                correct += (logits.argmax(1) == split.labels[start:start + batch_size].to(device)).sum()
+                correct += (logits.argmax(1) == split.labels[start:stop].to(device)).sum()
     finally:
         model.train(was_training)
-    return 100.0 * correct.item() / max(1, len(split.labels))
+    return 100.0 * all_sum(correct).item() / max(1, len(split.labels))

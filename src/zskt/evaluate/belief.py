@@ -23,6 +23,7 @@ from torch import nn
 
 from zskt.config import check, field
 from zskt.data import DATASETS, ImageData, ImageSplit, load_dataset, normalize
+from zskt.distributed import shard, world
 from zskt.errors import ZsktError
 from zskt.io import atomic_write_bytes
 from zskt.runlog import RunLog, Timer
@@ -349,18 +350,25 @@ def run_belief(cfg: BeliefConfig, log: RunLog, data: ImageData | None = None) ->
     targets = targets_for(sources, num_classes)
     n = len(indices)
     chunk = cfg.chunk_size or DEFAULT_CHUNK.get(device.type, DEFAULT_CHUNK["cpu"])
-    n_chunks = math.ceil(n * (num_classes - 1) / chunk)
+    # Under torchrun each rank takes a contiguous part of the images (all targets of each); every curve is
+    # independent of the others, so the gathered curves are exactly the single-process ones.
+    first, last = shard(n)
+    rank, world_size = world()
+    n_chunks = math.ceil((last - first) * (num_classes - 1) / chunk)
+    ranks = f", {world_size} ranks" if world_size > 1 else ""
     log.print(f"belief matching on {data.info.title}: {n} agreeing test images x {num_classes - 1} targets, "
               f"{cfg.steps} steps of xi = {cfg.step_size}, {n_chunks} chunk(s) of <= {chunk} pairs, "
-              f"{device}, {precision.name}")
+              f"{device}, {precision.name}{ranks}")
 
-    images = normalize(test.images[indices].to(device), data.mean, data.std)
+    images = normalize(test.images[indices[first:last]].to(device), data.mean, data.std)
     timer = Timer(device)
     t0 = timer.now()
     progress = _ChunkRows(log, log.progress(n_chunks * cfg.steps, desc="transition curves", unit="step"),
                           cfg.steps, n_chunks, t0)
-    p_student, p_teacher = transition_curves(student, teacher, images, targets, cfg.steps, cfg.step_size,
-                                             chunk, precision=precision, progress=progress)
+    p_student, p_teacher = transition_curves(student, teacher, images, targets[first:last], cfg.steps,
+                                             cfg.step_size, chunk, precision=precision, progress=progress)
+    if world_size > 1:
+        p_student, p_teacher = _gather_curves(p_student, p_teacher, world_size)
     seconds = timer.now() - t0
     log.close_progress()
 
@@ -402,6 +410,16 @@ def run_belief(cfg: BeliefConfig, log: RunLog, data: ImageData | None = None) ->
         "pair_steps_per_second": curves * cfg.steps / max(seconds, 1e-9),
         **precision.describe(),
     })
+
+
+def _gather_curves(p_student: torch.Tensor, p_teacher: torch.Tensor,
+                   world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's curves, concatenated in rank order (= image order), on every rank."""
+    import torch.distributed as dist
+
+    parts: list = [None] * world_size
+    dist.all_gather_object(parts, (p_student.cpu(), p_teacher.cpu()))
+    return torch.cat([s for s, _ in parts]), torch.cat([t for _, t in parts])
 
 
 class _ChunkRows:

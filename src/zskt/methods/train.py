@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from zskt.config import check, field
+from zskt.distributed import Shard, all_sum, average_buffers, broadcast_module, check_in_sync, \
+    use_sync_batchnorm
 from zskt.data import DATASETS, DeviceLoader, ImageData, load_dataset, select_per_class
 from zskt.evaluate import evaluate_accuracy
 from zskt.methods.schedule import Schedule, make_schedule, step_lr
@@ -46,6 +48,8 @@ class SupervisedRecipe:
     seed: int = field(0, "seed for initialisation, subset choice and data order (paper: 0, 1, 2)")
     device: str = field("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
     precision: str = field("auto", "fp32, bf16 (autocast), or auto: fp32 on CPU, bf16 on CUDA")
+    sync_bn: bool = field(False, "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, "
+                                 "CUDA only); default: each rank's own shard")
     image_size: int | None = field(None, "digits only: side of the resized images (default 16)")
     data_dir: str | None = field(None, "data root (default: $ZSKT_DATA or ~/.cache/zskt/data)")
     download: bool = field(False, "download missing data files (CIFAR-10, SVHN, Fashion-MNIST)")
@@ -117,8 +121,15 @@ def fit_supervised(model: torch.nn.Module, data: ImageData, cfg, log: RunLog, *,
 
     The loss is `loss_fn(model, images, labels)` under autocast; KD+AT passes one that also runs the teacher.
     Losses are accumulated on the device and read only at log points (no host sync per step).
+
+    Under torchrun every rank walks the same global batches (same seed, order and augmentation draws) and
+    trains on its shard of each; its loss is scaled by its share of the batch and the gradients are summed
+    over ranks, which is the global batch's mean gradient (docs/distributed.md). BN running statistics are
+    averaged over ranks before every evaluation and checkpoint.
     """
     device = next(model.parameters()).device
+    use_sync_batchnorm(model, cfg.sync_bn, device)
+    broadcast_module(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     info = data.info
@@ -149,13 +160,16 @@ def fit_supervised(model: torch.nn.Module, data: ImageData, cfg, log: RunLog, *,
             group["lr"] = lr
         t0 = timer.now()
         for images, labels in loader:
-            images = precision.layout(images)
-            with precision.autocast():
-                loss = loss_fn(model, images, labels)
+            part = Shard.of(len(labels))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if part.local:  # a rank's shard of a last, short batch can be empty: it then adds zeros
+                images = precision.layout(part.take(images))
+                with precision.autocast():
+                    loss = loss_fn(model, images, part.take(labels)) * part.share
+                loss.backward()
+                loss_sum += loss.detach()
+            part.reduce(model.parameters())
             optimizer.step()
-            loss_sum += loss.detach()
             n_steps += 1
         # Per-iteration time from whole epochs (one sync per epoch, none per step); the first epoch of a
         # process is a warm-up and is kept only while it is the only measurement.
@@ -167,9 +181,10 @@ def fit_supervised(model: torch.nn.Module, data: ImageData, cfg, log: RunLog, *,
         bar.update(1)
         last = epoch + 1 == schedule.epochs
         if (epoch + 1) % eval_every == 0 or last:
+            average_buffers(model)
             accuracy = evaluate_accuracy(model, test, data.mean, data.std, precision=precision)
             best = max(best, accuracy)
-            train_loss = (loss_sum / max(1, n_steps)).item()
+            train_loss = (all_sum(loss_sum) / max(1, n_steps)).item()
             loss_sum.zero_()
             n_steps = 0
             row = {"step": epoch + 1, "epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
@@ -186,6 +201,9 @@ def fit_supervised(model: torch.nn.Module, data: ImageData, cfg, log: RunLog, *,
     result = {"test_accuracy": accuracy, "best_test_accuracy": best,
               "seconds_per_iteration": median(history) if history else warmup,
               "epochs": schedule.epochs, "iterations": schedule.iterations, **(extra_result or {})}
+    in_sync = check_in_sync(model)
+    if in_sync:
+        result["distributed"] = in_sync
     return result
 
 

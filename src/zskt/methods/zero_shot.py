@@ -21,6 +21,14 @@ import torch
 
 from zskt.config import check, field
 from zskt.data import DATASETS, ImageSplit, get_info, load_dataset
+from zskt.distributed import (
+    Shard,
+    all_sum,
+    average_buffers,
+    broadcast_module,
+    check_in_sync,
+    use_sync_batchnorm,
+)
 from zskt.errors import ZsktError
 from zskt.evaluate import evaluate_accuracy
 from zskt.io import atomic_write_bytes
@@ -80,6 +88,8 @@ class ZeroShotConfig:
     seed: int = field(0, "seed for the student, the generator and the z draws (authors: 0, 1, 2)")
     device: str = field("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
     precision: str = field("auto", "fp32, bf16 (autocast), or auto: fp32 on CPU, bf16 on CUDA")
+    sync_bn: bool = field(False, "under torchrun: BatchNorm statistics of student and generator over the "
+                                 "global batch (SyncBatchNorm, CUDA only); default: each rank's own shard")
     compile: bool = field(False, "torch.compile the student in the training loop (CUDA: mode reduce-overhead, "
                                  "CUDA graphs); off: not yet measured on a GPU, no gain on CPU (docs/benchmarks.md)")
     image_size: int | None = field(None, "digits only: side of the resized images (default 16); must be the "
@@ -195,8 +205,9 @@ def _clip(parameters, max_norm: float) -> None:
 class PseudoStats:
     """Sums kept on the device between log points, so the loop never waits for the device (no .item())."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, share: float = 1.0):
         self.device = device
+        self.share = share  # this rank's share of the batch: per-rank means x share sum to the global mean
         self.reset()
 
     def reset(self) -> None:
@@ -216,13 +227,13 @@ class PseudoStats:
         # The authors log both networks' mean max-probability on the last student step's pseudo batch
         # (SPEC §8: about 0.8 for the teacher and 0.3 for the student on CIFAR-10).
         with torch.no_grad():
-            self.sums[2] += torch.softmax(teacher_logits.float(), 1).amax(1).mean()
-            self.sums[3] += torch.softmax(student_logits.detach().float(), 1).amax(1).mean()
+            self.sums[2] += torch.softmax(teacher_logits.float(), 1).amax(1).mean() * self.share
+            self.sums[3] += torch.softmax(student_logits.detach().float(), 1).amax(1).mean() * self.share
         self.counts[2] += 1
 
     def read(self) -> dict:
-        """Means since the last read (one host sync), then reset."""
-        values = self.sums.tolist()
+        """Means since the last read (one host sync; over all ranks under torchrun), then reset."""
+        values = all_sum(self.sums).tolist()
         g, s, b = (max(1, n) for n in self.counts)
         out = {"generator_loss": values[0] / g if self.counts[0] else float("nan"),
                "student_loss": values[1] / s, "teacher_max_prob": values[2] / b, "student_max_prob": values[3] / b}
@@ -234,23 +245,27 @@ class PseudoStats:
 
 
 def generator_step(teacher: torch.nn.Module, student: torch.nn.Module, generator: Generator, opt: Optimisers,
-                   z: torch.Tensor, cfg: ZeroShotConfig, precision: Precision) -> torch.Tensor:
+                   z: torch.Tensor, cfg: ZeroShotConfig, precision: Precision,
+                   part: Shard | None = None) -> torch.Tensor:
     """One generator step on x = G(z): L_G = −KL(T(x) ‖ S(x)), clip, Adam; returns L_G (with its graph freed).
 
     Gradients go only to the generator's parameters (`backward(inputs=...)`: the student's parameter gradients
     are not computed), but through both the student's log-softmax and the teacher's softmax, as the authors'
     loss has it: the frozen teacher still runs with a graph with respect to its input. The student is in train
-    mode, so this forward updates its BN running statistics, as in the authors' code.
+    mode, so this forward updates its BN running statistics, as in the authors' code. Under torchrun, `z` is
+    this rank's shard and `part` scales the loss and sums the gradients over ranks before clipping.
     """
+    part = part or Shard.of(len(z))
     gen_params = [p for p in generator.parameters() if p.requires_grad]
     with precision.autocast():
         x = precision.layout(generator(z))
         student_logits, _ = student(x)
         teacher_logits, _ = teacher(x)
     loss = zero_shot_generator_loss(student_logits, teacher_logits, temperature=cfg.temperature,
-                                    reduction=cfg.kl_reduction)
+                                    reduction=cfg.kl_reduction) * part.share
     opt.generator.zero_grad(set_to_none=True)
     loss.backward(inputs=gen_params)
+    part.reduce(gen_params)
     _clip(gen_params, cfg.grad_clip)
     opt.generator.step()
     return loss.detach()
@@ -273,28 +288,35 @@ def zero_shot_steps(teacher: torch.nn.Module, student: torch.nn.Module, generato
 
     With `fresh_batch_per_student_step`, each student step instead draws a new z, a new pseudo batch and new
     teacher outputs (Ferles' "modified" variant): 1 + n_S draws of z per pseudo batch.
+
+    Under torchrun every rank draws the same global z (the same stream as a single process) and keeps its
+    shard; losses are scaled by the shard's share and gradients summed over ranks before clipping, so each
+    step uses the global batch's gradient (docs/distributed.md).
     """
     precision = precision or Precision("fp32", "cpu", False)
+    part = Shard.of(cfg.batch_size)
     pseudo = None
     for _ in range(n_pseudo_batches):
-        z = generator.sample_z(cfg.batch_size, generator=z_source)
+        z = part.take(generator.sample_z(cfg.batch_size, generator=z_source))
         for _ in range(cfg.n_generator_steps):
-            loss = generator_step(teacher, student, generator, opt, z, cfg, precision)
+            loss = generator_step(teacher, student, generator, opt, z, cfg, precision, part)
             if stats is not None:
                 stats.add_generator(loss)
         for k in range(cfg.n_student_steps):
             if k == 0 or cfg.fresh_batch_per_student_step:
                 if cfg.fresh_batch_per_student_step:
-                    z = generator.sample_z(cfg.batch_size, generator=z_source)
+                    z = part.take(generator.sample_z(cfg.batch_size, generator=z_source))
                 with torch.no_grad(), precision.autocast():
                     pseudo = precision.layout(generator(z))
                     teacher_logits, teacher_acts = teacher(pseudo)
             with precision.autocast():
                 student_logits, student_acts = student(pseudo)
             loss = zero_shot_student_loss(student_logits, student_acts, teacher_logits, teacher_acts,
-                                          beta=cfg.attention_beta, temperature=cfg.temperature, reduction=cfg.kl_reduction)
+                                          beta=cfg.attention_beta, temperature=cfg.temperature,
+                                          reduction=cfg.kl_reduction) * part.share
             opt.student.zero_grad(set_to_none=True)
             loss.backward()
+            part.reduce(student.parameters())
             _clip(student.parameters(), cfg.grad_clip)
             opt.student.step()
             if stats is not None:
@@ -382,9 +404,16 @@ def zero_shot(cfg: ZeroShotConfig, log: RunLog, teacher: torch.nn.Module, studen
     if (generator.out_channels, generator.image_size) != (channels, size):
         raise ZsktError(f"the generator makes {generator.out_channels}x{generator.image_size}x{generator.image_size}"
                         f" images, the test images are {channels}x{size}x{size}")
+    part = Shard.of(cfg.batch_size)
+    if part.local == 0:
+        raise ZsktError(f"batch_size {cfg.batch_size} is smaller than the {part.world_size} ranks; "
+                        "pass a larger --batch-size or start fewer processes")
     teacher = precision.prepare(teacher.to(device)).eval().requires_grad_(False)
-    student = precision.prepare(student.to(device)).train()
-    generator = precision.prepare(generator.to(device)).train()  # always batch statistics, as the authors'
+    student = precision.prepare(use_sync_batchnorm(student.to(device), cfg.sync_bn, device)).train()
+    # The generator is always in train mode (batch statistics), as the authors'.
+    generator = precision.prepare(use_sync_batchnorm(generator.to(device), cfg.sync_bn, device)).train()
+    broadcast_module(student)
+    broadcast_module(generator)
     opt = Optimisers.build(student, generator, cfg)
     z_source = torch.Generator(device=device).manual_seed(cfg.seed)
     test = test_split.to(device)
@@ -413,7 +442,7 @@ def zero_shot(cfg: ZeroShotConfig, log: RunLog, teacher: torch.nn.Module, studen
     log.print(f"zero-shot {total} pseudo batches of {cfg.batch_size} ({cfg.n_generator_steps} generator + "
               f"{cfg.n_student_steps} student steps each), {device}, {precision.name}; teacher test accuracy "
               f"{teacher_accuracy:.2f}%")
-    stats = PseudoStats(device)
+    stats = PseudoStats(device, part.share)
     timer = Timer(device)
     bar = log.progress(total, initial=start, desc="zero-shot", unit="batch")
     t0 = time.perf_counter()
@@ -437,6 +466,8 @@ def zero_shot(cfg: ZeroShotConfig, log: RunLog, teacher: torch.nn.Module, studen
             continue
 
         last = step == total
+        average_buffers(student)  # under torchrun: every rank evaluates and saves the same BN statistics
+        average_buffers(generator)
         accuracy = evaluate_accuracy(student, test, mean, std, batch_size=cfg.eval_batch_size, precision=precision)
         best = max(best, accuracy)
         row = {"step": step, **stats.read(), "test_accuracy": accuracy, "best_test_accuracy": best,
@@ -457,6 +488,7 @@ def zero_shot(cfg: ZeroShotConfig, log: RunLog, teacher: torch.nn.Module, studen
                 "best": best, "test_accuracy": accuracy, "interval_seconds": history,
                 "first_seconds": first_seconds})
     log.close_progress()
+    in_sync = check_in_sync(student, generator)
     seconds = median(history) if history else first_seconds
     if log.enabled:
         save_model(student, log.out / "model.pt", dataset=cfg.dataset, image_size=size, test_accuracy=accuracy,
@@ -469,7 +501,7 @@ def zero_shot(cfg: ZeroShotConfig, log: RunLog, teacher: torch.nn.Module, studen
         "teacher": cfg.teacher, "teacher_arch": getattr(teacher, "arch", dict)().get("name"),
         "student": cfg.student, "dataset": cfg.dataset, "seed": cfg.seed, "batch_size": cfg.batch_size,
         "beta": cfg.attention_beta, "fresh_batch_per_student_step": cfg.fresh_batch_per_student_step,
-        "compile": cfg.compile,
+        "compile": cfg.compile, **({"distributed": in_sync} if in_sync else {}),
         **precision.describe()})
 
 
