@@ -244,29 +244,36 @@ def infer_wrn_arch(state_dict: Mapping[str, torch.Tensor], source: Any = "state_
     }
 
 
-def _wrn_weights(obj: Any, path: Path) -> tuple[dict, Mapping | None]:
-    """(state_dict with the authors' key names, recorded arch or None) from whatever the file holds."""
-    recorded = None
+def _unpack(obj: Any, path: Path, *, own: str, other: str, other_is: str, keys: tuple[str, ...],
+            what: str) -> tuple[Mapping, Mapping | None]:
+    """(weights, recorded arch or None) from a file's object: a module, a project file of format `own`, the
+    first of the dict `keys` that holds a mapping (the authors' layouts), or a bare state_dict. A project file
+    of the `other` format is refused with `other_is`."""
     if isinstance(obj, nn.Module):
-        state = obj.state_dict()
-    elif not isinstance(obj, Mapping):
+        return obj.state_dict(), None
+    if not isinstance(obj, Mapping):
         raise ZsktError(f"checkpoint {path} holds a {type(obj).__name__}; expected a dict of weights")
-    elif obj.get("format") == MODEL_FORMAT:
+    if obj.get("format") == own:
         _check_version(obj, path)
-        state, recorded = obj["state_dict"], obj["arch"]
-    elif obj.get("format") == GENERATOR_FORMAT:
-        raise ZsktError(f"checkpoint {path} holds a generator, expected a Wide ResNet (use load_generator)")
-    elif isinstance(obj.get("state_dict"), Mapping):  # authors' teachers, FSKT KD+AT students
-        state = obj["state_dict"]
-    elif isinstance(obj.get("student_state_dict"), Mapping):  # authors' zero-shot students
-        state = obj["student_state_dict"]
-    elif obj and all(isinstance(value, torch.Tensor) for value in obj.values()):  # a bare state_dict
-        state = obj
-    else:
-        raise ZsktError(
-            f"checkpoint {path} holds no network weights (top-level keys {_few(list(obj))}); "
-            "expected 'state_dict', 'student_state_dict' or a bare state_dict"
-        )
+        return obj["state_dict"], obj["arch"]
+    if obj.get("format") == other:
+        raise ZsktError(f"checkpoint {path} holds {other_is}")
+    for key in keys:
+        if isinstance(obj.get(key), Mapping):
+            return obj[key], None
+    if obj and all(isinstance(value, torch.Tensor) for value in obj.values()):  # a bare state_dict
+        return obj, None
+    expected = " or ".join(repr(key) for key in keys)
+    raise ZsktError(f"checkpoint {path} holds no {what} weights (top-level keys {_few(list(obj))}); "
+                    f"expected {expected}, a {own} file or a bare state_dict")
+
+
+def _wrn_weights(obj: Any, path: Path) -> tuple[dict, Mapping | None]:
+    """(state_dict with the authors' key names, recorded arch or None) from whatever the file holds:
+    `state_dict` (authors' teachers, FSKT KD+AT students), `student_state_dict` (authors' zero-shot students)."""
+    state, recorded = _unpack(obj, path, own=MODEL_FORMAT, other=GENERATOR_FORMAT,
+                              other_is="a generator, expected a Wide ResNet (use load_generator)",
+                              keys=("state_dict", "student_state_dict"), what="network")
     state = _strip_prefixes(state, _WRAPPER_PREFIXES)
     if any(".nblockLayer." in key or key.startswith("batch_norm.") for key in state):
         state = {_ferles_to_authors(key): value for key, value in state.items()}
@@ -310,25 +317,9 @@ def load_generator(path: str | os.PathLike, map_location: Any = "cpu") -> Genera
     """
     path = Path(path)
     obj = read_checkpoint(path, map_location)
-    recorded = None
-    if isinstance(obj, nn.Module):
-        state = obj.state_dict()
-    elif not isinstance(obj, Mapping):
-        raise ZsktError(f"checkpoint {path} holds a {type(obj).__name__}; expected a dict of weights")
-    elif obj.get("format") == GENERATOR_FORMAT:
-        _check_version(obj, path)
-        state, recorded = obj["state_dict"], obj["arch"]
-    elif obj.get("format") == MODEL_FORMAT:
-        raise ZsktError(f"checkpoint {path} holds a Wide ResNet, expected a generator (use load_model)")
-    elif isinstance(obj.get("generator_state_dict"), Mapping):  # authors' zero-shot files
-        state = obj["generator_state_dict"]
-    elif obj and all(isinstance(value, torch.Tensor) for value in obj.values()):
-        state = obj
-    else:
-        raise ZsktError(
-            f"checkpoint {path} holds no generator weights (top-level keys {_few(list(obj))}); "
-            "expected 'generator_state_dict' or a zskt-generator file"
-        )
+    state, recorded = _unpack(obj, path, own=GENERATOR_FORMAT, other=MODEL_FORMAT,
+                              other_is="a Wide ResNet, expected a generator (use load_model)",
+                              keys=("generator_state_dict",), what="generator")
     state = _strip_prefixes(state, _WRAPPER_PREFIXES + ("generator.",))
     if recorded is not None:
         keys = ("z_dim", "image_size", "out_channels", "final_bn_affine")
