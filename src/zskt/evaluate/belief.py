@@ -314,16 +314,13 @@ class BeliefConfig:
               f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
 
 
-def _load_network(role: str, path: str, data: ImageData, device: torch.device) -> nn.Module:
-    from zskt.models import load_model
+def _load_network(role: str, path: str, cfg: BeliefConfig, data: ImageData, device: torch.device) -> nn.Module:
+    from zskt.models import load_model_for
 
     info = data.info
-    try:
-        return load_model(path, num_classes=info.num_classes, in_channels=info.in_channels,
+    return load_model_for(path, role=role, dataset=cfg.dataset, num_classes=info.num_classes,
+                          in_channels=info.in_channels, image_size=int(data.test.images.shape[-1]),
                           map_location=device)
-    except ZsktError as e:
-        raise ZsktError(f"{role}: {e} ({info.title} has {info.num_classes} classes of "
-                        f"{info.in_channels}-channel images)") from None
 
 
 def run_belief(cfg: BeliefConfig, log: RunLog, data: ImageData | None = None) -> dict:
@@ -332,8 +329,8 @@ def run_belief(cfg: BeliefConfig, log: RunLog, data: ImageData | None = None) ->
     data = data or load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    student = precision.prepare(_load_network("--student", cfg.student, data, device))
-    teacher = precision.prepare(_load_network("--teacher", cfg.teacher, data, device))
+    student = precision.prepare(_load_network("--student", cfg.student, cfg, data, device))
+    teacher = precision.prepare(_load_network("--teacher", cfg.teacher, cfg, data, device))
     num_classes = data.info.num_classes
     test = data.test
 

@@ -20,7 +20,7 @@ from zskt.evaluate import evaluate_accuracy
 from zskt.losses import kd_at_loss
 from zskt.methods.schedule import Schedule, milestones_at
 from zskt.methods.train import SupervisedRecipe, choose_subset, fit_supervised, load_data, schedule_record
-from zskt.models import MODELS, build_model, load_model, read_checkpoint, save_model
+from zskt.models import MODELS, build_model, load_model_for, save_model
 from zskt.runlog import RunLog
 from zskt.runtime import resolve_device, resolve_precision, seed_everything
 
@@ -88,25 +88,11 @@ class KDATConfig(SupervisedRecipe):
 
 def load_network(path: str, role: str, data: ImageData, dataset: str, device: torch.device,
                  arch: str | None = None) -> torch.nn.Module:
-    """A Wide ResNet file checked against the data (classes, channels and, where the project's own files record
-    them, the data set and image size it was trained on) and, when given, the architecture; errors name the
-    option (`role`)."""
+    """`--teacher` / `--init`: a Wide ResNet file checked against the data (`load_model_for`)."""
     info = data.info
-    obj = read_checkpoint(path)
-    meta = (obj.get("meta") if isinstance(obj, dict) and obj.get("format") == "zskt-model" else None) or {}
-    if meta.get("dataset") and meta["dataset"] != dataset:
-        raise ZsktError(f"--{role} {path} was trained on {meta['dataset']}, not {dataset}; pass --dataset "
-                        f"{meta['dataset']} or a {role} trained on {dataset}")
-    size = int(data.train.images.shape[-1])
-    if meta.get("image_size") and meta["image_size"] != size:
-        raise ZsktError(f"--{role} {path} was trained on {meta['image_size']}x{meta['image_size']} images, these "
-                        f"are {size}x{size}; pass --image-size {meta['image_size']}")
-    try:
-        return load_model(path, arch, num_classes=info.num_classes, in_channels=info.in_channels,
-                          map_location=device)
-    except ZsktError as e:
-        raise ZsktError(f"--{role}: {e} ({dataset}: {info.num_classes} classes, "
-                        f"{info.in_channels}-channel images)") from None
+    return load_model_for(path, role=f"--{role}", dataset=dataset, num_classes=info.num_classes,
+                          in_channels=info.in_channels, image_size=int(data.train.images.shape[-1]),
+                          map_location=device, arch=arch)
 
 
 def kd_at_loss_fn(teacher: torch.nn.Module, cfg: KDATConfig):

@@ -37,8 +37,8 @@ from zskt.models import (
     MODELS,
     Generator,
     build_model,
-    load_model,
-    read_checkpoint,
+    check_image_size,
+    load_model_for,
     save_generator,
     save_model,
 )
@@ -537,41 +537,21 @@ def save_pseudo_grid(images: torch.Tensor, mean, std, path: Path, n: int = 64) -
 # ------------------------------------------------------------------------------------- from files
 
 
-def load_teacher(cfg: ZeroShotConfig, num_classes: int, in_channels: int,
-                 device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """The teacher file and its recorded metadata ({} for foreign files), checked against the data set: class
-    count, channels and, for project files, the data set it was trained on."""
-    if not cfg.teacher:
-        raise ZsktError("no teacher given; pass --teacher PATH (a model.pt from `zskt train` or an authors' file)")
-    path = Path(cfg.teacher)
-    obj = read_checkpoint(path)
-    meta = obj.get("meta") if isinstance(obj, dict) and obj.get("format") == "zskt-model" else None
-    meta = meta if isinstance(meta, dict) else {}
-    if meta.get("dataset") and meta["dataset"] != cfg.dataset:
-        raise ZsktError(f"teacher {path} was trained on {meta['dataset']}, not {cfg.dataset}; "
-                        f"pass --dataset {meta['dataset']} or a teacher trained on {cfg.dataset}")
-    teacher = load_model(path, map_location=device)
-    arch = teacher.arch()
-    if (arch["num_classes"], arch["in_channels"]) != (num_classes, in_channels):
-        raise ZsktError(f"teacher {path} is a {arch['num_classes']}-class network for {arch['in_channels']}-channel "
-                        f"images, but {cfg.dataset} has {num_classes} classes and {in_channels}-channel images; "
-                        f"pass the --dataset the teacher was trained on")
-    return teacher, meta
-
-
 def run_zero_shot(cfg: ZeroShotConfig, log: RunLog) -> dict:
     """`zskt zero-shot`: load the teacher, build the student and generator, read only the test split, transfer."""
+    if not cfg.teacher:
+        raise ZsktError("no teacher given; pass --teacher PATH (a model.pt from `zskt train` or an authors' file)")
     device = resolve_device(cfg.device)
     info = get_info(cfg.dataset)
-    teacher, meta = load_teacher(cfg, info.num_classes, info.in_channels, device)
+    # The teacher first: a wrong file is reported before any data is read or downloaded.
+    teacher = load_model_for(cfg.teacher, role="--teacher", dataset=cfg.dataset, num_classes=info.num_classes,
+                             in_channels=info.in_channels, image_size=None, map_location=device)
     data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
     # Only the test split and the normalisation constants go on; the train split is dropped here.
     test, mean, std = data.test, data.mean, data.std
     del data
     size = int(test.images.shape[-1])
-    if meta.get("image_size") not in (None, size):
-        raise ZsktError(f"teacher {cfg.teacher} was trained on {meta['image_size']}x{meta['image_size']} images, "
-                        f"the test images are {size}x{size}; pass --image-size {meta['image_size']}")
+    check_image_size(teacher, "--teacher", cfg.teacher, size)
     seed_everything(cfg.seed)
     student = build_model(cfg.student, info.num_classes, info.in_channels)
     generator = Generator(cfg.z_dim, image_size=size, out_channels=info.in_channels,

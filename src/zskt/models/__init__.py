@@ -9,12 +9,14 @@ from torch import nn
 
 from zskt.errors import ZsktError
 from zskt.models.checkpoints import (
+    check_image_size,
     GENERATOR_FORMAT,
     MODEL_FORMAT,
     infer_generator_arch,
     infer_wrn_arch,
     load_generator,
     load_model,
+    load_model_for,
     read_checkpoint,
     save_generator,
     save_model,
@@ -51,11 +53,13 @@ __all__ = [
     "Generator",
     "WideResNet",
     "build_model",
+    "check_image_size",
     "count_parameters",
     "infer_generator_arch",
     "infer_wrn_arch",
     "load_generator",
     "load_model",
+    "load_model_for",
     "parse_wrn_name",
     "read_checkpoint",
     "save_generator",

@@ -305,6 +305,37 @@ def _describe(depth: int, widen: int) -> str:
     return f"wrn-{depth}-{widen} (depth {depth}, widen {widen})"
 
 
+def load_model_for(path: str | os.PathLike, *, role: str, dataset: str, num_classes: int, in_channels: int,
+                   image_size: int | None, map_location: Any = "cpu", arch: str | Mapping | None = None) -> WideResNet:
+    """`load_model` for a command's option (`role`, e.g. "--teacher"), checked against the data it will see:
+    the class count and channels, and, where the project's own files record them, the data set and the image
+    size it was trained on (and `arch` when given). Every error is one line naming the option and the fix.
+    The file's record is kept as `model.meta` ({} for foreign files); with `image_size` None the size is left
+    for `check_image_size` once the images are loaded."""
+    obj = read_checkpoint(path)
+    meta = obj.get("meta") if isinstance(obj, Mapping) and obj.get("format") == MODEL_FORMAT else None
+    meta = dict(meta) if isinstance(meta, Mapping) else {}
+    if meta.get("dataset") and meta["dataset"] != dataset:
+        raise ZsktError(f"{role} {path} was trained on {meta['dataset']}, not {dataset}; pass --dataset "
+                        f"{meta['dataset']} or a network trained on {dataset}")
+    try:
+        model = load_model(path, arch, num_classes=num_classes, in_channels=in_channels, map_location=map_location)
+    except ZsktError as e:
+        raise ZsktError(f"{role}: {e} ({dataset}: {num_classes} classes, {in_channels}-channel images)") from None
+    model.meta = meta
+    if image_size is not None:
+        check_image_size(model, role, path, image_size)
+    return model
+
+
+def check_image_size(model: nn.Module, role: str, path: str | os.PathLike, image_size: int) -> None:
+    """Refuse images of another size than the network's file records it was trained on (project files)."""
+    trained = getattr(model, "meta", {}).get("image_size")
+    if trained and trained != image_size:
+        raise ZsktError(f"{role} {path} was trained on {trained}x{trained} images, these are "
+                        f"{image_size}x{image_size}; pass --image-size {trained}")
+
+
 # ---------------------------------------------------------------------------------------------- generators
 
 
