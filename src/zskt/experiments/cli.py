@@ -1,9 +1,12 @@
-"""`zskt reproduce NAME --out DIR`: run a named experiment's missing runs (teachers first), then its report."""
+"""`zskt reproduce NAME --out DIR`: run a named experiment's missing runs (teachers first), then its report; on
+this machine, on a Ray cluster (`--executor ray`), or as shell commands for a scheduler (`--print-commands`)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from pathlib import Path
 
 from zskt.cli import Command
 from zskt.errors import ZsktError
@@ -20,23 +23,46 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     grid.add_argument("--list", "--dry-run", dest="list_only", action="store_true",
                       help="only list the runs with their status (done / partial / todo) and exit")
     execution = parser.add_argument_group("execution")
-    execution.add_argument("--executor", choices=("subprocess", "inprocess"), default=None,
-                           help="run each command in a child process (default for reproduce: isolates memory) or "
-                           "in this process (no start-up cost per run; default for demo)")
-    execution.add_argument("--verbose", "-v", action="store_true", help="show each run's own output")
+    execution.add_argument("--executor", choices=("subprocess", "inprocess", "ray"), default=None,
+                           help="run each command in a child process (default: isolates memory), in this process "
+                           "(no start-up cost per run), or as Ray tasks, many at once, on this machine or a "
+                           "cluster whose nodes share the --out folder (needs pip install 'zskt[ray]'; see "
+                           "docs/distributed.md)")
+    execution.add_argument("--verbose", "-v", action="store_true",
+                           help="show each run's own output (local executors; with ray see RUN/output.log)")
     execution.add_argument("--no-report", action="store_true", help="do not rebuild the report at the end")
+    execution.add_argument("--print-commands", action="store_true",
+                           help="run nothing: print a bash script of one `python -m zskt ...` command per missing "
+                           "run (absolute paths, --resume for started runs), in waves ('# wave K' lines) where a "
+                           "run needs only finished runs and runs of earlier waves, for a scheduler (one SLURM job "
+                           "array per wave, docs/distributed.md) or `bash`; records experiment.json as a run "
+                           "would, and writes only the script to stdout (> runs.sh)")
+    ray = parser.add_argument_group("ray (with --executor ray)")
+    ray.add_argument("--address", default=None, metavar="ADDR",
+                     help="the Ray cluster: auto (the one this machine joined with `ray start`), HOST:PORT or "
+                     "ray://HOST:PORT (default: start a local Ray instance on this machine)")
+    ray.add_argument("--gpus-per-run", type=float, default=None, metavar="G",
+                     help="GPUs Ray reserves for each run, and makes its only visible ones (default: 1 when the "
+                     "cluster has GPUs, else 0; 0.5 puts two runs on one GPU)")
+    ray.add_argument("--cpus-per-run", type=float, default=None, metavar="C",
+                     help="CPUs Ray reserves for each run, and its thread count (default 1)")
     passed = parser.add_argument_group("passed to every run")
     passed.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (each command's default: auto)")
     passed.add_argument("--data-dir", default=None, help="data root (default: $ZSKT_DATA or ~/.cache/zskt/data)")
     passed.add_argument("--download", action="store_true", help="download missing data files first")
 
 
-def common_options(args: argparse.Namespace) -> list[str]:
+def absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def common_options(args: argparse.Namespace, absolute_paths: bool = False) -> list[str]:
+    """The options passed to every run; with `absolute_paths` (commands that run elsewhere) paths are absolute."""
     common = []
     if args.device:
         common += ["--device", args.device]
     if args.data_dir:
-        common += ["--data-dir", args.data_dir]
+        common += ["--data-dir", absolute(args.data_dir) if absolute_paths else args.data_dir]
     if args.download:
         common.append("--download")
     return common
@@ -116,7 +142,7 @@ def parse_teachers(datasets: tuple[str, ...], pair: tuple[str, str], teacher: st
     return given
 
 
-def build_spec(args: argparse.Namespace, experiment):
+def build_spec(args: argparse.Namespace, experiment, absolute_paths: bool = False):
     from zskt.data import get_info
 
     datasets = tuple(get_info(d).name for d in args.dataset) if args.dataset else None
@@ -124,21 +150,49 @@ def build_spec(args: argparse.Namespace, experiment):
     spec0 = experiment.spec(datasets=datasets, pair=pair)
     teachers = parse_teachers(spec0.datasets, pair or spec0.pair or experiment.spec().pair
                               or ("wrn-40-2", "wrn-16-1"), args.teacher, args.teachers)
+    if absolute_paths:  # the teacher files as other machines and folders must name them
+        teachers = {key: absolute(path) for key, path in teachers.items()}
     return experiment.spec(datasets=datasets, pair=pair, seeds=tuple(args.seeds) if args.seeds else None,
                            scale=args.scale, images_per_class=parse_ms(args.images_per_class),
                            teachers=teachers or None)
 
 
+def check_execution(args: argparse.Namespace) -> None:
+    ray_only = [flag for flag, value in (("--address", args.address), ("--gpus-per-run", args.gpus_per_run),
+                                         ("--cpus-per-run", args.cpus_per_run)) if value is not None]
+    if ray_only and args.executor != "ray":
+        raise ZsktError(f"{ray_only[0]} is for --executor ray")
+    if args.print_commands and (args.list_only or args.executor):
+        raise ZsktError(f"--print-commands runs nothing: drop {'--list' if args.list_only else '--executor'}")
+    if (args.gpus_per_run or 0) < 0 or (args.cpus_per_run is not None and args.cpus_per_run <= 0):
+        raise ZsktError("--gpus-per-run must be >= 0 and --cpus-per-run > 0")
+
+
 def main(args: argparse.Namespace) -> int:
-    from zskt.experiments.reproduce import reproduce
+    from zskt.experiments.reproduce import print_commands, reproduce
     from zskt.experiments.runner import EXECUTORS
 
     experiment = EXPERIMENTS[args.name]
-    spec = build_spec(args, experiment)
+    check_execution(args)
+    elsewhere = args.print_commands or args.executor == "ray"  # commands that run on other machines
+    spec = build_spec(args, experiment, absolute_paths=elsewhere)
+    common = common_options(args, absolute_paths=elsewhere)
+    if args.print_commands:
+        print_commands(experiment, spec, args.out, common=common)
+        return 0
+    out = absolute(args.out) if elsewhere else args.out
+    pool = contextlib.nullcontext()
+    if args.executor == "ray" and not args.list_only:
+        from zskt.experiments.ray_executor import RayPool
+
+        pool = RayPool(args.address, args.gpus_per_run, args.cpus_per_run or 1.0)
     try:
-        outcome, _ = reproduce(experiment, spec, args.out, list_only=args.list_only,
-                               executor=EXECUTORS[args.executor or "subprocess"], common=common_options(args),
-                               echo=args.verbose, report=not args.no_report)
+        with pool as opened:
+            if opened is not None:
+                print(opened.describe(), flush=True)
+            outcome, _ = reproduce(experiment, spec, out, list_only=args.list_only,
+                                   executor=EXECUTORS.get(args.executor or "subprocess"),
+                                   common=common, echo=args.verbose, report=not args.no_report, pool=opened)
     except KeyboardInterrupt:
         print("zskt reproduce: interrupted; rerun the same command to continue (finished runs are kept, "
               "the interrupted one resumes from its checkpoint)", file=sys.stderr, flush=True)
@@ -151,5 +205,7 @@ COMMAND = Command(
     main, description="Run the missing runs of a named experiment in dependency order (teachers before students), "
     "one run folder each under --out, then rebuild the report (zskt report). Finished runs (result.json) are "
     "skipped; an interrupted run continues from its checkpoint: rerun the same command after any interruption. "
+    "--executor ray runs many at once on a Ray cluster; --print-commands prints them for a scheduler "
+    "(docs/distributed.md). "
     "Experiments: " + "; ".join(f"{e.name} ({e.paper}): {e.description}" for e in EXPERIMENTS.values())
     + ". See docs/experiments.md.")

@@ -1,4 +1,5 @@
-"""`reproduce`: expand a named experiment, record it in DIR/experiment.json, run what is missing, report.
+"""`reproduce`: expand a named experiment, record it in DIR/experiment.json, run what is missing, report; or
+print what is missing as shell commands in waves, for a scheduler (`--print-commands`).
 
 experiment.json records the scale, where each teacher came from, each experiment's parameters and the
 resolved grid (every run's command, options and needs). Several experiments may share one folder and reuse
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import shlex
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +20,9 @@ from pathlib import Path
 from zskt.errors import ZsktError
 from zskt.experiments import EXPERIMENTS, Experiment
 from zskt.experiments.grid import GridSpec, Run, order_runs
-from zskt.experiments.runner import DONE, PARTIAL, Outcome, execute, format_seconds, run_argv, status
+from zskt.experiments.runner import DONE, PARTIAL, Outcome, Pool, execute, format_seconds, run_argv, status
 from zskt.io import atomic_write_json
-from zskt.runlog import read_json
+from zskt.runlog import is_finished, read_json
 
 RECORD = "experiment.json"
 FORMAT = "zskt-experiments"
@@ -126,8 +129,11 @@ def summary(counts: dict[str, int]) -> str:
 def reproduce(experiment: Experiment, spec: GridSpec, out: Path, *, list_only: bool = False,
               executor: Callable | None = None, common: Iterable[str] = (), echo: bool = False,
               report: bool = True, printer: Callable[[str], None] = print,
-              estimate: Callable[[Run], float] | None = None) -> tuple[Outcome | None, Path | None]:
-    """List, or run, the missing runs of `experiment` in `out`, then rebuild the report."""
+              estimate: Callable[[Run], float] | None = None,
+              before_run: Callable[[Run], str] | None = None,
+              pool: Pool | None = None) -> tuple[Outcome | None, Path | None]:
+    """List, or run, the missing runs of `experiment` in `out`, then rebuild the report. Runs go through `pool`
+    when one is given (e.g. `ray_executor.RayPool`), else one at a time through `executor`."""
     from zskt.experiments.runner import subprocess_executor
 
     out = Path(out)
@@ -142,8 +148,8 @@ def reproduce(experiment: Experiment, spec: GridSpec, out: Path, *, list_only: b
             printer(line)
         return None, None
     record_experiment(out, experiment, spec, runs, common)
-    outcome = execute(runs, out, executor=executor or subprocess_executor, common=common, echo=echo,
-                      printer=printer, estimate=estimate)
+    outcome = execute(runs, out, executor=executor or subprocess_executor, pool=pool, common=common, echo=echo,
+                      printer=printer, estimate=estimate, before_run=before_run)
     report_path = None
     if report:
         from zskt.reports import report as build_report
@@ -158,3 +164,57 @@ def reproduce(experiment: Experiment, spec: GridSpec, out: Path, *, list_only: b
     if report_path:
         printer(f"report: {report_path}")
     return outcome, report_path
+
+
+# ------------------------------------------------------------------------------------------- --print-commands
+
+
+def waves(runs: list[Run], out: Path) -> list[list[Run]]:
+    """The unfinished runs in waves: a run of wave k needs only finished runs and runs of waves 1..k-1 (its
+    wave is one more than the latest wave among its unfinished needs), each wave in grid order."""
+    wave: dict[str, int] = {}
+    for run in order_runs(runs):  # needs first, so every unfinished need already has its wave
+        if not is_finished(Path(out) / run.id):
+            wave[run.id] = 1 + max((wave[d] for d in run.dependencies if d in wave), default=0)
+    grouped: list[list[Run]] = [[] for _ in range(max(wave.values(), default=0))]
+    for run in order_runs(runs):
+        if run.id in wave:
+            grouped[wave[run.id] - 1].append(run)
+    return grouped
+
+
+def shell_command(run: Run, out: Path, common: Iterable[str] = ()) -> str:
+    """`python -m zskt ...` for `run`, shell-quoted, with --resume for a started run: `out` and every path in
+    `common` and the run's options must be absolute for it to work from any folder."""
+    return " ".join(shlex.quote(a) for a in ["python", "-m", "zskt", *run_argv(run, out, common)])
+
+
+def print_commands(experiment: Experiment, spec: GridSpec, out: Path, *, common: Iterable[str] = (),
+                   script: Callable[[str], None] = print,
+                   printer: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> int:
+    """Record `experiment` in out/experiment.json as a run would, and write its missing runs to `script` as a
+    bash script: one command per line, in waves headed `# wave K: ...`, so a scheduler can run a wave's
+    commands in any order and in parallel once the earlier waves have finished. Messages go to `printer`.
+    Returns the number of commands."""
+    out = Path(out).resolve()
+    check_teacher_files(spec)
+    runs = order_runs(experiment.build(spec))
+    common = list(common)
+    shown = listing(runs, out)
+    record_experiment(out, experiment, spec, runs, common)
+    grouped = waves(runs, out)
+    n = sum(len(w) for w in grouped)
+    printer(f"{experiment.name} ({experiment.paper}): {len(runs)} runs in {out}: {summary(shown.counts)}; "
+            f"{n} command(s) in {len(grouped)} wave(s)")
+    script("#!/usr/bin/env bash")
+    script(f"# zskt reproduce {experiment.name} --out {out}: {n} of {len(runs)} runs to do, in {len(grouped)} "
+           "wave(s). A wave's commands may run in any order or at once, after every earlier wave has finished.")
+    script("# Rerun `zskt reproduce ... --print-commands` after an interruption: it prints what is still missing, "
+           "with --resume for the started runs. `zskt report DIR` makes the report.")
+    script("set -e")
+    for k, wave in enumerate(grouped, 1):
+        what = "with no unfinished dependencies" if k == 1 else "that need runs of earlier waves"
+        script(f"# wave {k}: {len(wave)} run{'s' if len(wave) > 1 else ''} {what}")
+        for run in wave:
+            script(shell_command(run, out, common))
+    return n

@@ -2,9 +2,9 @@
 
 A folder with `result.json` is finished and never run again; one with `checkpoint.pt` is continued with
 `--resume`; one that was started but left no checkpoint is started again (`--overwrite` clears its partial
-metrics). So the runner can be killed at any point and simply rerun. It is built from three parts an
-executor for several workers (e.g. Ray) can reuse: `status`, `ready_runs` (what may start now) and `run_argv`
-(a run as `zskt` arguments).
+metrics). So the runner can be killed at any point and simply rerun. `execute` keeps the books (what may start,
+what finished, what failed and what that blocks) and hands runs to a pool: `SerialPool` runs them one at a
+time here through an executor function; `ray_executor.RayPool` runs many at once on a Ray cluster.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from zskt.experiments.grid import Run, order_runs
 from zskt.runlog import CHECKPOINT, RESULT, is_finished, read_json
@@ -209,12 +210,65 @@ def format_seconds(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+@dataclass
+class Ended:
+    """A run that left a pool: its exit status, seconds, and the machine it ran on (when not this one)."""
+
+    run_id: str
+    rc: int
+    seconds: float
+    where: str = ""
+
+
+class Pool(Protocol):
+    """Where `execute` sends runs. `submit` starts one (or queues it); `wait` blocks until at least one has
+    ended and returns those; `cancel` stops the ones in flight after Ctrl-C, letting them save their state."""
+
+    concurrent: bool  # several runs in flight at once (their lines then name the run)
+
+    def has_room(self) -> bool: ...
+    def submit(self, run: Run, out: Path, common: list[str]) -> None: ...
+    def wait(self) -> list[Ended]: ...
+    def cancel(self) -> None: ...
+
+
+class SerialPool:
+    """One run at a time, in this process, through an executor function (the local executors)."""
+
+    concurrent = False
+
+    def __init__(self, executor: Callable[[list[str], Path, bool], int] = subprocess_executor, echo: bool = False):
+        self.executor = executor
+        self.echo = echo
+        self.queued: list[tuple[Run, Path, list[str]]] = []
+
+    def has_room(self) -> bool:
+        return not self.queued
+
+    def submit(self, run: Run, out: Path, common: list[str]) -> None:
+        self.queued.append((run, out, common))
+
+    def wait(self) -> list[Ended]:
+        run, out, common = self.queued.pop(0)
+        t0 = time.perf_counter()
+        rc = self.executor(run_argv(run, out, common), out / run.id / OUTPUT_LOG, self.echo)
+        return [Ended(run.id, rc, time.perf_counter() - t0)]
+
+    def cancel(self) -> None:  # the executor already let the interrupted command save its state
+        self.queued.clear()
+
+
 def execute(runs: list[Run], out: Path, *, executor: Callable[[list[str], Path, bool], int] = subprocess_executor,
-            common: Iterable[str] = (), echo: bool = False, printer: Callable[[str], None] = print,
-            estimate: Callable[[Run], float] | None = None) -> Outcome:
-    """Run every unfinished run of `runs` whose needs are met, one at a time in dependency order. A failed run
-    is reported and the runs that do not need it go on; Ctrl-C stops after the current run saved its state."""
+            pool: Pool | None = None, common: Iterable[str] = (), echo: bool = False,
+            printer: Callable[[str], None] = print, estimate: Callable[[Run], float] | None = None,
+            before_run: Callable[[Run], str] | None = None) -> Outcome:
+    """Run every unfinished run of `runs` whose needs are met, in dependency order: through `pool` (default: one
+    at a time with `executor`), submitting each run once every run it needs has finished. A failed run is
+    reported and the runs that do not need it go on; Ctrl-C cancels the runs in flight, which save their state.
+    `before_run(run)` is called just before each run is submitted (the demo picks its thread count there); what
+    it returns is appended to the run's line."""
     out = Path(out)
+    pool = pool or SerialPool(executor, echo)
     runs = order_runs(runs)
     by_id = {r.id: r for r in runs}
     common = list(common)
@@ -222,28 +276,28 @@ def execute(runs: list[Run], out: Path, *, executor: Callable[[list[str], Path, 
     todo = len(runs) - len(outcome.skipped)
     t_start = time.perf_counter()
     index = 0
-    while True:
-        run = next(ready_runs(runs, out, skip=set(outcome.failed) | set(outcome.blocked)), None)
-        if run is None:
-            break
-        index += 1
-        argv = run_argv(run, out, common)
-        resumed = " (resuming)" if "--resume" in argv else ""
-        expected = f", about {format_seconds(estimate(run))}" if estimate else ""
-        printer(f"[{index:>{len(str(todo))}}/{todo}] {run.id}{resumed}{expected}")
-        t0 = time.perf_counter()
-        rc = executor(argv, out / run.id / OUTPUT_LOG, echo)
-        took = time.perf_counter() - t0
-        elapsed = format_seconds(time.perf_counter() - t_start)
-        if rc == 0 and is_finished(out / run.id):
-            outcome.done.append(run.id)
-            printer(f"    done in {format_seconds(took)} (elapsed {elapsed}): {headline(run, out)}")
-        else:
-            outcome.failed[run.id] = rc
-            printer(f"    FAILED (exit status {rc}) after {format_seconds(took)}; its output: "
-                    f"{out / run.id / OUTPUT_LOG}")
-            for line in _tail(out / run.id / OUTPUT_LOG, 5):
-                printer(f"      | {line}")
+    running: set[str] = set()
+    try:
+        while True:
+            for run in ready_runs(runs, out, skip=set(outcome.failed) | running):
+                if not pool.has_room():
+                    break
+                index += 1
+                resumed = " (resuming)" if "--resume" in run_argv(run, out, common) else ""
+                expected = f", about {format_seconds(estimate(run))}" if estimate else ""
+                note = before_run(run) if before_run else ""
+                verb = "submitted " if pool.concurrent else ""
+                printer(f"[{index:>{len(str(todo))}}/{todo}] {verb}{run.id}{resumed}{expected}{note}")
+                pool.submit(run, out, common)
+                running.add(run.id)
+            if not running:
+                break
+            for ended in pool.wait():
+                running.discard(ended.run_id)
+                _report(by_id[ended.run_id], ended, out, outcome, printer, pool.concurrent, t_start)
+    except KeyboardInterrupt:
+        pool.cancel()
+        raise
     for run in runs:
         if not is_finished(out / run.id) and run.id not in outcome.failed:
             cause = blocked_by(run, by_id, set(outcome.failed))
@@ -251,6 +305,24 @@ def execute(runs: list[Run], out: Path, *, executor: Callable[[list[str], Path, 
                 outcome.blocked[run.id] = cause
     outcome.seconds = time.perf_counter() - t_start
     return outcome
+
+
+def _report(run: Run, ended: Ended, out: Path, outcome: Outcome, printer: Callable[[str], None],
+            name_it: bool, t_start: float) -> None:
+    """One ended run into `outcome`, with its line (and the tail of its output when it failed)."""
+    took = format_seconds(ended.seconds)
+    elapsed = format_seconds(time.perf_counter() - t_start)
+    which = f" {run.id}" if name_it else ""
+    where = f" on {ended.where}" if ended.where else ""
+    if ended.rc == 0 and is_finished(out / run.id):
+        outcome.done.append(run.id)
+        printer(f"    done{which} in {took}{where} (elapsed {elapsed}): {headline(run, out)}")
+    else:
+        outcome.failed[run.id] = ended.rc
+        printer(f"    FAILED{which} (exit status {ended.rc}) after {took}{where}; its output: "
+                f"{out / run.id / OUTPUT_LOG}")
+        for line in _tail(out / run.id / OUTPUT_LOG, 5):
+            printer(f"      | {line}")
 
 
 def _tail(path: Path, n: int) -> list[str]:
