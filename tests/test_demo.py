@@ -28,3 +28,32 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     # Rerunning skips everything.
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     assert "0 of 11 runs to do" in capsys.readouterr().out
+
+
+def test_demo_plan_fits_its_budget():
+    from zskt.experiments import EXPERIMENTS
+    from zskt.experiments.demo import estimate_seconds
+
+    # The unit costs were measured on this project's 2-core CPU: the plan must stay well inside 10 minutes
+    # (room for a slower machine) and the quick pipeline inside one.
+    assert sum(estimate_seconds(r) for r in EXPERIMENTS["demo"].runs()) < 6 * 60
+    assert sum(estimate_seconds(r) for r in EXPERIMENTS["demo-quick"].runs()) < 60
+
+
+def test_thread_policy_uses_one_thread_on_a_busy_machine(monkeypatch):
+    import torch
+
+    from zskt.experiments import EXPERIMENTS, demo
+
+    run = EXPERIMENTS["demo"].runs()[0]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        policy = demo.ThreadPolicy()
+        monkeypatch.setattr(demo, "other_processes_cpu", lambda: 1.0)
+        assert "1 thread" in policy(run) and torch.get_num_threads() == 1
+        monkeypatch.setattr(demo, "other_processes_cpu", lambda: 0.0)
+        assert policy(run) == "" and torch.get_num_threads() == 2
+        assert demo.ThreadPolicy(fixed=1)(run) == "" and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

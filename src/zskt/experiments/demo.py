@@ -18,16 +18,15 @@ from zskt.experiments import EXPERIMENTS
 from zskt.experiments.grid import Run
 from zskt.experiments.runner import DONE, format_seconds, status
 
-# Unit costs on digits (16x16), fp32, measured with one thread on this project's 2-core CPU (AMD EPYC, torch
-# 2.13; docs/experiments.md), then divided by the measured gain of the second core. Seconds per image through
-# forward + backward (an evaluation image costs a third of that), per zero-shot pseudo batch of 128 (1 generator
-# + 10 student steps, with its evaluations), per belief curve step (student forward + backward, teacher forward),
-# and the fixed cost of a run (data, networks, files).
-TRAIN_PER_IMAGE = {"wrn-16-1": 0.00038, "wrn-16-2": 0.0015, "wrn-40-1": 0.0017, "wrn-40-2": 0.0055}
-ZERO_SHOT_PER_BATCH = 1.0  # WRN-16-2 -> WRN-16-1
-BELIEF_PER_PAIR_STEP = 0.0007  # WRN-16-1 attacked, WRN-16-2 reference
-RUN_OVERHEAD = 1.0
-SECOND_CORE_GAIN = 1.25  # single-thread seconds / two-thread seconds (conservative: small convolutions)
+# Unit costs on digits (16x16, fp32, two threads), measured by timing the demo's runs alone on this project's
+# 2-core CPU (AMD EPYC, torch 2.13; docs/experiments.md): seconds per image through forward + backward (an
+# evaluation image costs a third of that), per zero-shot pseudo batch of 128 (1 generator + 10 student steps,
+# with its evaluations), per belief curve step (student forward + backward, teacher forward), and a fixed cost
+# per run (data, networks, files). WRN-40-x are scaled from WRN-16-2 by their FLOPs (SPEC §1).
+TRAIN_PER_IMAGE = {"wrn-16-1": 0.00025, "wrn-16-2": 0.0006, "wrn-40-1": 0.0005, "wrn-40-2": 0.0019}
+ZERO_SHOT_PER_BATCH = 0.5  # WRN-16-2 -> WRN-16-1
+BELIEF_PER_PAIR_STEP = 0.0004  # WRN-16-1 attacked, WRN-16-2 reference
+RUN_OVERHEAD = 1.5
 
 
 def estimate_seconds(run: Run) -> float:
@@ -43,8 +42,6 @@ def estimate_seconds(run: Run) -> float:
     if run.command in ("train", "kd-at"):
         m = o.get("images_per_class", -1)
         epochs = make_schedule(info.name, info.n_train, m, 128, base_epochs=o.get("epochs")).epochs
-        if "init" in run.needs:  # kd-at --init: the fine-tuning fraction of the schedule (its default 0.1)
-            epochs = max(1, int(epochs * 0.1))
         if run.command == "kd-at":  # the teacher's forward pass on every training image
             per_image += TRAIN_PER_IMAGE.get(run.tags.get("teacher", "wrn-16-2"), 0.002) / 3
         evaluations = epochs // max(1, epochs // 100)  # every epochs/100 epochs (the commands' default)
@@ -57,7 +54,54 @@ def estimate_seconds(run: Run) -> float:
     elif run.command == "belief":
         curves = min(o.get("images", 1000), info.n_test) * (info.num_classes - 1)
         seconds += curves * o.get("steps", 200) * BELIEF_PER_PAIR_STEP
-    return seconds / SECOND_CORE_GAIN
+    return seconds
+
+
+def other_processes_cpu(interval: float = 0.4) -> float | None:
+    """Cores' worth of CPU that other processes used over the next `interval` seconds (Linux /proc/stat), or
+    None where that cannot be read."""
+    import os
+
+    def busy_and_total() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        return sum(values) - values[3] - values[4], sum(values)
+
+    try:
+        busy0, _ = busy_and_total()
+        ours0, t0 = time.process_time(), time.perf_counter()
+        time.sleep(interval)
+        busy1, _ = busy_and_total()
+        ours1, t1 = time.process_time(), time.perf_counter()
+    except (OSError, ValueError, IndexError):
+        return None
+    busy = (busy1 - busy0) / os.sysconf("SC_CLK_TCK") / (t1 - t0)
+    return max(0.0, busy - (ours1 - ours0) / (t1 - t0))
+
+
+class ThreadPolicy:
+    """The demo's thread count, chosen before each run. Its runs are small (16x16 images, batches of 20-128),
+    so each step is many short parallel regions; when another process holds a core, the OpenMP threads of a
+    2-thread run wait for each other at every region and a run slows down up to 30x (measured: a 6 s
+    fine-tuning took 3:38 next to two other jobs). One thread on a busy machine avoids that; two threads on an
+    idle one are about 1.5x faster. `fixed` (--threads N) overrides the measurement."""
+
+    def __init__(self, fixed: int | None = None):
+        import torch
+
+        self.default = torch.get_num_threads()
+        self.fixed = fixed
+
+    def __call__(self, run: Run) -> str:
+        import torch
+
+        if self.fixed:
+            torch.set_num_threads(self.fixed)
+            return ""
+        others = other_processes_cpu() if self.default > 1 else None
+        threads = 1 if others is not None and others > 0.3 else self.default
+        torch.set_num_threads(threads)
+        return f" [1 thread: other processes use {others:.1f} cores]" if threads < self.default else ""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +116,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run each command in this process (default: no start-up cost per run) or a child")
     parser.add_argument("--verbose", "-v", action="store_true", help="show each run's own output")
     parser.add_argument("--device", default=None, help="cpu, cuda or auto (default: each command's auto)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for every run (default: all cores, or 1 for a run that starts while "
+                        "other processes keep a core busy; in-process executor only)")
 
 
 def headline(report_root: Path) -> list[str]:
@@ -128,7 +175,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         outcome, report_path = reproduce(experiment, spec, out, list_only=args.list_only,
                                          executor=EXECUTORS[args.executor], common=common, echo=args.verbose,
-                                         printer=printer, estimate=estimate_seconds)
+                                         printer=printer, estimate=estimate_seconds,
+                                         before_run=ThreadPolicy(args.threads)
+                                         if args.executor == "inprocess" else None)
     except KeyboardInterrupt:
         print(f"zskt demo: interrupted; run the same command again to continue ({out})", file=sys.stderr,
               flush=True)
