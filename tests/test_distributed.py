@@ -5,6 +5,7 @@ failure on one rank stops all of them. Plus the exact-arithmetic helpers, in one
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -73,7 +74,7 @@ def test_shards_cover_the_batch_once_and_differ_by_at_most_one():
         for world_size in (1, 2, 3, 8):
             parts = [shard(batch, r, world_size) for r in range(world_size)]
             assert parts[0][0] == 0 and parts[-1][1] == batch
-            assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(parts))
             sizes = [stop - start for start, stop in parts]
             assert max(sizes) - min(sizes) <= 1
 

@@ -12,8 +12,8 @@ from zskt.errors import ZsktError
 from zskt.methods.train import TrainConfig, train
 from zskt.runlog import RunLog
 
-TOY = dict(dataset="digits", model="wrn-16-1", image_size=8, epochs=4, eval_every=1, batch_size=64,
-           device="cpu")
+TOY = {"dataset": "digits", "model": "wrn-16-1", "image_size": 8, "epochs": 4, "eval_every": 1, "batch_size": 64,
+       "device": "cpu"}
 
 
 def run(out, cfg, **kw):

@@ -6,7 +6,7 @@ command line is `zskt` (see `zskt --help`).
 
 __version__ = "0.1.0"
 
-from zskt.errors import ZsktError  # noqa: E402
-from zskt.models import build_model, load_generator, load_model  # noqa: E402
+from zskt.errors import ZsktError
+from zskt.models import build_model, load_generator, load_model
 
-__all__ = ["build_model", "load_model", "load_generator", "ZsktError", "__version__"]
+__all__ = ["ZsktError", "__version__", "build_model", "load_generator", "load_model"]

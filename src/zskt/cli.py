@@ -10,8 +10,8 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from zskt.config import add_config_arguments, config_from_args, to_dict
 from zskt.errors import PeerError, ZsktError
@@ -20,7 +20,7 @@ from zskt.errors import PeerError, ZsktError
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (no usage dump) that point at --help."""
 
-    def error(self, message: str):  # noqa: D401 - argparse's signature
+    def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

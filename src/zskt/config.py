@@ -68,7 +68,7 @@ def parse_value(tp: Any, text: str, name: str) -> Any:
 
 
 def _type_label(tp: Any) -> str:
-    tp, optional = _unwrap_optional(tp)
+    tp, _ = _unwrap_optional(tp)
     if get_origin(tp) is Literal:
         return "{" + ",".join(map(str, get_args(tp))) + "}"
     if get_origin(tp) is tuple:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Self
 
 import torch
 import torch.distributed as dist
@@ -38,7 +39,7 @@ class RunContext:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def __enter__(self) -> "RunContext":
+    def __enter__(self) -> Self:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -155,7 +156,7 @@ def fingerprint(*modules: torch.nn.Module) -> str:
 def check_in_sync(*modules: torch.nn.Module) -> dict:
     """At the end of a distributed run: every rank's fingerprint of `modules`, compared on every rank. Returns
     what result.json records ({} in a single process); raises if the ranks ended with different weights."""
-    rank, size = world()
+    size = world()[1]
     if size <= 1:
         return {}
     prints = [None] * size
@@ -200,7 +201,7 @@ class Shard:
     world_size: int
 
     @classmethod
-    def of(cls, size: int) -> "Shard":
+    def of(cls, size: int) -> Shard:
         rank, world_size = world()
         start, stop = shard(size, rank, world_size)
         return cls(size, start, stop, world_size)

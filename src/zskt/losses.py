@@ -6,7 +6,8 @@ the KL reduction and the attention distance, and the code's forms are the defaul
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

@@ -88,11 +88,12 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
 def git_revision() -> str | None:
     try:
         root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5,
+                             check=False)
         if out.returncode != 0:
             return None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+                               capture_output=True, text=True, timeout=5, check=False).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -116,7 +117,7 @@ def environment(device: torch.device | None = None) -> dict:
     }
     from zskt.distributed import world
 
-    rank, world_size = world()
+    world_size = world()[1]
     if world_size > 1:
         import torch.distributed as dist
 

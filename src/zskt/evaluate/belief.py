@@ -350,7 +350,7 @@ def run_belief(cfg: BeliefConfig, log: RunLog, data: ImageData | None = None) ->
     # Under torchrun each rank takes a contiguous part of the images (all targets of each); every curve is
     # independent of the others, so the gathered curves are exactly the single-process ones.
     first, last = shard(n)
-    rank, world_size = world()
+    world_size = world()[1]
     n_chunks = math.ceil((last - first) * (num_classes - 1) / chunk)
     ranks = f", {world_size} ranks" if world_size > 1 else ""
     log.print(f"belief matching on {data.info.title}: {n} agreeing test images x {num_classes - 1} targets, "

@@ -16,9 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from zskt.config import check, field
-from zskt.distributed import Shard, all_sum, average_buffers, broadcast_module, check_in_sync, \
-    use_sync_batchnorm
 from zskt.data import DATASETS, DeviceLoader, ImageData, load_dataset, select_per_class
+from zskt.distributed import (
+    Shard,
+    all_sum,
+    average_buffers,
+    broadcast_module,
+    check_in_sync,
+    use_sync_batchnorm,
+)
 from zskt.evaluate import evaluate_accuracy
 from zskt.methods.schedule import Schedule, make_schedule, step_lr
 from zskt.models import MODELS, build_model, save_model

@@ -9,9 +9,9 @@ from torch import nn
 
 from zskt.errors import ZsktError
 from zskt.models.checkpoints import (
-    check_image_size,
     GENERATOR_FORMAT,
     MODEL_FORMAT,
+    check_image_size,
     infer_generator_arch,
     infer_wrn_arch,
     load_generator,
