@@ -2,7 +2,7 @@
 the authors' one-image-one-target loop (`authors_transition_curves`), WRN-16-1 attacked vs a WRN-40-2 reference
 at 32x32, in (image, target, step) triples per second.
 
-    python benchmarks/bench_belief.py                       # 2048 pairs x 2 steps batched; authors' 1 image x 9 targets x 3 steps
+    python benchmarks/bench_belief.py                       # 128 pairs x 2 steps batched; authors' 1 image x 9 targets x 3 steps
     python benchmarks/bench_belief.py --pairs 9000 --steps 3 --device cuda
 
 The paper's measurement is 1000 images x 9 targets x 200 steps = 1.8 M triples; the authors' loop is timed on a
@@ -31,7 +31,7 @@ PAPER_TRIPLES = 1000 * 9 * 200
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pairs", type=int, default=None, help="(image, target) pairs stepped together by zskt "
-                                                           "(default: the device's default chunk, CPU 2048)")
+                                                           "(default: the device's default chunk, CPU 128)")
     p.add_argument("--steps", type=int, default=2, help="adversarial steps timed per repeat (batched)")
     p.add_argument("--authors-images", type=int, default=1, help="images (x 9 targets) for the authors' loop")
     p.add_argument("--authors-steps", type=int, default=3)

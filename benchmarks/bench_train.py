@@ -158,7 +158,7 @@ def memory_child(args) -> None:
     step = make_step(case, loop, args.batch_size, device, steps=2)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    base = common.max_rss_mib()
+    base = common.rss_mib()
     step.run(2) if loop == "authors" else step.run(epochs=1)
     common.sync(device)
     out = {"max_rss_mib": common.max_rss_mib(), "rss_before_mib": base}

@@ -213,7 +213,7 @@ def memory_child(args) -> None:
     loop = make_loop(args.memory_child[1], args.memory_child[0], args.batch_size, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    base = common.max_rss_mib()
+    base = common.rss_mib()
     loop.run(2)
     common.sync(device)
     out = {"max_rss_mib": common.max_rss_mib(), "rss_before_mib": base}

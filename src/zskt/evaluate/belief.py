@@ -34,10 +34,13 @@ logger = logging.getLogger(__name__)
 # Pairs stepped together when --chunk-size is not given. Memory is set by what the student's backward keeps
 # per pair (saved activations, fp32, measured with saved_tensors_hooks): WRN-16-1 1.15 MB at 32x32 and 0.35 MB
 # at 16x16; WRN-16-2 2.3 MB; WRN-40-2 6.8 MB at 32x32. The teacher runs under no_grad and keeps nothing.
-# CPU: 2048 pairs are ~2.4 GB for a WRN-16-1 on CIFAR-sized images; on 2 (loaded) cores a digits pair-step
-# cost 3 ms of CPU at 2048 against 8 ms at 512 and 23 ms at 128. CUDA: 16384 pairs (~19 GB for a WRN-16-1;
-# a WRN-40-2 student would need ~110 GB, so lower it then) hold the paper's 1000 x 9 = 9000 pairs at once.
-DEFAULT_CHUNK = {"cpu": 2048, "cuda": 16384}
+# CPU: small chunks stay in the caches. On the idle 2-core CPU (benchmarks/bench_belief.py, WRN-16-1 attacked,
+# WRN-40-2 reference, 32x32), pair-steps per second: fp32 348 / 336 / 352 / 249 / 212 / 137 at 32 / 64 / 128 /
+# 256 / 512 / 2048 pairs, bf16 696 / 778 / 615-750 / 752 at 32 / 64 / 128 / 256; on digits (16x16, WRN-16-2)
+# 64 / 256 / 2048 pairs gave 3427 / 3502 / 3057. 128 it is (~150 MB). CUDA: 16384 pairs (~19 GB for a
+# WRN-16-1; a WRN-40-2 student would need ~110 GB, so lower it then) hold the paper's 1000 x 9 = 9000 pairs
+# at once.
+DEFAULT_CHUNK = {"cpu": 128, "cuda": 16384}
 FIGURE_STEPS = 30  # Figure 4 plots the first 30 steps (SPEC §6)
 
 
@@ -284,7 +287,7 @@ class BeliefConfig:
     step_size: float = field(1.0, "xi: gradient step in normalised-input space (paper and authors: 1)")
     targets: Literal["label", "prediction"] = field(
         "label", "targets relative to the test label (authors' code) or the agreed prediction (Algorithm 2)")
-    chunk_size: int | None = field(None, "(image, target) pairs stepped together; default 2048 on CPU, "
+    chunk_size: int | None = field(None, "(image, target) pairs stepped together; default 128 on CPU, "
                                          "16384 on CUDA (memory ~1.2 MB per pair for WRN-16-1 at 32x32)")
     seed: int = field(0, "seed of the shuffle that picks the images (authors: 0)")
     device: str = field("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
