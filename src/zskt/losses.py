@@ -39,9 +39,15 @@ def attention_map(activation: torch.Tensor) -> torch.Tensor:
     """The authors' spatial attention map: channel **mean** of squared activations, L2-normalised per sample.
 
     Zagoruyko & Komodakis sum over channels; the mean differs by a constant that the normalisation removes.
-    # (B, C, H, W) -> (B, H*W)
+    (B, C, H, W) -> (B, H*W), positions in row-major (h, w) order.
+
+    The channel mean is taken over the last axis of the (B, H, W, C) view: for a channels_last activation that
+    view is contiguous, and the gradient flowing back stays channels_last. Reducing dim 1 of the NCHW view gave
+    the same numbers but an NCHW gradient, which then met the residual branch's channels_last gradient in a
+    mixed-layout add (15x slower than a same-layout add in bf16) and a layout copy in every convolution's
+    backward: 13 % of a bf16 zero-shot pseudo batch (docs/benchmarks.md).
     """
-    return F.normalize(activation.float().pow(2).mean(dim=1).flatten(1), dim=1, eps=1e-12)
+    return F.normalize(activation.float().permute(0, 2, 3, 1).pow(2).mean(dim=-1).flatten(1), dim=1, eps=1e-12)
 
 
 def attention_diff(student_act: torch.Tensor, teacher_act: torch.Tensor) -> torch.Tensor:
