@@ -62,9 +62,16 @@ class RunContext:
             self._owns_group = True
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self._owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not (self._owns_group and dist.is_initialized()):
+            return
+        if exc_type is not None:
+            return  # leave teardown to the process exit: a peer may never reach a barrier (torchrun stops all)
+        # Rank 0 finishes later than the others (model, result.json); without this barrier a rank that tore
+        # its group down while rank 0 still held connections could abort in gloo's threads at exit
+        # ("terminate called without an active exception", SIGABRT) after a successful run.
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def world() -> tuple[int, int]:
