@@ -220,3 +220,34 @@ def write_json(path: str | None, obj) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(obj, indent=2))
+
+
+def start(title: str, device: torch.device, measure: bool = True) -> tuple[dict, dict]:
+    """Print a table's header (what, the machine, the load) and the peaks; returns (machine info, peaks)."""
+    info = machine(device)
+    print(f"# {title}: {describe_machine(info)}", flush=True)
+    peak = peaks(device, measure=measure)
+    for name, (ref, measured) in peak.items():
+        print(f"# peak {name}: reference {ref} GFLOP/s, measured now "
+              f"{'-' if measured is None else f'{measured:.0f}'} GFLOP/s", flush=True)
+    return info, peak
+
+
+def finish(rows: list[dict], columns: list[tuple[str, str]], info: dict, peak: dict, args, **extra) -> dict:
+    """Print the table and the load at the end; write (and return) the JSON record of the run."""
+    print(table(rows, columns))
+    print(f"# load average at the end: {load_average()}")
+    result = {"machine": info, "peak_gflops": peak, "args": vars(args), "rows": rows, **extra}
+    write_json(args.json, result)
+    return result
+
+
+MEMORY_COLUMNS = [("peak_mib", "peak MiB (CUDA alloc / CPU VmHWM)"), ("added_mib", "CPU: MiB over start")]
+
+
+def memory_row(mem: dict) -> dict:
+    """A configuration's peak memory for the table: CUDA's peak allocation, or the CPU process's peak resident
+    memory and what the loop added over the memory it held before its first step."""
+    if "cuda_max_allocated_mib" in mem:
+        return {"peak_mib": mem["cuda_max_allocated_mib"], "added_mib": None}
+    return {"peak_mib": mem["max_rss_mib"], "added_mib": mem["max_rss_mib"] - mem["rss_before_mib"]}

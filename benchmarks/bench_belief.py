@@ -46,10 +46,8 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    info = common.machine(device)
-    print(f"# belief matching (transition curves), WRN-16-1 attacked vs WRN-40-2, 32x32: "
-          f"{common.describe_machine(info)}", flush=True)
-    peak = common.peaks(device, measure=not args.no_peak)
+    info, peak = common.start("belief matching (transition curves), WRN-16-1 attacked vs WRN-40-2, 32x32", device,
+                              measure=not args.no_peak)
     torch.manual_seed(0)
     student = build_model("wrn-16-1", 10, 3).to(device).eval()
     teacher = build_model("wrn-40-2", 10, 3).to(device).eval()
@@ -90,7 +88,7 @@ def main(argv=None) -> dict:
         with common.FlopCount() as counter:
             transition_curves(precision.prepare(student), precision.prepare(teacher), images[:2], targets[:2],
                               steps=1, precision=precision)
-        flops[f"zskt-{name}"] = counter.total / 18
+        flops[f"zskt-{name}"] = counter.total / targets[:2].numel()  # 18 pairs, fewer with a tiny --pairs
 
     rows = []
     authors_s = common.median(times["authors"])
@@ -105,11 +103,7 @@ def main(argv=None) -> dict:
     columns = [("loop", "loop"), ("batch", "pairs stepped together"), ("triples_per_s", "triples / s (median)"),
                ("n", "n"), ("speedup", "x authors"), ("paper_hours", "h for 1000x9x200"),
                ("mflop", "MFLOP / triple"), ("gflops", "GFLOP/s"), ("pct_peak", "% peak")]
-    print(common.table(rows, columns))
-    print(f"# load average at the end: {common.load_average()}")
-    result = {"machine": info, "peak_gflops": peak, "args": vars(args), "rows": rows}
-    common.write_json(args.json, result)
-    return result
+    return common.finish(rows, columns, info, peak, args)
 
 
 if __name__ == "__main__":

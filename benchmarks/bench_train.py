@@ -190,12 +190,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    info = common.machine(device)
-    print(f"# training steps, batch {args.batch_size}, 32x32: {common.describe_machine(info)}", flush=True)
-    peak = common.peaks(device, measure=not args.no_peak)
-    for name, (ref, measured) in peak.items():
-        print(f"# peak {name}: reference {ref} GFLOP/s, measured now "
-              f"{'-' if measured is None else f'{measured:.0f}'} GFLOP/s", flush=True)
+    info, peak = common.start(f"training steps, batch {args.batch_size}, 32x32", device, measure=not args.no_peak)
     loops = [x for x in args.loops.split(",") if x]
     rows = []
     for case in [x for x in args.cases.split(",") if x]:
@@ -234,19 +229,13 @@ def main(argv=None) -> dict:
             mem = common.child_peak_memory(Path(__file__).resolve(), [
                 "--memory-child", row["case_id"], row["loop"], "--device", args.device,
                 "--batch-size", str(args.batch_size)])
-            row["peak_mib"] = mem.get("cuda_max_allocated_mib", mem["max_rss_mib"])
-            # CPU: ru_maxrss includes Python + torch (~300 MiB); this is what the configuration added on top.
-            row["added_mib"] = None if "cuda_max_allocated_mib" in mem else mem["max_rss_mib"] - mem["rss_before_mib"]
+            row.update(common.memory_row(mem))
     columns = [("case", "step"), ("loop", "loop"), ("seconds", "s / step (median)"), ("min", "min"),
                ("max", "max"), ("n", "n"), ("speedup", "x authors"), ("tflop", "TFLOP / step"),
                ("gflops", "GFLOP/s"), ("pct_peak", "% peak"), ("floor_s", "floor s")]
     if args.memory:
-        columns += [("peak_mib", "peak MiB (CUDA alloc / CPU max RSS)"), ("added_mib", "CPU: MiB over start")]
-    print(common.table(rows, columns))
-    print(f"# load average at the end: {common.load_average()}")
-    result = {"machine": info, "peak_gflops": peak, "args": vars(args), "rows": rows}
-    common.write_json(args.json, result)
-    return result
+        columns += common.MEMORY_COLUMNS
+    return common.finish(rows, columns, info, peak, args)
 
 
 if __name__ == "__main__":

@@ -294,12 +294,7 @@ def main(argv=None) -> dict:
     if args.precision:
         loops = ["authors", f"zskt-{args.precision}"]
     pairs = [x for x in args.pairs.split(",") if x]
-    info = common.machine(device)
-    print(f"# zero-shot loop, batch {args.batch_size}, 32x32: {common.describe_machine(info)}", flush=True)
-    peak = common.peaks(device, measure=not args.no_peak)
-    for name, (ref, measured) in peak.items():
-        print(f"# peak {name}: reference {ref} GFLOP/s, measured now "
-              f"{'-' if measured is None else f'{measured:.0f}'} GFLOP/s", flush=True)
+    info, peak = common.start(f"zero-shot loop, batch {args.batch_size}, 32x32", device, measure=not args.no_peak)
 
     rows = []
     for pair in pairs:
@@ -344,9 +339,7 @@ def main(argv=None) -> dict:
                 continue
             extra = ["--device", args.device, "--batch-size", str(args.batch_size)]
             mem = common.child_peak_memory(script, ["--memory-child", row["pair_id"], row["loop"], *extra])
-            row["peak_mib"] = mem.get("cuda_max_allocated_mib", mem["max_rss_mib"])
-            # CPU: ru_maxrss includes Python + torch (~300 MiB); this is what the configuration added on top.
-            row["added_mib"] = None if "cuda_max_allocated_mib" in mem else mem["max_rss_mib"] - mem["rss_before_mib"]
+            row.update(common.memory_row(mem))
             row["rss_before_mib"] = mem["rss_before_mib"]
 
     columns = [("pair", "teacher -> student"), ("loop", "loop"), ("seconds", "s / pseudo batch (median)"),
@@ -354,13 +347,9 @@ def main(argv=None) -> dict:
                ("tflop", "TFLOP / pseudo batch"), ("gflops", "GFLOP/s"), ("pct_peak", "% peak"),
                ("floor_s", "floor s"), ("run_80k_h", "80k pseudo batches, h")]
     if args.memory:
-        columns += [("peak_mib", "peak MiB (CUDA alloc / CPU max RSS)"), ("added_mib", "CPU: MiB over start")]
-    print(common.table(rows, columns))
-    print(f"# load average at the end: {common.load_average()}")
-    result = {"machine": info, "peak_gflops": peak, "args": vars(args), "rows": rows,
-              "spec_flops": {pair: spec_flops(pair, args.batch_size) for pair in pairs}}
-    common.write_json(args.json, result)
-    return result
+        columns += common.MEMORY_COLUMNS
+    return common.finish(rows, columns, info, peak, args,
+                         spec_flops={pair: spec_flops(pair, args.batch_size) for pair in pairs})
 
 
 if __name__ == "__main__":
