@@ -35,12 +35,13 @@ class Command:
 
 def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *, description: str = "",
                        required: tuple[str, ...] = (), aliases: dict | None = None,
-                       prepare: Callable | None = None) -> Command:
-    """A training command: config options + `--out/--resume/--overwrite/--quiet`, run folder, result line."""
+                       prepare: Callable | None = None, out_required: bool = True) -> Command:
+    """A training command: config options + `--out/--resume/--overwrite/--quiet`, run folder, result line.
+    `out_required=False` leaves checking `--out` to the caller (a command that can also just print)."""
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         run_opts = parser.add_argument_group("run folder")
-        run_opts.add_argument("--out", required=True, metavar="DIR",
+        run_opts.add_argument("--out", required=out_required, metavar="DIR",
                               help="run folder: config.json, metrics.jsonl, model.pt, result.json (written last)")
         run_opts.add_argument("--resume", action="store_true",
                               help="continue the unfinished run in --out from its last checkpoint")

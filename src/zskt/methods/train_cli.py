@@ -39,13 +39,11 @@ def schedule_command(name: str, help: str, config_cls: type, run, *, required: t
                      **kwargs) -> Command:
     """`run_folder_command` plus `--print-schedule [M,...]`, which needs neither --out nor the `required`
     fields (checked here instead of by argparse, so the printout can go without them)."""
-    base = run_folder_command(name, help, config_cls, run, **kwargs)
+    # --out is required for a run, not for the printout: checked in main below.
+    base = run_folder_command(name, help, config_cls, run, out_required=False, **kwargs)
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         base.add_arguments(parser)
-        for action in parser._actions:  # --out is required for a run, not for the printout
-            if action.dest == "out":
-                action.required = False
         parser.add_argument("--print-schedule", nargs="?", const="", default=None, metavar="M,...",
                             help="print epochs, milestones, batches/epoch and iterations (SPEC §4) for "
                             "--images-per-class, or for each M listed (-1 = all), on the canonical train split "
