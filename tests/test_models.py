@@ -370,3 +370,55 @@ def test_generator_sample_z_is_seeded():
 def test_generator_bad_image_size_is_an_error(size):
     with pytest.raises(ZsktError, match=f"image_size {size} is invalid; expected a multiple of 4"):
         Generator(image_size=size)
+
+
+def _random_bn_statistics(model: torch.nn.Module) -> torch.nn.Module:
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.3)
+                module.running_var.uniform_(0.3, 3)
+                module.weight.normal_(1, 0.3)
+                module.bias.normal_(0, 0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_frozen_copy_computes_the_same_function_and_input_gradient(channels_last):
+    from zskt.models.frozen import FrozenAffine, frozen_copy
+
+    torch.manual_seed(0)
+    model = _random_bn_statistics(build_model("wrn-16-2", 10, 3))
+    x = torch.randn(6, 3, 32, 32)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    frozen = frozen_copy(model)
+    # Folded into conv1 where bn2 follows it, the other batch norms as affine maps; the original untouched.
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.modules())
+    assert sum(isinstance(m, FrozenAffine) for m in frozen.modules()) == 7  # 6 blocks' bn1 + the final bn1
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert not any(p.requires_grad for p in frozen.parameters())
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    logits_a, acts_a = model(xa)
+    logits_b, acts_b = frozen(xb)
+    for a, b in [(logits_a, logits_b), *zip(acts_a, acts_b)]:
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
+    (logits_a.square().sum() + sum(a.mean() for a in acts_a)).backward()
+    (logits_b.square().sum() + sum(b.mean() for b in acts_b)).backward()
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-5 * xa.grad.abs().max().item())
+
+
+def test_frozen_copy_keeps_bf16_activations_and_handles_any_network():
+    from zskt.models.frozen import frozen_copy
+
+    torch.manual_seed(0)
+    model = _random_bn_statistics(build_model("wrn-16-1", 10, 1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, acts = model(torch.randn(2, 1, 16, 16))
+        _, frozen_acts = frozen_copy(model)(torch.randn(2, 1, 16, 16))
+    assert [a.dtype for a in frozen_acts] == [a.dtype for a in acts]
+    plain = _random_bn_statistics(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)))
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(frozen_copy(plain)(x), plain(x))

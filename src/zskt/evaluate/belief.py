@@ -26,6 +26,7 @@ from zskt.data import DATASETS, ImageData, ImageSplit, load_dataset, normalize
 from zskt.distributed import shard, world
 from zskt.errors import ZsktError
 from zskt.io import atomic_write_bytes
+from zskt.models.frozen import frozen_copy
 from zskt.runlog import RunLog, Timer
 from zskt.runtime import PRECISIONS, Precision, resolve_device, resolve_precision
 
@@ -332,8 +333,9 @@ def run_belief(cfg: BeliefConfig, log: RunLog, data: ImageData | None = None) ->
     data = data or load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    student = precision.prepare(_load_network("--student", cfg.student, cfg, data, device))
-    teacher = precision.prepare(_load_network("--teacher", cfg.teacher, cfg, data, device))
+    # Both networks only evaluate here: batch norms folded, the same functions (models/frozen.py).
+    student = frozen_copy(precision.prepare(_load_network("--student", cfg.student, cfg, data, device)))
+    teacher = frozen_copy(precision.prepare(_load_network("--teacher", cfg.teacher, cfg, data, device)))
     num_classes = data.info.num_classes
     test = data.test
 
