@@ -23,6 +23,7 @@ import _common as common
 
 from zskt.evaluate.belief import DEFAULT_CHUNK, authors_transition_curves, targets_for, transition_curves
 from zskt.models import build_model
+from zskt.models.frozen import frozen_copy
 from zskt.runtime import resolve_precision
 
 PAPER_TRIPLES = 1000 * 9 * 200
@@ -68,7 +69,7 @@ def main(argv=None) -> dict:
     for name in [x for x in args.precisions.split(",") if x]:
         precision = resolve_precision(name, device)
         precisions[name] = precision
-        s, t = precision.prepare(student), precision.prepare(teacher)
+        s, t = frozen_copy(precision.prepare(student)), frozen_copy(precision.prepare(teacher))  # as run_belief
 
         def batched(precision=precision, s=s, t=t):
             t0 = common.now(device)

@@ -32,6 +32,7 @@ from zskt.methods.kd_at import KDATConfig, kd_at_loss_fn
 from zskt.methods.schedule import Schedule
 from zskt.methods.train import TrainConfig, cross_entropy_loss, fit_supervised
 from zskt.models import build_model
+from zskt.models.frozen import frozen_copy
 from zskt.runlog import RunLog
 from zskt.runtime import resolve_precision
 
@@ -108,7 +109,7 @@ class ZsktStep:
             self.cfg = TrainConfig(dataset="cifar10", batch_size=batch_size, eval_every=10**6)
             self.loss_fn = cross_entropy_loss
         else:
-            teacher = self.precision.prepare(teacher).eval().requires_grad_(False)
+            teacher = frozen_copy(self.precision.prepare(teacher))  # as kd_at() runs it
             self.cfg = KDATConfig(dataset="cifar10", teacher="bench", batch_size=batch_size, eval_every=10**6)
             self.loss_fn = kd_at_loss_fn(teacher, self.cfg)
         self.data = synthetic_data(steps * batch_size, device)

@@ -32,6 +32,7 @@ import _common as common
 
 from zskt.methods.zero_shot import Optimisers, PseudoStats, ZeroShotConfig, zero_shot_steps
 from zskt.models import Generator, build_model
+from zskt.models.frozen import frozen_copy
 from zskt.runtime import resolve_precision
 
 LOOPS = ("authors", "zskt-fp32", "zskt-bf16")
@@ -127,7 +128,7 @@ class ZsktLoop:
     def __init__(self, teacher, student, generator, batch_size, precision_name, device, total=80_000,
                  compile=False, seed=0):
         self.precision = resolve_precision(precision_name, device)
-        self.teacher = self.precision.prepare(teacher).eval().requires_grad_(False)
+        self.teacher = frozen_copy(self.precision.prepare(teacher).eval().requires_grad_(False))  # as zero_shot()
         self.student = self.precision.prepare(student).train()
         self.generator = self.precision.prepare(generator).train()
         self.cfg = ZeroShotConfig(dataset="cifar10", iterations=total, batch_size=batch_size)
