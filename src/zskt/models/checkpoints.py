@@ -181,7 +181,13 @@ def load_model(
     architecture is read from the file. The network ends up on ``map_location`` when that names a device.
     """
     path = Path(path)
-    obj = read_checkpoint(path, map_location)
+    return _model_from(read_checkpoint(path, map_location), path, arch, num_classes=num_classes,
+                       in_channels=in_channels, map_location=map_location)
+
+
+def _model_from(obj: Any, path: Path, arch: str | Mapping | None, *, num_classes: int | None,
+                in_channels: int | None, map_location: Any) -> WideResNet:
+    """`load_model` on a file's already-read contents."""
     state, recorded = _wrn_weights(obj, path)
     found = (
         _wrn_arch_from_record(recorded, path) if recorded is not None else infer_wrn_arch(state, source=path)
@@ -312,14 +318,15 @@ def load_model_for(path: str | os.PathLike, *, role: str, dataset: str, num_clas
     size it was trained on (and `arch` when given). Every error is one line naming the option and the fix.
     The file's record is kept as `model.meta` ({} for foreign files); with `image_size` None the size is left
     for `check_image_size` once the images are loaded."""
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path, map_location)  # read once: the record, then the weights
     meta = obj.get("meta") if isinstance(obj, Mapping) and obj.get("format") == MODEL_FORMAT else None
     meta = dict(meta) if isinstance(meta, Mapping) else {}
     if meta.get("dataset") and meta["dataset"] != dataset:
         raise ZsktError(f"{role} {path} was trained on {meta['dataset']}, not {dataset}; pass --dataset "
                         f"{meta['dataset']} or a network trained on {dataset}")
     try:
-        model = load_model(path, arch, num_classes=num_classes, in_channels=in_channels, map_location=map_location)
+        model = _model_from(obj, Path(path), arch, num_classes=num_classes, in_channels=in_channels,
+                            map_location=map_location)
     except ZsktError as e:
         raise ZsktError(f"{role}: {e} ({dataset}: {num_classes} classes, {in_channels}-channel images)") from None
     model.meta = meta
