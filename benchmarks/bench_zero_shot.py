@@ -76,6 +76,7 @@ class AuthorsLoop:
         self.teacher = teacher.eval().requires_grad_(True)
         self.student = student.train()
         self.generator = generator.train()
+        self.generator.fuse_upsample = False  # the authors' layers as written: nn.Upsample, then the 3x3 conv
         self.n_generator, self.n_student = n_generator, n_student
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=1e-3)
         self.opt_s = torch.optim.Adam(self.student.parameters(), lr=2e-3)
@@ -194,6 +195,7 @@ def check_authors_loop(pair: str = "wrn-16-2:wrn-16-1", batch_size: int = 16, n:
     ours = AuthorsLoop(*(copy.deepcopy(m) for m in networks), batch_size)
     ours.run(n)
     teacher, student, generator = (copy.deepcopy(m) for m in networks)
+    generator.fuse_upsample = False  # as AuthorsLoop: the same arithmetic, so the same parameters exactly
     cfg = ZeroShotConfig(dataset="cifar10", iterations=80_000, batch_size=batch_size)
     gen = torch.optim.Adam(generator.train().parameters(), lr=cfg.generator_lr)
     stu = torch.optim.Adam(student.train().parameters(), lr=cfg.student_lr)

@@ -168,7 +168,11 @@ def test_authors_zero_shot_file(tmp_path):
         "final_bn_affine": True,
     }
     assert generator.training  # the authors always run it with batch statistics
-    torch.testing.assert_close(generator(Z), loader.generator.train()(Z), rtol=0, atol=0)
+    authors_images = loader.generator.train()(Z)
+    # the fused upsample-conv (the default forward) to float rounding; the literal layers bit for bit
+    torch.testing.assert_close(generator(Z), authors_images, rtol=1e-4, atol=1e-4)
+    generator.fuse_upsample = False
+    torch.testing.assert_close(generator(Z), authors_images, rtol=0, atol=0)
 
 
 class AuthorsView(nn.Module):

@@ -7,6 +7,7 @@ flat 4-tuple return and 8x8 pooling), written from SPEC.md §1; test_checkpoints
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -16,6 +17,7 @@ from torch import nn
 
 from zskt.errors import ZsktError
 from zskt.models import MODELS, Generator, WideResNet, build_model, count_parameters
+from zskt.models.generator import upsample_conv_weight
 
 # SPEC.md §1 table: published parameter counts and state_dict entry counts.
 PARAMS = {"wrn-16-1": 175_066, "wrn-16-2": 691_674, "wrn-40-1": 563_930, "wrn-40-2": 2_243_546}
@@ -357,6 +359,47 @@ def test_generator_output_is_standardised_per_channel(affine):
     assert ("layers.12.weight" in keys) is affine and ("layers.12.bias" in keys) is affine
     assert "layers.12.running_mean" in keys
     assert count_parameters(generator) == 1_051_145 - (0 if affine else 6)
+
+
+@pytest.mark.parametrize("size,channels", [(32, 3), (16, 1)])
+def test_generator_fused_upsample_is_the_literal_layers(size, channels):
+    # forward runs "upsample x2, conv 3x3" as one stride-2 transposed convolution; the literal layers (the
+    # authors' order) must give the same images and the same gradients for every parameter, in float64 to
+    # 1e-10 and in float32 channels_last (the training layout) to float rounding.
+    torch.manual_seed(7)
+    fused = Generator(z_dim=12, image_size=size, out_channels=channels).train()
+    with torch.no_grad():
+        for p in fused.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # BN scales / biases away from 1 / 0
+    literal = copy.deepcopy(fused)
+    literal.fuse_upsample = False
+    for dtype, tol, layout in ((torch.float64, 1e-10, torch.contiguous_format), (torch.float32, 2e-5, torch.channels_last)):
+        a = copy.deepcopy(fused).to(dtype=dtype, memory_format=layout)
+        b = copy.deepcopy(literal).to(dtype=dtype, memory_format=layout)
+        z = torch.randn(6, 12, dtype=dtype)
+        out_a, out_b = a(z), b(z)
+        assert out_a.shape == (6, channels, size, size)
+        torch.testing.assert_close(out_a, out_b, rtol=tol, atol=tol)
+        weights = torch.randn_like(out_a)
+        (out_a * weights).sum().backward()
+        (out_b * weights).sum().backward()
+        # (a conv bias before a train-mode BN gets a gradient that is zero up to rounding: absolute tolerance
+        # on the scale of all gradients)
+        scale = max(p.grad.abs().max().item() for p in b.parameters())
+        for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+            torch.testing.assert_close(pa.grad, pb.grad, rtol=tol, atol=tol * scale, msg=name)
+        for key, value in b.state_dict().items():  # the BN running statistics move the same way
+            torch.testing.assert_close(a.state_dict()[key], value, rtol=tol, atol=tol, msg=key)
+
+
+def test_upsample_conv_weight_sums_the_taps_that_read_one_pixel():
+    # 1-D picture: taps w0 w1 w2 become [w2, w1+w2, w0+w1, w0]; a one-hot kernel shows the map exactly.
+    weight = torch.zeros(1, 1, 3, 3)
+    weight[0, 0, 0, 2] = 1.0  # row tap 0 (offset -1), column tap 2 (offset +1)
+    expanded = upsample_conv_weight(weight)[0, 0]
+    expected = torch.zeros(4, 4)
+    expected[2:, :2] = 1.0  # rows: w0 feeds kernel rows 2 and 3; columns: w2 feeds kernel columns 0 and 1
+    assert torch.equal(expanded, expected)
 
 
 def test_generator_sample_z_is_seeded():
