@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -68,3 +69,36 @@ def test_kd_at_loss_weights_by_hand():
     assert torch.allclose(losses.kd_at_loss(s, sa, y, t, ta), expected, rtol=1e-5)
     assert torch.allclose(losses.kd_at_loss(s, sa, y, None, None), ce)
     assert torch.allclose(losses.kd_at_loss(s, sa, y, t, ta, alpha=0.0, beta=0.0), ce)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_attention_map_gradient_is_autograds(layout):
+    # attention_map has its own backward for the channel mean of squares; gradcheck in float64 against finite
+    # differences, and the gradient keeps the activation's memory format.
+    torch.manual_seed(3)
+    x = torch.randn(3, 5, 4, 6, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    assert torch.autograd.gradcheck(losses.attention_map, (x,))
+    target = torch.randn(3, 24, dtype=torch.float64)
+    (losses.attention_map(x) - target).pow(2).sum().backward()
+    assert x.grad.is_contiguous(memory_format=layout)
+
+
+def test_attention_map_gradient_in_bfloat16_matches_the_float32_chain():
+    # A bf16 activation (the bf16 option's autocast) gets a bf16 gradient equal, to bf16 rounding, to the plain
+    # autograd chain x.float().pow(2).mean(channels) computed in float32.
+    torch.manual_seed(5)
+    x32 = torch.randn(4, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    x16 = x32.to(torch.bfloat16).requires_grad_()
+    ref = x16.detach().float().requires_grad_()
+    target = torch.randn(4, 64)
+    (losses.attention_map(x16) - target).pow(2).sum().backward()
+    plain = torch.nn.functional.normalize(ref.pow(2).mean(1).flatten(1), dim=1)
+    (plain - target).pow(2).sum().backward()
+    assert x16.grad.dtype == torch.bfloat16 and x16.grad.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x16.grad.float(), ref.grad, rtol=1e-2, atol=1e-2 * ref.grad.abs().max().item())
+
+
+def test_attention_diff_takes_a_precomputed_teacher_map():
+    torch.manual_seed(6)
+    s, t = torch.randn(2, 4, 3, 3), torch.randn(2, 8, 3, 3)
+    assert torch.equal(losses.attention_diff(s, t), losses.attention_diff(s, losses.attention_map(t)))

@@ -35,19 +35,42 @@ def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
     raise ValueError(f"unknown KL reduction {reduction!r}; use 'mean' (authors) or 'batchmean'")
 
 
+class _ChannelMeanSquare(torch.autograd.Function):
+    """(B, C, H, W) -> (B, H, W): the mean over channels of the squared activation, with a one-pass backward.
+
+    Computed in float32 at least (float64 stays float64): `x.float().permute(0, 2, 3, 1).pow(2).mean(-1)`. Autograd's backward for that
+    chain materialises the broadcast of the mean's gradient, divides it, multiplies twice for the power and casts
+    back: about 8 ms for a (128, 16, 32, 32) activation on the 2-core CPU, against 0.2 ms for the one multiply
+    `x * (2/C * grad)` written here — a tenth of a WRN-16-1 zero-shot student step (docs/benchmarks.md). The
+    gradient keeps the activation's dtype and memory format (channels_last stays channels_last).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.permute(0, 2, 3, 1).to(torch.promote_types(x.dtype, torch.float32)).pow(2).mean(dim=-1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        scaled = (grad * (2.0 / x.shape[1])).unsqueeze(-1)  # (B, H, W, 1), float32 or float64
+        return (x.permute(0, 2, 3, 1) * scaled).to(x.dtype).permute(0, 3, 1, 2)
+
+
 def attention_map(activation: torch.Tensor) -> torch.Tensor:
     """The authors' spatial attention map: channel **mean** of squared activations, L2-normalised per sample.
 
     Zagoruyko & Komodakis sum over channels; the mean differs by a constant that the normalisation removes.
-    (B, C, H, W) -> (B, H*W), positions in row-major (h, w) order.
+    (B, C, H, W) -> (B, H*W) in float32 (float64 for float64 input), positions in row-major (h, w) order.
 
     The channel mean is taken over the last axis of the (B, H, W, C) view: for a channels_last activation that
     view is contiguous, and the gradient flowing back stays channels_last. Reducing dim 1 of the NCHW view gave
     the same numbers but an NCHW gradient, which then met the residual branch's channels_last gradient in a
     mixed-layout add (15x slower than a same-layout add in bf16) and a layout copy in every convolution's
-    backward: 13 % of a bf16 zero-shot pseudo batch (docs/benchmarks.md).
+    backward: 13 % of a bf16 zero-shot pseudo batch (docs/benchmarks.md). The mean of squares has its own
+    backward (`_ChannelMeanSquare`).
     """
-    return F.normalize(activation.float().permute(0, 2, 3, 1).pow(2).mean(dim=-1).flatten(1), dim=1, eps=1e-12)
+    return F.normalize(_ChannelMeanSquare.apply(activation).flatten(1), dim=1, eps=1e-12)
 
 
 def attention_diff(student_act: torch.Tensor, teacher_act: torch.Tensor) -> torch.Tensor:
@@ -55,9 +78,12 @@ def attention_diff(student_act: torch.Tensor, teacher_act: torch.Tensor) -> torc
 
     The paper's Eq. (1) writes the L2 norm of the difference instead; the code's mean-square form is what
     produced the published numbers (SPEC §9.3). Channel counts may differ; spatial sizes must match.
-    # (B, Cs, H, W), (B, Ct, H, W) -> ()
+    `teacher_act` may also be the teacher's attention map already computed, (B, H*W): the zero-shot loop computes
+    it once per pseudo batch for its n_S student steps.
+    # (B, Cs, H, W), (B, Ct, H, W) or (B, H*W) -> ()
     """
-    return (attention_map(student_act) - attention_map(teacher_act)).pow(2).mean()
+    teacher_map = teacher_act if teacher_act.dim() == 2 else attention_map(teacher_act)
+    return (attention_map(student_act) - teacher_map).pow(2).mean()
 
 
 def attention_loss(student_acts: Sequence[torch.Tensor], teacher_acts: Sequence[torch.Tensor],

@@ -32,7 +32,7 @@ from zskt.distributed import (
 from zskt.errors import ZsktError
 from zskt.evaluate import evaluate_accuracy
 from zskt.io import atomic_write_bytes
-from zskt.losses import zero_shot_generator_loss, zero_shot_student_loss
+from zskt.losses import attention_map, zero_shot_generator_loss, zero_shot_student_loss
 from zskt.models import (
     MODELS,
     Generator,
@@ -283,7 +283,7 @@ def zero_shot_steps(teacher: torch.nn.Module, student: torch.nn.Module, generato
     1. z ~ N(0, I) of shape (batch, z_dim), drawn from `z_source`.
     2. n_G generator steps on G(z) (`generator_step`).
     3. x = G(z) once more with the updated generator, without a graph: the pseudo batch. The teacher's logits
-       and activations on it are computed once, without a graph, and reused by every student step.
+       and attention maps on it are computed once, without a graph, and reused by every student step.
     4. n_S student steps on x: L_S = KL + β·Σ attention_diff, clip, Adam. No gradient reaches the generator.
     5. Both cosine schedules step.
 
@@ -310,6 +310,8 @@ def zero_shot_steps(teacher: torch.nn.Module, student: torch.nn.Module, generato
                 with torch.no_grad(), precision.autocast():
                     pseudo = precision.layout(generator(z))
                     teacher_logits, teacher_acts = teacher(pseudo)
+                    if cfg.attention_beta:  # the teacher's attention maps, once for the n_S student steps
+                        teacher_acts = [attention_map(a) for a in teacher_acts]
             with precision.autocast():
                 student_logits, student_acts = student(pseudo)
             loss = zero_shot_student_loss(student_logits, student_acts, teacher_logits, teacher_acts,
