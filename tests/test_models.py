@@ -377,7 +377,11 @@ def test_generator_fused_upsample_is_the_literal_layers(size, channels):
         a = copy.deepcopy(fused).to(dtype=dtype, memory_format=layout)
         b = copy.deepcopy(literal).to(dtype=dtype, memory_format=layout)
         z = torch.randn(6, 12, dtype=dtype)
+        seen = []  # a channels_last module keeps its upsample-conv outputs channels_last (no layout copies)
+        a.layers[5].register_forward_pre_hook(
+            lambda m, args, seen=seen, layout=layout: seen.append(args[0].is_contiguous(memory_format=layout)))
         out_a, out_b = a(z), b(z)
+        assert seen == [True]
         assert out_a.shape == (6, channels, size, size)
         torch.testing.assert_close(out_a, out_b, rtol=tol, atol=tol)
         weights = torch.randn_like(out_a)
