@@ -23,9 +23,9 @@ from zskt.experiments.runner import DONE, format_seconds, status
 # evaluation image costs a third of that), per zero-shot pseudo batch of 128 (1 generator + 10 student steps,
 # with its evaluations), per belief curve step (student forward + backward, teacher forward), and a fixed cost
 # per run (data, networks, files). WRN-40-x are scaled from WRN-16-2 by their FLOPs (SPEC §1).
-TRAIN_PER_IMAGE = {"wrn-16-1": 0.00025, "wrn-16-2": 0.0006, "wrn-40-1": 0.0005, "wrn-40-2": 0.0019}
-ZERO_SHOT_PER_BATCH = 0.5  # WRN-16-2 -> WRN-16-1
-BELIEF_PER_PAIR_STEP = 0.0004  # WRN-16-1 attacked, WRN-16-2 reference
+TRAIN_PER_IMAGE = {"wrn-16-1": 0.0002, "wrn-16-2": 0.0005, "wrn-40-1": 0.00041, "wrn-40-2": 0.0016}
+ZERO_SHOT_PER_BATCH = 0.37  # WRN-16-2 -> WRN-16-1
+BELIEF_PER_PAIR_STEP = 0.00022  # WRN-16-1 attacked, WRN-16-2 reference
 RUN_OVERHEAD = 1.5
 
 
