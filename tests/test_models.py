@@ -373,7 +373,8 @@ def test_generator_fused_upsample_is_the_literal_layers(size, channels):
             p.add_(torch.randn_like(p) * 0.1)  # BN scales / biases away from 1 / 0
     literal = copy.deepcopy(fused)
     literal.fuse_upsample = False
-    for dtype, tol, layout in ((torch.float64, 1e-10, torch.contiguous_format), (torch.float32, 2e-5, torch.channels_last)):
+    cases = ((torch.float64, 1e-10, torch.contiguous_format), (torch.float32, 2e-5, torch.channels_last))
+    for dtype, tol, layout in cases:
         a = copy.deepcopy(fused).to(dtype=dtype, memory_format=layout)
         b = copy.deepcopy(literal).to(dtype=dtype, memory_format=layout)
         z = torch.randn(6, 12, dtype=dtype)
