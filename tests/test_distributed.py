@@ -208,3 +208,18 @@ def test_sync_bn_on_cpu_is_refused_in_one_line(tmp_path):
     # Each rank's one-line error; the only traceback is torchrun's own report of the failed workers.
     assert "zskt train: error: --sync-bn needs CUDA" in proc.stderr
     assert "/zskt/" not in proc.stderr
+
+
+def test_a_torchrun_rank_leaves_without_the_interpreters_shutdown():
+    # cli.entry: under torchrun (WORLD_SIZE > 1) a rank exits with os._exit after flushing its output, so gloo's
+    # threads cannot abort the interpreter's shutdown after a successful run; the status is kept. The probe: an
+    # atexit handler runs on an ordinary exit only. (The command fails in its options, before any process group.)
+    probe = ("import atexit, sys; atexit.register(lambda: print('shutdown ran', flush=True)); "
+             "sys.argv = ['zskt', 'train', '--model', 'nope', '--out', 'unused']; "
+             "from zskt.cli import entry; entry()")
+    for world_size, shutdown in (("1", True), ("2", False)):
+        env = {**os.environ, "WORLD_SIZE": world_size}
+        proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "unknown model 'nope'" in proc.stderr
+        assert ("shutdown ran" in proc.stdout) is shutdown, (world_size, proc.stdout)

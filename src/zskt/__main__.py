@@ -1,7 +1,5 @@
 """`python -m zskt` is the `zskt` command."""
 
-import sys
+from zskt.cli import entry
 
-from zskt.cli import main
-
-sys.exit(main())
+entry()
