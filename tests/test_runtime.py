@@ -60,3 +60,15 @@ def test_freed_memory_is_reused_without_new_page_faults():
 
 def test_zskt_malloc_system_leaves_the_default():
     assert _child("kept", ZSKT_MALLOC="system")["setting"] == "system default"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_the_zskt_executable_sets_it_and_runs_record_it(tmp_path):
+    # `python -m zskt` goes through cli.entry, which makes the setting before the command; the run folder's
+    # environment.json says what was in force. (`cli.main` in this process leaves the allocator alone.)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "zskt", "train", "--dataset", "digits", "--model", "wrn-16-1",
+                           "--epochs", "1", "--device", "cpu", "--quiet", "--out", str(out)],
+                          capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "environment.json").read_text())["host_allocator"].startswith("glibc: freed memory")

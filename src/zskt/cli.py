@@ -132,9 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_command", None):
         parser.print_help()
         return 2
-    from zskt.runtime import keep_freed_host_memory
-
-    keep_freed_host_memory()  # fewer page faults in the training loops (runtime.py)
     try:
         return args._command.main(args) or 0
     except PeerError:
@@ -152,13 +149,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The `zskt` executable and `python -m zskt`: `main`, then exit with its status.
+    """The `zskt` executable and `python -m zskt`: keep freed host memory, `main`, then exit with its status.
 
     A torchrun rank (WORLD_SIZE > 1) leaves with os._exit once its output is flushed: by then every file is
     written and closed and the process group destroyed, but gloo's threads could still abort the interpreter's
     ordinary shutdown now and then ("terminate called without an active exception", SIGABRT, in about one
     two-rank run in 20-50 here, after a successful run), which torchrun reports as a failure of the whole job.
     """
+    from zskt.runtime import keep_freed_host_memory
+
+    # Fewer page faults in the training loops (runtime.py). Here, not in `main`: it changes the whole process,
+    # which is the command's own, not the process of a program that calls `main`.
+    keep_freed_host_memory()
     status = main()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         sys.stdout.flush()

@@ -110,7 +110,7 @@ def keep_freed_host_memory() -> str:
     on every step: 20-70 thousand page faults per zero-shot pseudo batch here, ~1 µs each (docs/benchmarks.md).
     With mmap off (M_MMAP_MAX 0) and no trimming, freed blocks are reused; the process keeps its peak memory
     until it exits, as PyTorch's CUDA caching allocator does on a GPU. Results do not change. Called once by
-    the `zskt` command (not on import); ZSKT_MALLOC=system skips it. Returns what is in force, which runs record.
+    the `zskt` executable (`cli.entry`; not on import, not by `cli.main`); ZSKT_MALLOC=system skips it. Returns what is in force, which runs record.
     """
     if _HOST_ALLOCATOR["setting"] != "system default" or os.environ.get("ZSKT_MALLOC", "") == "system":
         return _HOST_ALLOCATOR["setting"]
