@@ -6,6 +6,7 @@ the KL reduction and the attention distance, and the code's forms are the defaul
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -133,3 +134,69 @@ def kd_at_loss(student_logits: torch.Tensor, student_acts: Sequence[torch.Tensor
     if beta:
         loss = loss + attention_loss(student_acts, teacher_acts, beta)
     return loss
+
+
+# ------------------------------------------------------------------------ data-free generator family
+# The generator objectives of DAFL (Chen et al. 2019), DFAD (Fang et al. 2019) and DFQ (Choi et al. 2020) as
+# the zju-vipa DataFree code computes them (`datafree/synthesis/generative.py`, `datafree/hooks.py`): each
+# term a small function, weighted and summed by the method (docs/data_free.md).
+
+
+def one_hot_loss(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """DAFL's one-hot loss, Eq. (2) of Chen et al.: CE(t, argmax t), mean over the batch. Pushes each pseudo
+    image towards a confident teacher prediction; the target is the teacher's own arg-max (no gradient through
+    it).
+    # (B, C) -> ()
+    """
+    logits = teacher_logits.float()
+    return F.cross_entropy(logits, logits.detach().argmax(dim=1))
+
+
+def activation_loss(features: torch.Tensor) -> torch.Tensor:
+    """DAFL's activation loss, Eq. (3): −mean |f_T| over batch and features, f_T the teacher's penultimate
+    features (the pooled input of its classifier). Minimising it makes the features large.
+    # (B, D) -> ()
+    """
+    return -features.float().abs().mean()
+
+
+def information_entropy_loss(teacher_logits: torch.Tensor, log_base: float | None = None) -> torch.Tensor:
+    """DAFL's information-entropy loss, Eq. (4), the benchmark code's `loss_balance`: Σ_c p̄_c log p̄_c
+    with p̄ = the teacher's softmax averaged over the batch, i.e. minus the entropy of the mean prediction.
+    Minimising it balances the classes over the batch. Natural log as the DataFree code; DAFL's own code takes
+    log10 (`log_base=10`), which only divides the term by ln 10.
+    # (B, C) -> ()
+    """
+    p = F.softmax(teacher_logits.float(), dim=1).mean(dim=0)
+    total = (p * torch.log(p)).sum()
+    return total / math.log(log_base) if log_base else total
+
+
+def bn_statistic_loss(mean: torch.Tensor, var: torch.Tensor, running_mean: torch.Tensor,
+                      running_var: torch.Tensor) -> torch.Tensor:
+    """One BatchNorm layer's statistic-matching term (DFQ's BN-statistic loss, DeepInversion's R_feature) as
+    the DataFree code's `DeepInversionHook` computes it: ‖μ − μ_BN‖₂ + ‖σ² − σ²_BN‖₂, plain L2 norms (not
+    squared, no per-layer scale), with μ, σ² the batch mean and *biased* variance of the layer's input over (B, H, W).
+    DFQ's paper states the matching as a divergence between the per-channel Gaussians the statistics describe;
+    the code's norms are what produced the benchmark's numbers and are computed here.
+    # (C,), (C,), (C,), (C,) -> ()
+    """
+    return (torch.linalg.vector_norm(running_var.float() - var.float())
+            + torch.linalg.vector_norm(running_mean.float() - mean.float()))
+
+
+def l1_logit_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """DFAD's discrepancy, Eq. (5) of Fang et al. 2019: mean absolute difference of the logits, over batch and
+    classes (`F.l1_loss`). The student minimises it; the generator maximises it (`−l1_logit_loss`).
+    # (B, C), (B, C) -> ()
+    """
+    return F.l1_loss(student_logits.float(), teacher_logits.float())
+
+
+def kd_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+               temperature: float = 1.0) -> torch.Tensor:
+    """The DataFree code's `KLDiv`: T² · KL(softmax(t/T) ‖ softmax(s/T)), summed over classes and averaged
+    over the batch (`batchmean`). Its student loss and, negated, the adversarial term of DFQ and ZSKT there.
+    # (B, C), (B, C) -> ()
+    """
+    return kl_divergence(student_logits, teacher_logits, temperature, "batchmean") * temperature**2
