@@ -162,12 +162,13 @@ class GridSpec:
         return scaled(base if base is not None else BASE_EPOCHS[dataset], self.scale)
 
     def zero_shot_iterations(self, dataset: str) -> int | None:
-        from zskt.methods.zero_shot import ITERATIONS
+        from zskt.methods.schedule import preset
 
         base = self.iterations.get(dataset)
         if base is None and self.scale == 1:
             return None
-        return scaled(base if base is not None else ITERATIONS[dataset], self.scale)
+        return scaled(base if base is not None else preset(dataset, "zero-shot", "iterations", option="--iterations"),
+                      self.scale)
 
     def teacher_file(self, dataset: str, arch: str) -> str | None:
         return self.teachers.get((dataset, arch))
