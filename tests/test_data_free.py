@@ -1,0 +1,205 @@
+"""DAFL, DFAD and DFQ: one round of zskt's loop against the DataFree reference code's semantics written out here
+(CMI `datafree/synthesis/generative.py` and `datafree_kd.py` at acbbea6), equal parameters in float64; the
+generator; the configs' reference settings."""
+
+import copy
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zskt.errors import ZsktError
+from zskt.methods.dafl import DAFLConfig
+from zskt.methods.dfad import DFADConfig
+from zskt.methods.dfq import DFQConfig
+from zskt.methods.generative import EpochCosine, GenerativeState, Teacher, generative_round
+from zskt.models import build_model
+from zskt.models.dfkd_generator import DataFreeGenerator
+from zskt.runtime import Precision
+
+MEAN, STD = (0.4, 0.5, 0.3), (0.2, 0.25, 0.3)
+
+
+# ------------------------------------------------------------------------------ the reference, written out
+
+
+class ReferenceHook:
+    """`datafree.hooks.DeepInversionHook`: always on; the last forward's ‖var_run − var‖ + ‖mean_run − mean‖."""
+
+    def __init__(self, module):
+        self.handle = module.register_forward_hook(self.hook_fn)
+
+    def hook_fn(self, module, inputs, output):
+        nch = inputs[0].shape[1]
+        mean = inputs[0].mean([0, 2, 3])
+        var = inputs[0].permute(1, 0, 2, 3).contiguous().view([nch, -1]).var(1, unbiased=False)
+        self.r_feature = torch.norm(module.running_var.data - var, 2) + torch.norm(module.running_mean.data - mean, 2)
+
+
+def reference_kldiv(logits, targets, T=1.0):
+    return F.kl_div(F.log_softmax(logits / T, dim=1), F.softmax(targets / T, dim=1), reduction="batchmean") * T * T
+
+
+def teacher_with_features(teacher, x):
+    """The WRN's `return_features=True`: logits and the pooled input of the classifier."""
+    act3 = teacher.block3(teacher.block2(teacher.block1(teacher.conv1(x))))
+    features = F.adaptive_avg_pool2d(F.relu(teacher.bn1(act3)), 1).flatten(1)
+    return teacher.fc(features), features
+
+
+def reference_round(teacher, student, generator, opt_g, opt_s, criterion, w, z_source, g_steps, kd_steps,
+                    batch_size, sample_eval=True):
+    """One pass of `for _ in range(ep_steps // kd_steps)`: `synthesizer.synthesize()` then `train(...)`."""
+    hooks = [ReferenceHook(m) for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)]
+    mean = torch.tensor(MEAN, dtype=torch.float64).view(1, -1, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float64).view(1, -1, 1, 1)
+    normalizer = lambda x: (x - mean) / std  # their Normalizer
+    # synthesize()
+    student.eval()
+    generator.train()
+    teacher.eval()
+    for _ in range(g_steps):
+        opt_g.zero_grad()
+        z = torch.randn(batch_size, generator.z_dim, generator=z_source, dtype=torch.float64)
+        inputs = normalizer(generator(z))
+        t_out, t_feat = teacher_with_features(teacher, inputs)
+        loss_bn = sum(h.r_feature for h in hooks)
+        loss_oh = F.cross_entropy(t_out, t_out.max(1)[1])
+        loss_act = -t_feat.abs().mean()
+        if w["adv"] > 0:
+            s_out = student(inputs)[0]
+            loss_adv = -criterion(s_out, t_out)
+        else:
+            loss_adv = loss_oh.new_zeros(1)
+        p = F.softmax(t_out, dim=1).mean(0)
+        loss_balance = (p * torch.log(p)).sum()
+        loss = (w["bn"] * loss_bn + w["oh"] * loss_oh + w["adv"] * loss_adv + w["balance"] * loss_balance
+                + w["act"] * loss_act)
+        loss.backward()
+        opt_g.step()
+    # train()
+    student.train()
+    teacher.eval()
+    for _ in range(kd_steps):
+        with torch.no_grad():  # sample()
+            if sample_eval:
+                generator.eval()
+            z = torch.randn(batch_size, generator.z_dim, generator=z_source, dtype=torch.float64)
+            images = normalizer(generator(z))
+        with torch.no_grad():
+            t_out = teacher_with_features(teacher, images)[0]
+        s_out = student(images.detach())[0]
+        loss_s = criterion(s_out, t_out.detach())
+        opt_s.zero_grad()
+        loss_s.backward()
+        opt_s.step()
+    for h in hooks:
+        h.handle.remove()
+
+
+# ------------------------------------------------------------------------------ the comparison
+
+
+def networks(seed=0):
+    torch.manual_seed(seed)
+    teacher = build_model("wrn-16-1", 10, 3).double()
+    for m in teacher.modules():  # a trained-looking teacher: BN statistics away from (0, 1)
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    teacher.eval().requires_grad_(False)
+    student = build_model("wrn-16-1", 10, 3).double().train()
+    generator = DataFreeGenerator(8, image_size=8, out_channels=3, ngf=4, fuse_upsample=False).double().train()
+    return teacher, student, generator
+
+
+@pytest.mark.parametrize("config", [
+    DAFLConfig(dataset="cifar10"), DFADConfig(dataset="cifar10"), DFQConfig(dataset="cifar10"),
+    DFQConfig(dataset="cifar10", act=0.1, student_steps=2, sample_mode="train"),
+    DAFLConfig(dataset="cifar10", adv=0.5, discrepancy="l1", generator_steps=2, student_steps=2),
+], ids=["dafl", "dfad", "dfq", "dfq-all-terms-train-sampling", "dafl-adv-l1"])
+def test_one_round_equals_the_reference_in_float64(config):
+    cfg = dataclasses.replace(config, batch_size=6, z_dim=8, ngf=4)
+    teacher, student, generator = networks()
+    ref_student, ref_generator = copy.deepcopy(student), copy.deepcopy(generator)
+    ref_teacher = copy.deepcopy(teacher).requires_grad_(True)  # the reference's teacher keeps requires_grad
+
+    # zskt: normalisation inside the generator, fused upsample-convs, folded answering teacher, our optimisers.
+    generator.mean.copy_(torch.tensor(MEAN, dtype=torch.float64).view(1, -1, 1, 1))
+    generator.std.copy_(torch.tensor(STD, dtype=torch.float64).view(1, -1, 1, 1))
+    generator.fuse_upsample = True
+    state = GenerativeState.build(student, generator, cfg)
+    state.z_source.manual_seed(7)
+    torch.set_default_dtype(torch.float64)  # z draws in float64 on both sides
+    try:
+        generative_round(Teacher.build(teacher, cfg), state, cfg, Precision("fp32", "cpu", False))
+        opt_g = torch.optim.Adam(ref_generator.parameters(), lr=cfg.generator_lr, betas=(0.5, 0.999))
+        opt_s = torch.optim.SGD(ref_student.parameters(), cfg.student_lr, weight_decay=cfg.weight_decay, momentum=0.9)
+        criterion = torch.nn.L1Loss() if cfg.discrepancy == "l1" else reference_kldiv
+        weights = {k: getattr(cfg, k) for k in ("adv", "bn", "oh", "act", "balance")}
+        reference_round(ref_teacher, ref_student, ref_generator, opt_g, opt_s, criterion, weights,
+                        torch.Generator().manual_seed(7), cfg.generator_steps, cfg.student_steps, cfg.batch_size,
+                        sample_eval=cfg.sample_mode == "eval")
+    finally:
+        torch.set_default_dtype(torch.float32)
+    for ours, ref in ((student, ref_student), (generator, ref_generator)):
+        theirs = ref.state_dict()
+        for key, value in ours.state_dict().items():
+            if key in ("mean", "std"):
+                continue
+            assert torch.allclose(value, theirs[key], rtol=1e-9, atol=1e-11), (key, (value - theirs[key]).abs().max())
+    # The round did change the networks (a comparison of untouched weights would prove nothing).
+    assert not torch.equal(student.fc.weight, networks()[1].fc.weight)
+    assert not torch.equal(generator.l1[0].weight, networks()[2].l1[0].weight)
+
+
+def test_generator_is_the_reference_large_generator_with_their_keys():
+    g = DataFreeGenerator(256, image_size=32, out_channels=3, ngf=64)
+    keys = {k for k in g.state_dict() if k not in ("mean", "std")}
+    assert "l1.0.weight" in keys and "conv_blocks.2.weight" in keys and "conv_blocks.9.bias" in keys
+    assert "conv_blocks.2.bias" not in keys  # their convs before BN have no bias
+    # Linear 256 -> 256*8*8, BN 256, conv 256->128, BN 128, conv 128->64, BN 64, conv 64->3 + bias.
+    expected = (256 * 16384 + 16384) + 2 * 256 + 256 * 128 * 9 + 2 * 128 + 128 * 64 * 9 + 2 * 64 + 64 * 3 * 9 + 3
+    assert sum(p.numel() for p in g.parameters()) == expected
+    z = torch.randn(4, 256, dtype=torch.float64)
+    g = g.double()
+    fused = g(z)
+    g.fuse_upsample = False
+    assert torch.allclose(fused, g(z), atol=1e-10)
+    # normalised sigmoid output: (sigmoid - mean) / std with the defaults (0, 1) lies in (0, 1)
+    assert fused.min() > 0 and fused.max() < 1
+
+
+def test_reference_settings():
+    dafl, dfad, dfq = DAFLConfig(dataset="cifar10"), DFADConfig(dataset="cifar10"), DFQConfig(dataset="cifar10")
+    assert (dafl.oh, dafl.act, dafl.balance, dafl.adv, dafl.bn) == (1.0, 0.1, 20.0, 0.0, 0.0)
+    assert (dfad.adv, dfad.discrepancy, dfad.oh, dfad.bn, dfad.balance) == (1.0, "l1", 0.0, 0.0, 0.0)
+    assert (dfq.adv, dfq.bn, dfq.oh, dfq.balance, dfq.student_steps) == (1.0, 1.0, 1.0, 20.0, 10)
+    for cfg in (dafl, dfad, dfq):
+        assert (cfg.batch, cfg.generator_width, cfg.student_lr, cfg.weight_decay, cfg.generator_lr) == (
+            256, 64, 0.1, 1e-4, 1e-3)
+        # 200 epochs of 400 student steps
+        assert cfg.total_iterations * cfg.student_steps == 200 * 400
+        assert cfg.eval_interval == cfg.rounds_per_epoch
+
+
+def test_epoch_cosine_steps_once_per_epoch():
+    f = EpochCosine(rounds_per_epoch=4, total_rounds=8)  # 2 epochs
+    assert [f(r) for r in range(8)] == [1.0] * 4 + [0.5 * (1 + math.cos(math.pi / 2))] * 4
+
+
+def test_bad_settings_are_one_line_errors():
+    with pytest.raises(ZsktError, match="epoch_steps"):
+        DFQConfig(dataset="cifar10", epoch_steps=5)
+    with pytest.raises(ZsktError, match="discrepancy"):
+        DFADConfig(discrepancy="l2")
+    cfg = DAFLConfig(dataset="cifar10", oh=0, act=0, balance=0)
+    teacher, student, generator = networks()
+    state = GenerativeState.build(student, generator.float(), cfg)
+    with pytest.raises(ZsktError, match="every generator loss weight is 0"):
+        generative_round(Teacher.build(teacher.float(), cfg), state, cfg, Precision("fp32", "cpu", False))
