@@ -4,6 +4,7 @@ generator; the configs' reference settings."""
 
 import copy
 import dataclasses
+import json
 import math
 
 import pytest
@@ -11,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zskt.cli import main as cli_main
 from zskt.errors import ZsktError
 from zskt.methods.dafl import DAFLConfig
 from zskt.methods.dfad import DFADConfig
 from zskt.methods.dfq import DFQConfig
 from zskt.methods.generative import EpochCosine, GenerativeState, Teacher, generative_round
-from zskt.models import build_model
+from zskt.models import build_model, load_model, save_model
 from zskt.models.dfkd_generator import DataFreeGenerator
 from zskt.runtime import Precision
 
@@ -203,3 +205,45 @@ def test_bad_settings_are_one_line_errors():
     state = GenerativeState.build(student, generator.float(), cfg)
     with pytest.raises(ZsktError, match="every generator loss weight is 0"):
         generative_round(Teacher.build(teacher.float(), cfg), state, cfg, Precision("fp32", "cpu", False))
+
+
+# ------------------------------------------------------------------------------ the commands
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory):
+    """A random-init WRN-16-1 digits teacher at 8x8 (the commands' plumbing, not accuracy, is under test)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "model.pt"
+    save_model(build_model("wrn-16-1", 10, 1), path, dataset="digits", image_size=8)
+    return path
+
+
+@pytest.mark.parametrize("method", ["dafl", "dfad", "dfq"])
+def test_command_end_to_end(method, tmp_path, teacher_file, capsys):
+    out = tmp_path / method
+    args = [method, "--teacher", str(teacher_file), "--dataset", "digits", "--image-size", "8", "--out", str(out),
+            "--device", "cpu", "--quiet", "--iterations", "3", "--eval-every", "2", "--batch-size", "8",
+            "--ngf", "4", "--z-dim", "8", "--student-steps", "2", "--epoch-steps", "4"]
+    assert cli_main(args) == 0
+    result = json.loads((out / "result.json").read_text())
+    for key in ("test_accuracy", "best_test_accuracy", "seconds_per_iteration", "teacher_test_accuracy"):
+        assert isinstance(result[key], float), key
+    assert (result["method"], result["iterations"], result["dataset"], result["batch_size"]) == (method, 3, "digits", 8)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [2, 3]
+    assert {"generator_loss", "student_loss", "test_accuracy", "student_lr"} <= rows[-1].keys()
+    assert sorted(p.name for p in (out / "pseudo").iterdir()) == ["round_000002.png", "round_000003.png"]
+    assert load_model(out / "model.pt", "wrn-16-1", in_channels=1).num_classes == 10
+    config = json.loads((out / "config.json").read_text())
+    assert config["student_steps"] == 2 and config["batch_size"] == 8
+    assert f"{method}: test_accuracy" in capsys.readouterr().out
+    assert cli_main(args) == 2  # a finished run is protected
+
+
+def test_command_errors(tmp_path, teacher_file, capsys):
+    assert cli_main(["dfq", "--teacher", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    assert cli_main(["dafl", "--teacher", str(teacher_file), "--dataset", "svhn", "--out", str(tmp_path / "y")]) == 2
+    assert "trained on digits" in capsys.readouterr().err
+    assert cli_main(["dfad", "--teacher", str(teacher_file), "--discrepancy", "l2", "--out", str(tmp_path / "z")]) == 2
