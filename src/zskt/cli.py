@@ -90,7 +90,7 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
 COMMANDS = {
     "demo": "zskt.experiments.demo",
     "belief": "zskt.evaluate.belief_cli",
-    "reproduce": "zskt.experiments.cli",
+    "reproduce": "zskt.commands.reproduce",
     "report": "zskt.reports.cli",
     "list": "zskt.listing",
     "download": "zskt.data.cli",

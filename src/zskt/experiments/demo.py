@@ -104,6 +104,12 @@ class ThreadPolicy:
         return f" [1 thread: other processes use {others:.1f} cores]" if threads < self.default else ""
 
 
+def _build_report(out: Path) -> Path:
+    from zskt.reports import report
+
+    return report(out)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="experiment folder (default ./zskt-demo, or ./zskt-demo-quick with --quick); rerun to "
@@ -175,7 +181,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         outcome, report_path = reproduce(experiment, spec, out, list_only=args.list_only,
                                          executor=EXECUTORS[args.executor], common=common, echo=args.verbose,
-                                         printer=printer, estimate=estimate_seconds,
+                                         printer=printer, estimate=estimate_seconds, report=_build_report,
                                          before_run=ThreadPolicy(args.threads)
                                          if args.executor == "inprocess" else None)
     except KeyboardInterrupt:
