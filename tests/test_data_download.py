@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from zskt.data import dataset_files_present, download_dataset, load_dataset
+from zskt.data import DATASETS, dataset_files_present, download_dataset, load_dataset
 from zskt.data import download as dl
 from zskt.data.synthetic import write_fake_dataset
 from zskt.errors import ZsktError
@@ -136,9 +136,9 @@ def _cifar_tarball(tmp_path, n_train=15, n_test=6) -> bytes:
 
 
 def _point_at(monkeypatch, server, name, contents: dict[str, bytes]):
-    monkeypatch.setitem(dl.BASE_URLS, name, server.url)
-    remotes = tuple(dataclasses.replace(r, md5=_md5(contents[r.filename])) for r in dl.REMOTE_FILES[name])
-    monkeypatch.setitem(dl.REMOTE_FILES, name, remotes)
+    info = DATASETS[name]
+    remotes = tuple(dataclasses.replace(r, md5=_md5(contents[r.filename])) for r in info.remote)
+    monkeypatch.setitem(DATASETS, name, dataclasses.replace(info, base_url=server.url, remote=remotes))
     for filename, data in contents.items():
         _serve(server, filename, data)
 
@@ -217,7 +217,7 @@ def test_download_without_a_server_fails_cleanly(tmp_path, monkeypatch):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    monkeypatch.setitem(dl.BASE_URLS, "svhn", f"http://127.0.0.1:{port}/")
+    monkeypatch.setitem(DATASETS, "svhn", dataclasses.replace(DATASETS["svhn"], base_url=f"http://127.0.0.1:{port}/"))
     with pytest.raises(ZsktError, match="train_32x32.mat failed"):
         load_dataset("svhn", tmp_path, download=True)
     assert list(tmp_path.iterdir()) == []
@@ -236,9 +236,10 @@ def test_digits_need_no_download(tmp_path):
 
 def test_table_matches_spec():
     # SPEC §10's published checksums; a typo here would make every real download fail.
-    md5s = {r.filename: r.md5 for remotes in dl.REMOTE_FILES.values() for r in remotes}
+    md5s = {r.filename: r.md5 for info in DATASETS.values() for r in info.remote}
     assert md5s == {
         "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
+        "cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85",
         "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
         "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
         "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
@@ -246,4 +247,7 @@ def test_table_matches_spec():
         "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
         "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
     }
-    assert dl.BASE_URLS["cifar10"] + "cifar-10-python.tar.gz" == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    assert DATASETS["cifar10"].base_url + "cifar-10-python.tar.gz" == \
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    assert DATASETS["cifar100"].base_url + "cifar-100-python.tar.gz" == \
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"

@@ -20,11 +20,13 @@ from zskt.errors import ZsktError
 
 
 def test_registry_entries_are_consistent():
-    assert set(DATASETS) == {"cifar10", "svhn", "fashion-mnist", "digits"}
+    assert set(DATASETS) == {"cifar10", "cifar100", "svhn", "fashion-mnist", "digits"}
     for key, info in DATASETS.items():
         assert info.name == key
         assert len(info.mean) == len(info.std) == info.in_channels
-        assert info.num_classes == 10
+        assert info.num_classes == (100 if key == "cifar100" else 10)
+        assert info.reader is not None and info.source == "built-in"
+        assert {"train", "zero-shot", "kd-at"} <= set(info.presets)
     assert DATASETS["cifar10"].mean == (0.4914, 0.4822, 0.4465) and DATASETS["cifar10"].augment
     assert DATASETS["svhn"].std == (0.1980, 0.2010, 0.1970) and not DATASETS["svhn"].augment
     assert (DATASETS["digits"].n_train, DATASETS["digits"].n_test) == (1400, 397)
@@ -32,7 +34,8 @@ def test_registry_entries_are_consistent():
 
 
 def test_unknown_name_lists_known_ones():
-    with pytest.raises(ZsktError, match="unknown data set 'mnist'.*cifar10, svhn, fashion-mnist, digits"):
+    with pytest.raises(ZsktError, match="unknown data set 'mnist'.*cifar10, cifar100, svhn, fashion-mnist, digits, "
+                       "or npz:PATH or folder:PATH"):
         load_dataset("mnist")
     assert get_info("Fashion_MNIST").name == "fashion-mnist" and get_info("CIFAR-10").name == "cifar10"
 
@@ -55,21 +58,22 @@ def test_image_split_to_and_len():
     assert len(moved) == 3 and moved is not split and moved.images.dtype == torch.uint8
 
 
-@pytest.mark.parametrize("name", ["cifar10", "svhn", "fashion-mnist"])
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn", "fashion-mnist"])
 def test_fake_dataset_loads_with_registry_shapes(tmp_path, name, caplog):
     info = DATASETS[name]
     assert not dataset_files_present(name, tmp_path)
-    write_fake_dataset(name, tmp_path, n_train=30, n_test=12)
+    n_train = 130 if name == "cifar100" else 30
+    write_fake_dataset(name, tmp_path, n_train=n_train, n_test=12)
     assert dataset_files_present(name, tmp_path)
     with caplog.at_level(logging.WARNING, logger="zskt.data"):
         data = load_dataset(name, tmp_path)
     size = info.image_size
-    assert data.train.images.shape == (30, info.in_channels, size, size)
+    assert data.train.images.shape == (n_train, info.in_channels, size, size)
     assert data.test.images.shape == (12, info.in_channels, size, size)
     assert data.train.images.dtype == torch.uint8 and data.train.labels.dtype == torch.int64
-    assert set(data.train.labels.tolist()) == set(range(10))
+    assert set(data.train.labels.tolist()) == set(range(info.num_classes))
     assert (data.mean, data.std) == (info.mean, info.std)
-    assert "has 30 images, the published one has" in caplog.text  # small split: warned, not refused
+    assert f"has {n_train} images, the published one has" in caplog.text  # small split: warned, not refused
 
 
 def test_image_size_only_for_digits(tmp_path):
@@ -173,9 +177,10 @@ def test_cifar_missing_file_says_how_to_get_it(tmp_path):
     assert not dataset_files_present("cifar10", tmp_path)
     with pytest.raises(ZsktError) as caught:
         load_dataset("cifar10", tmp_path)
-    assert str(caught.value) == (
-        f"CIFAR-10 file not found: {folder / 'data_batch_4'} (run `zskt download cifar10` or pass --download; "
-        "data root is set by --data-dir or ZSKT_DATA)"
+    text = str(caught.value)
+    assert text == (
+        f"CIFAR-10 file not found: {folder / 'data_batch_4'} (run `zskt download cifar10 --data-dir {tmp_path}` "
+        "or pass --download)"
     )
 
 

@@ -8,8 +8,11 @@ from zskt.cli import Command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("datasets", nargs="+", metavar="DATASET", help="cifar10, svhn, fashion-mnist (digits is "
-                        "embedded in scikit-learn and needs nothing)")
+    from zskt.data.registry import DATASETS
+
+    fetched = ", ".join(name for name, info in DATASETS.items() if info.downloadable)
+    parser.add_argument("datasets", nargs="+", metavar="DATASET", help=f"{fetched} (digits is embedded in "
+                        "scikit-learn and needs nothing)")
     parser.add_argument("--data-dir", default=None, help="data root (default: $ZSKT_DATA or ~/.cache/zskt/data)")
 
 
@@ -19,7 +22,8 @@ def main(args: argparse.Namespace) -> int:
     for name in args.datasets:
         info = get_info(name)
         if not info.downloadable:
-            print(f"{info.title}: embedded in scikit-learn, nothing to download")
+            what = "embedded in scikit-learn" if info.source == "built-in" else "your own files"
+            print(f"{info.title}: {what}, nothing to download")
             continue
         root = download_dataset(info.name, args.data_dir)
         print(f"{info.title}: files present in {root}")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zskt.data.registry import ImageSplit
+from zskt.data.records import ImageSplit
 from zskt.errors import ZsktError
 
 PAD = 4  # RandomCrop(32, padding=4) in the authors' CIFAR-10 transform (SPEC §4)
