@@ -251,3 +251,38 @@ def test_table_matches_spec():
         "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
     assert DATASETS["cifar100"].base_url + "cifar-100-python.tar.gz" == \
         "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+
+
+def test_cifar100_download_checks_md5_extracts_and_loads(server, tmp_path, monkeypatch):
+    staging = tmp_path / "staging"
+    write_fake_dataset("cifar100", staging, n_train=120, n_test=7)
+    (staging / "cifar-100-python" / "meta").write_bytes(b"class names, as in the real archive")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(staging / "cifar-100-python", arcname="cifar-100-python")
+    archive = buffer.getvalue()
+    _point_at(monkeypatch, server, "cifar100", {"cifar-100-python.tar.gz": archive})
+    root = tmp_path / "data"
+    data = load_dataset("cifar100", root, download=True)
+    assert server.requests == ["/cifar-100-python.tar.gz"]
+    assert sorted(p.name for p in (root / "cifar-100-python").iterdir()) == ["meta", "test", "train"]
+    assert len(data.train) == 120 and len(data.test) == 7 and data.info.num_classes == 100
+    assert sorted(set(data.train.labels.tolist())) == list(range(100))
+    # A tampered archive (right name, wrong bytes) is refused by its md5 and leaves nothing behind.
+    (root / "cifar-100-python" / "test").unlink()
+    (root / "cifar-100-python.tar.gz").unlink()
+    _serve(server, "cifar-100-python.tar.gz", archive[:-1] + b"x")
+    with pytest.raises(ZsktError, match="has md5 .*expected " + _md5(archive)):
+        load_dataset("cifar100", root, download=True)
+    assert sorted(p.name for p in root.iterdir()) == ["cifar-100-python"]
+    assert not (root / "cifar-100-python" / "test").exists()
+
+
+def test_download_fetches_only_the_splits_asked_for(server, tmp_path, monkeypatch):
+    staging = tmp_path / "staging"
+    write_fake_dataset("svhn", staging, n_train=7, n_test=3)
+    _point_at(monkeypatch, server, "svhn", {p.name: p.read_bytes() for p in staging.iterdir()})
+    root = tmp_path / "data"
+    data = load_dataset("svhn", root, download=True, splits=("test",))
+    assert server.requests == ["/test_32x32.mat"] and data.train is None and len(data.test) == 3
+    assert sorted(p.name for p in root.iterdir()) == ["test_32x32.mat"]

@@ -13,7 +13,13 @@ import torch
 
 from zskt.data import DATASETS, ImageSplit, data_root, dataset_files_present, get_info, load_dataset
 from zskt.data.readers import channel_stats, read_digits
-from zskt.data.synthetic import write_cifar_batch, write_fake_dataset, write_idx, write_svhn_mat
+from zskt.data.synthetic import (
+    write_cifar100_file,
+    write_cifar_batch,
+    write_fake_dataset,
+    write_idx,
+    write_svhn_mat,
+)
 from zskt.errors import ZsktError
 
 # --------------------------------------------------------------------------------------- registry, root
@@ -357,3 +363,38 @@ def test_digits_image_size(digits):
     for bad in (10, 4, 0, 18):
         with pytest.raises(ZsktError, match="multiple of 4"):
             load_dataset("digits", image_size=bad)
+
+
+# -------------------------------------------------------------------------------------------- CIFAR-100
+
+
+def test_cifar100_reads_fine_labels_of_all_100_classes(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    data = np.zeros((200, 3072), np.uint8)
+    data[7, 2 * 1024 + 3 * 32 + 4] = 123  # B plane, row 3, column 4 of image 7
+    fine = np.arange(200) % 100
+    write_cifar100_file(folder / "train", data, fine)
+    write_cifar100_file(folder / "test", np.full((5, 3072), 9, np.uint8), [99, 0, 1, 2, 3])
+    assert dataset_files_present("cifar100", tmp_path)
+    data_set = load_dataset("cifar100", tmp_path)
+    assert data_set.info.num_classes == 100 and data_set.info.title == "CIFAR-100"
+    assert data_set.train.images.shape == (200, 3, 32, 32) and data_set.test.images.shape == (5, 3, 32, 32)
+    assert sorted(set(data_set.train.labels.tolist())) == list(range(100))  # fine labels, not the 20 coarse
+    assert data_set.train.images[7, 2, 3, 4] == 123 and int(data_set.train.images.sum()) == 123
+    assert data_set.test.labels.tolist() == [99, 0, 1, 2, 3]
+    assert (data_set.mean, data_set.std) == ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
+    assert data_set.info.augment
+
+
+def test_cifar100_damaged_file_is_a_clear_error(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    write_cifar100_file(folder / "train", np.zeros((3, 3072), np.uint8), [0, 1, 2])
+    # A CIFAR-10 style batch ("labels", no "fine_labels") in CIFAR-100's place.
+    write_cifar_batch(folder / "test", np.zeros((3, 3072), np.uint8), [0, 1, 2])
+    with pytest.raises(ZsktError, match="no 'data' or no 'fine_labels' entry") as caught:
+        load_dataset("cifar100", tmp_path)
+    assert str(folder / "test") in str(caught.value) and f"zskt download cifar100 --data-dir {tmp_path}" in str(
+        caught.value)
+    write_cifar100_file(folder / "test", np.zeros((2, 3072), np.uint8), [0, 100])
+    with pytest.raises(ZsktError, match=r"labels span 0\.\.100, expected 0\.\.99"):
+        load_dataset("cifar100", tmp_path)

@@ -94,7 +94,7 @@ def _stamp(path: Path) -> tuple:
         stat = path.stat()
     except OSError:
         return (str(path), None)
-    return (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    return (str(path.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)
 
 
 def _folder_stamps(root: Path) -> list[tuple]:
