@@ -217,3 +217,16 @@ def test_folder_bad_inputs_are_one_line(tmp_path):
         _write_images(tmp_path / "strange" / split / name, np.zeros((2, 4, 4), np.uint8))
     assert "test class folder" in error(tmp_path / "strange") and "training split's classes" in error(
         tmp_path / "strange")
+
+
+def test_the_docs_digits_export_reads_back(tmp_path):
+    # docs/own_models_and_data.md's example, as written there.
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = np.kron(digits.images, np.ones((2, 2))) * 255 / 16
+    np.savez(tmp_path / "digits16.npz", x=x.round().astype(np.uint8), y=digits.target)
+    data = load_dataset(f"npz:{tmp_path / 'digits16.npz'}")
+    assert (data.info.num_classes, data.info.in_channels, data.info.image_size) == (10, 1, 16)
+    assert len(data.train) + len(data.test) == 1797 and abs(len(data.test) - 0.2 * 1797) < 10
+    assert int(data.train.images.max()) == 255

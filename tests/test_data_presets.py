@@ -142,3 +142,15 @@ def test_a_record_is_all_a_new_data_set_needs(tmp_path, monkeypatch):
     assert preset("svhn-copy", "zero-shot", "iterations") == 7
     with pytest.raises(ZsktError, match="SVHN copy has no train preset for epochs; pass --epochs N"):
         preset("svhn-copy", "train", "epochs", "--epochs")
+
+
+def test_dataset_name_touches_no_file(tmp_path):
+    from zskt.data import dataset_name
+
+    assert dataset_name("CIFAR-100") == "cifar100" and dataset_name("Fashion_MNIST") == "fashion-mnist"
+    assert dataset_name(f"NPZ:{tmp_path / 'absent.npz'}") == f"npz:{tmp_path / 'absent.npz'}"
+    assert dataset_name("folder:somewhere/else") == "folder:somewhere/else"
+    with pytest.raises(ZsktError, match="unknown data set 'imagenet'"):
+        dataset_name("imagenet")
+    with pytest.raises(ZsktError, match="folder: needs a path"):
+        dataset_name("folder:")

@@ -5,7 +5,17 @@ device-resident loader with batched augmentation plus the "M images per class" s
 from zskt.data.datasets import check_files, dataset_files_present, load_dataset
 from zskt.data.download import download_dataset
 from zskt.data.loader import DeviceLoader, normalize, select_per_class
-from zskt.data.registry import DATASETS, DatasetInfo, ImageData, ImageSplit, data_root, get_info, nearest_builtin, preset
+from zskt.data.registry import (
+    DATASETS,
+    DatasetInfo,
+    ImageData,
+    ImageSplit,
+    data_root,
+    dataset_name,
+    get_info,
+    nearest_builtin,
+    preset,
+)
 
 __all__ = [
     "DATASETS",
@@ -15,6 +25,7 @@ __all__ = [
     "ImageSplit",
     "check_files",
     "data_root",
+    "dataset_name",
     "dataset_files_present",
     "download_dataset",
     "get_info",

@@ -12,8 +12,8 @@ from zskt.data.readers import read_cifar10, read_cifar100, read_digits_split, re
 from zskt.data.records import DatasetInfo, ImageData, ImageSplit, RemoteFile, data_root
 from zskt.errors import ZsktError
 
-__all__ = ["DATASETS", "DatasetInfo", "ImageData", "ImageSplit", "RemoteFile", "data_root", "get_info",
-           "nearest_builtin", "preset"]
+__all__ = ["DATASETS", "DatasetInfo", "ImageData", "ImageSplit", "RemoteFile", "data_root", "dataset_name",
+           "get_info", "nearest_builtin", "preset"]
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,20 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 CUSTOM_PREFIXES = ("npz:", "folder:")
+
+
+def dataset_name(name: str) -> str:
+    """The canonical spelling of a data set's name, checked without touching any file (for configs and grids,
+    which may be built where the files are not): a built-in key ("CIFAR-10" -> "cifar10"), or "npz:PATH" /
+    "folder:PATH" as given. An unknown name is a ZsktError listing the known ones."""
+    text = str(name)
+    if text.lower().startswith(CUSTOM_PREFIXES):
+        kind, _, body = text.partition(":")
+        if not body.strip():
+            raise ZsktError(f"{kind.lower()}: needs a path, e.g. {kind.lower()}:data/my_set "
+                            "(docs/own_models_and_data.md)")
+        return f"{kind.lower()}:{body}"
+    return get_info(text).name
 
 
 def get_info(name: str) -> DatasetInfo:
