@@ -1,4 +1,5 @@
-"""Your own data: npz:PATH and folder:PATH sets, read end to end from files written here, and their bad inputs."""
+"""Your own data: npz:PATH and folder:PATH sets, read end to end from files written here, and their bad
+inputs."""
 
 from __future__ import annotations
 
@@ -103,8 +104,14 @@ _X, _Y = _arrays(20, classes=4)
         ({"x": _X.astype(np.float32), "y": _Y}, r"is float32; .*x\.astype\(np\.uint8\)"),
         ({"x": _X[:, :, :6], "y": _Y}, "holds 8x6 images; zskt needs square images"),
         ({"x": np.zeros((20, 3, 8, 8), np.uint8), "y": _Y}, r"channels first; .*x\.transpose\(0, 2, 3, 1\)"),
-        ({"x": np.zeros((20, 64), np.uint8), "y": _Y}, r"has shape \(20, 64\); zskt reads images as \(N, H, W\)"),
-        ({"x": _X, "y": _Y.astype(np.float32)}, r"labels must be N integers 0\.\.K-1: save y\.astype\(np\.int64\)"),
+        (
+            {"x": np.zeros((20, 64), np.uint8), "y": _Y},
+            r"has shape \(20, 64\); zskt reads images as \(N, H, W\)",
+        ),
+        (
+            {"x": _X, "y": _Y.astype(np.float32)},
+            r"labels must be N integers 0\.\.K-1: save y\.astype\(np\.int64\)",
+        ),
         ({"x": _X, "y": _Y[:15]}, "15 labels in y for 20 images"),
         ({"x": _X, "y": np.zeros(20, np.int64)}, "has one class; a classifier needs at least two"),
         ({"x": _X, "y": np.where(_Y == 1, 3, _Y)}, r"class 1 of 0\.\.3 has no training images.*np\.unique"),
@@ -114,8 +121,22 @@ _X, _Y = _arrays(20, classes=4)
         ({"x": _X, "y": _Y, "x_test": _X, "y_test": _Y + 1}, "test label 4 is not a training class"),
         ({"x": _X[:3], "y": np.array([0, 1, 2])}, "too few images to set a test split aside"),
     ],
-    ids=["keys", "dtype", "not-square", "channels-first", "flat", "float-labels", "length", "one-class",
-         "missing-class", "negative", "half-test", "test-shape", "test-label", "too-few"],
+    ids=[
+        "keys",
+        "dtype",
+        "not-square",
+        "channels-first",
+        "flat",
+        "float-labels",
+        "length",
+        "one-class",
+        "missing-class",
+        "negative",
+        "half-test",
+        "test-shape",
+        "test-label",
+        "too-few",
+    ],
 )
 def test_npz_bad_input_is_one_line_naming_the_fix(tmp_path, arrays, message):
     name = _save(tmp_path / "bad.npz", **arrays)
@@ -156,7 +177,9 @@ def test_folder_with_seeded_split(tmp_path):
     assert data.train.images.shape == (36, 1, 8, 8) and torch.bincount(data.test.labels).tolist() == [3, 3, 3]
     # Pixels decoded as written, each under its class's label.
     square = x[y == 1]
-    decoded = torch.cat([data.train.images, data.test.images])[torch.cat([data.train.labels, data.test.labels]) == 1]
+    decoded = torch.cat([data.train.images, data.test.images])[
+        torch.cat([data.train.labels, data.test.labels]) == 1
+    ]
     assert sorted(map(bytes, decoded[:, 0].numpy())) == sorted(map(bytes, square))
     assert (data.mean, data.std) == channel_stats(data.train.images)
 
@@ -207,16 +230,20 @@ def test_folder_bad_inputs_are_one_line(tmp_path):
     assert "is 6x4; zskt needs square images" in error(tmp_path / "wide")
     _write_images(tmp_path / "sizes" / "a", np.zeros((2, 4, 4), np.uint8))
     _write_images(tmp_path / "sizes" / "b", np.zeros((2, 5, 5), np.uint8))
-    assert "is 5x5 but" in error(tmp_path / "sizes") and "resize them all to one side" in error(tmp_path / "sizes")
+    assert "is 5x5 but" in error(tmp_path / "sizes") and "resize them all to one side" in error(
+        tmp_path / "sizes"
+    )
     _write_images(tmp_path / "broken" / "a", np.zeros((2, 4, 4), np.uint8))
     _write_images(tmp_path / "broken" / "b", np.zeros((2, 4, 4), np.uint8))
     (tmp_path / "broken" / "b" / "001.png").write_bytes(b"not a png")
     assert "001.png cannot be read" in error(tmp_path / "broken") and "re-save it or remove it" in error(
-        tmp_path / "broken")
+        tmp_path / "broken"
+    )
     for split, name in (("train", "a"), ("train", "b"), ("test", "c")):
         _write_images(tmp_path / "strange" / split / name, np.zeros((2, 4, 4), np.uint8))
     assert "test class folder" in error(tmp_path / "strange") and "training split's classes" in error(
-        tmp_path / "strange")
+        tmp_path / "strange"
+    )
 
 
 def test_the_docs_digits_export_reads_back(tmp_path):

@@ -1,4 +1,5 @@
-"""The downloader against a loopback HTTP server: checksums, atomic placement, no repeat downloads, CIFAR's tarball."""
+"""The downloader against a loopback HTTP server: checksums, atomic placement, no repeat downloads, CIFAR's
+tarballs."""
 
 from __future__ import annotations
 
@@ -104,7 +105,9 @@ def test_fetch_keeps_a_good_file_and_replaces_a_bad_one(server, tmp_path):
     assert server.requests == ["/file.bin"] and dest.read_bytes() == data
 
 
-@pytest.mark.parametrize("path, message", [("missing.bin", "HTTP 404"), ("truncated", "closed after 10 of 1000 bytes")])
+@pytest.mark.parametrize(
+    "path, message", [("missing.bin", "HTTP 404"), ("truncated", "closed after 10 of 1000 bytes")]
+)
 def test_fetch_http_failures(server, tmp_path, path, message):
     dest = tmp_path / "root" / "file.bin"
     with pytest.raises(ZsktError, match=message) as caught:
@@ -128,7 +131,9 @@ def test_fetch_connection_refused(tmp_path):
 def _cifar_tarball(tmp_path, n_train=15, n_test=6) -> bytes:
     staging = tmp_path / "staging"
     write_fake_dataset("cifar10", staging, n_train=n_train, n_test=n_test)
-    (staging / "cifar-10-batches-py" / "readme.html").write_text("<p>extra member, as in the real archive</p>")
+    (staging / "cifar-10-batches-py" / "readme.html").write_text(
+        "<p>extra member, as in the real archive</p>"
+    )
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         tar.add(staging / "cifar-10-batches-py", arcname="cifar-10-batches-py")
@@ -217,7 +222,9 @@ def test_download_without_a_server_fails_cleanly(tmp_path, monkeypatch):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    monkeypatch.setitem(DATASETS, "svhn", dataclasses.replace(DATASETS["svhn"], base_url=f"http://127.0.0.1:{port}/"))
+    monkeypatch.setitem(
+        DATASETS, "svhn", dataclasses.replace(DATASETS["svhn"], base_url=f"http://127.0.0.1:{port}/")
+    )
     with pytest.raises(ZsktError, match="train_32x32.mat failed"):
         load_dataset("svhn", tmp_path, download=True)
     assert list(tmp_path.iterdir()) == []
@@ -247,10 +254,14 @@ def test_table_matches_spec():
         "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
         "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
     }
-    assert DATASETS["cifar10"].base_url + "cifar-10-python.tar.gz" == \
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-    assert DATASETS["cifar100"].base_url + "cifar-100-python.tar.gz" == \
-        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+    assert (
+        DATASETS["cifar10"].base_url + "cifar-10-python.tar.gz"
+        == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    )
+    assert (
+        DATASETS["cifar100"].base_url + "cifar-100-python.tar.gz"
+        == "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+    )
 
 
 def test_cifar100_download_checks_md5_extracts_and_loads(server, tmp_path, monkeypatch):

@@ -25,9 +25,13 @@ EXPECTED = {
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_presets_are_the_methods_values(name):
-    got = (preset(name, "train", "epochs"), preset(name, "train", "scale_n_iters_few_shot"),
-           preset(name, "zero-shot", "iterations"), preset(name, "zero-shot", "beta"),
-           preset(name, "kd-at", "beta"))
+    got = (
+        preset(name, "train", "epochs"),
+        preset(name, "train", "scale_n_iters_few_shot"),
+        preset(name, "zero-shot", "iterations"),
+        preset(name, "zero-shot", "beta"),
+        preset(name, "kd-at", "beta"),
+    )
     assert got == EXPECTED[name]
     info = DATASETS[name]
     assert preset(name, "kd-at", "beta") == 1000.0 * (info.image_size / 32) ** 2
@@ -50,15 +54,23 @@ def _npz(tmp_path, name, shape, classes=3):
 
 @pytest.mark.parametrize(
     "shape, nearest",
-    [((16, 16), "digits"), ((28, 28), "fashion-mnist"), ((32, 32, 3), "cifar10"), ((64, 64, 3), "cifar10"),
-     ((8, 8), "digits"), ((32, 32, 4), "cifar10")],
+    [
+        ((16, 16), "digits"),
+        ((28, 28), "fashion-mnist"),
+        ((32, 32, 3), "cifar10"),
+        ((64, 64, 3), "cifar10"),
+        ((8, 8), "digits"),
+        ((32, 32, 4), "cifar10"),
+    ],
 )
 def test_own_data_takes_the_nearest_builtin_presets_with_a_note(tmp_path, shape, nearest):
     name = _npz(tmp_path, "own.npz", shape)
     assert nearest_builtin(get_info(name)).name == nearest
     notes = []
-    assert preset(name, "zero-shot", "iterations", "--iterations", note=notes.append) == \
-        DATASETS[nearest].presets["zero-shot"]["iterations"]
+    assert (
+        preset(name, "zero-shot", "iterations", "--iterations", note=notes.append)
+        == DATASETS[nearest].presets["zero-shot"]["iterations"]
+    )
     assert len(notes) == 1 and DATASETS[nearest].title in notes[0] and "--iterations" in notes[0]
     assert "npz:own.npz has no presets of its own" in notes[0]
 
@@ -70,8 +82,10 @@ def test_fallback_note_goes_to_the_log_by_default_and_missing_presets_still_fail
     assert "taken from digits" in caplog.text
     with pytest.raises(ZsktError) as caught:
         preset(name, "dafl", "iterations", "--iterations")
-    assert str(caught.value) == ("npz:own.npz has no dafl preset for iterations (nor has digits, the built-in set "
-                                 "nearest to it); pass --iterations N")
+    assert str(caught.value) == (
+        "npz:own.npz has no dafl preset for iterations (nor has digits, the built-in set "
+        "nearest to it); pass --iterations N"
+    )
 
 
 # ------------------------------------------------------------------------------------------- check_files
@@ -85,8 +99,10 @@ def test_zero_shot_needs_only_the_test_split(tmp_path):
     assert data.train is None and len(data.test) == 4 and data.mean == DATASETS["cifar10"].mean
     with pytest.raises(ZsktError) as caught:
         check_files("cifar10", tmp_path, splits=("train", "test"))
-    assert str(caught.value) == (f"CIFAR-10 file not found: {folder / 'data_batch_1'} (run `zskt download cifar10 "
-                                 f"--data-dir {tmp_path}` or pass --download)")
+    assert str(caught.value) == (
+        f"CIFAR-10 file not found: {folder / 'data_batch_1'} (run `zskt download cifar10 "
+        f"--data-dir {tmp_path}` or pass --download)"
+    )
     with pytest.raises(ZsktError, match="data_batch_1"):
         load_dataset("cifar10", tmp_path)
 
@@ -104,8 +120,11 @@ def test_check_files_with_download(tmp_path):
     assert check_files("svhn", tmp_path / "new" / "root", download=True).name == "svhn"  # can be made: fine
     assert not (tmp_path / "new").exists()  # checking creates nothing
     (tmp_path / "file").write_text("")
-    with pytest.raises(ZsktError, match="cannot download into the data root .*file is not a folder; point "
-                                        "--data-dir or ZSKT_DATA at a writable folder"):
+    with pytest.raises(
+        ZsktError,
+        match="cannot download into the data root .*file is not a folder; point "
+        "--data-dir or ZSKT_DATA at a writable folder",
+    ):
         check_files("svhn", tmp_path / "file" / "root", download=True)
     assert check_files("digits", tmp_path / "nothing here").name == "digits"  # embedded: no files
 
@@ -131,7 +150,10 @@ def test_a_record_is_all_a_new_data_set_needs(tmp_path, monkeypatch):
     # load_dataset and preset.
     svhn = DATASETS["svhn"]
     record = dataclasses.replace(
-        svhn, name="svhn-copy", title="SVHN copy", remote=(),
+        svhn,
+        name="svhn-copy",
+        title="SVHN copy",
+        remote=(),
         files={split: {split: (f"copy/{split}_32x32.mat",)} for split in ("train", "test")},
         presets={"zero-shot": {"iterations": 7}},
     )

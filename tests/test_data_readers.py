@@ -1,4 +1,5 @@
-"""Readers of the canonical files, on tiny files written in the exact formats; the registry; the digits split."""
+"""Readers of the canonical files, on tiny files written in the exact formats; the registry; the digits
+split."""
 
 from __future__ import annotations
 
@@ -40,8 +41,11 @@ def test_registry_entries_are_consistent():
 
 
 def test_unknown_name_lists_known_ones():
-    with pytest.raises(ZsktError, match="unknown data set 'mnist'.*cifar10, cifar100, svhn, fashion-mnist, digits, "
-                       "or npz:PATH or folder:PATH"):
+    with pytest.raises(
+        ZsktError,
+        match="unknown data set 'mnist'.*cifar10, cifar100, svhn, fashion-mnist, digits, "
+        "or npz:PATH or folder:PATH",
+    ):
         load_dataset("mnist")
     assert get_info("Fashion_MNIST").name == "fashion-mnist" and get_info("CIFAR-10").name == "cifar10"
 
@@ -157,14 +161,35 @@ def test_cifar_pickle_cannot_run_code(tmp_path):
         (lambda good: b"this is not a pickle", "cannot unpickle"),
         (lambda good: pickle.dumps([1, 2, 3]), "holds a list"),
         (lambda good: pickle.dumps({"data": np.zeros((4, 3072), np.uint8)}), "no 'data' or no 'labels'"),
-        (lambda good: pickle.dumps({"data": np.zeros((4, 3000), np.uint8), "labels": [0] * 4}), r"\(4, 3000\)"),
+        (
+            lambda good: pickle.dumps({"data": np.zeros((4, 3000), np.uint8), "labels": [0] * 4}),
+            r"\(4, 3000\)",
+        ),
         (lambda good: pickle.dumps({"data": np.zeros((4, 3072), np.float32), "labels": [0] * 4}), "float32"),
-        (lambda good: pickle.dumps({"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 3}), "3 labels for 4"),
-        (lambda good: pickle.dumps({"data": np.zeros((4, 3072), np.uint8), "labels": [0, 1, 2, 10]}), "0..10"),
-        (lambda good: pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": ["a", "b"]}), "dtype <U1"),
+        (
+            lambda good: pickle.dumps({"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 3}),
+            "3 labels for 4",
+        ),
+        (
+            lambda good: pickle.dumps({"data": np.zeros((4, 3072), np.uint8), "labels": [0, 1, 2, 10]}),
+            "0..10",
+        ),
+        (
+            lambda good: pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": ["a", "b"]}),
+            "dtype <U1",
+        ),
     ],
-    ids=["truncated", "garbage", "not-a-dict", "missing-key", "wrong-shape", "wrong-dtype", "label-count",
-         "label-range", "label-type"],
+    ids=[
+        "truncated",
+        "garbage",
+        "not-a-dict",
+        "missing-key",
+        "wrong-shape",
+        "wrong-dtype",
+        "label-count",
+        "label-range",
+        "label-type",
+    ],
 )
 def test_cifar_damaged_batch_is_a_clear_error(tmp_path, content, message):
     folder = _cifar_folder(tmp_path)
@@ -185,7 +210,8 @@ def test_cifar_missing_file_says_how_to_get_it(tmp_path):
         load_dataset("cifar10", tmp_path)
     text = str(caught.value)
     assert text == (
-        f"CIFAR-10 file not found: {folder / 'data_batch_4'} (run `zskt download cifar10 --data-dir {tmp_path}` "
+        f"CIFAR-10 file not found: {folder / 'data_batch_4'} "
+        f"(run `zskt download cifar10 --data-dir {tmp_path}` "
         "or pass --download)"
     )
 
@@ -223,10 +249,19 @@ def test_svhn_subfolder_is_searched_second(tmp_path):
     [
         (lambda p: p.write_bytes(b"MATLAB 5.0 nonsense" * 10), "loadmat failed"),
         (lambda p: p.write_bytes(p.read_bytes()[:300]), "loadmat failed"),
-        (lambda p: write_svhn_mat(p, np.zeros((32, 32, 1, 5), np.uint8), np.ones((5, 1))), r"\(32, 32, 1, 5\)"),
+        (
+            lambda p: write_svhn_mat(p, np.zeros((32, 32, 1, 5), np.uint8), np.ones((5, 1))),
+            r"\(32, 32, 1, 5\)",
+        ),
         (lambda p: write_svhn_mat(p, np.zeros((32, 32, 3, 5), np.uint8), np.ones((4, 1))), "4 labels for 5"),
-        (lambda p: write_svhn_mat(p, np.zeros((32, 32, 3, 2), np.uint8), np.array([[0], [3]])), "expected 1..10"),
-        (lambda p: write_svhn_mat(p, np.zeros((32, 32, 3, 2), np.uint8), np.array([[11], [3]])), "expected 1..10"),
+        (
+            lambda p: write_svhn_mat(p, np.zeros((32, 32, 3, 2), np.uint8), np.array([[0], [3]])),
+            "expected 1..10",
+        ),
+        (
+            lambda p: write_svhn_mat(p, np.zeros((32, 32, 3, 2), np.uint8), np.array([[11], [3]])),
+            "expected 1..10",
+        ),
     ],
     ids=["garbage", "truncated", "grey", "label-count", "label-zero", "label-eleven"],
 )
@@ -290,15 +325,43 @@ def _header(magic, *shape):
     [
         ("train-images-idx3-ubyte.gz", lambda b: b[:-10], "EOFError"),
         ("train-images-idx3-ubyte.gz", lambda b: b"not gzip at all", "BadGzipFile"),
-        ("train-labels-idx1-ubyte.gz", lambda b: gzip.compress(_header(2051, 6) + bytes(6)), "magic number 2051"),
-        ("train-images-idx3-ubyte.gz", lambda b: gzip.compress(_header(2051, 6, 28)), "shorter than the 16-byte"),
-        ("train-images-idx3-ubyte.gz", lambda b: gzip.compress(_header(2051, 7, 28, 28) + bytes(6 * 784)), "needs"),
-        ("train-images-idx3-ubyte.gz", lambda b: gzip.compress(_header(2051, 6, 27, 27) + bytes(6 * 729)), "27x27"),
+        (
+            "train-labels-idx1-ubyte.gz",
+            lambda b: gzip.compress(_header(2051, 6) + bytes(6)),
+            "magic number 2051",
+        ),
+        (
+            "train-images-idx3-ubyte.gz",
+            lambda b: gzip.compress(_header(2051, 6, 28)),
+            "shorter than the 16-byte",
+        ),
+        (
+            "train-images-idx3-ubyte.gz",
+            lambda b: gzip.compress(_header(2051, 7, 28, 28) + bytes(6 * 784)),
+            "needs",
+        ),
+        (
+            "train-images-idx3-ubyte.gz",
+            lambda b: gzip.compress(_header(2051, 6, 27, 27) + bytes(6 * 729)),
+            "27x27",
+        ),
         ("t10k-labels-idx1-ubyte.gz", lambda b: gzip.compress(_header(2049, 5) + bytes(5)), "5 labels for 6"),
-        ("t10k-labels-idx1-ubyte.gz", lambda b: gzip.compress(_header(2049, 6) + bytes([0, 1, 2, 3, 4, 12])), "0..12"),
+        (
+            "t10k-labels-idx1-ubyte.gz",
+            lambda b: gzip.compress(_header(2049, 6) + bytes([0, 1, 2, 3, 4, 12])),
+            "0..12",
+        ),
     ],
-    ids=["truncated-gz", "bad-gz", "bad-magic", "short-header", "short-data", "wrong-size", "label-count",
-         "label-range"],
+    ids=[
+        "truncated-gz",
+        "bad-gz",
+        "bad-magic",
+        "short-header",
+        "short-data",
+        "wrong-size",
+        "label-count",
+        "label-range",
+    ],
 )
 def test_fashion_mnist_damaged_file_is_a_clear_error(tmp_path, name, content, message):
     raw = _fashion_files(tmp_path)
@@ -312,7 +375,9 @@ def test_fashion_mnist_damaged_file_is_a_clear_error(tmp_path, name, content, me
 def test_fashion_mnist_missing_file(tmp_path):
     raw = _fashion_files(tmp_path)
     (raw / "t10k-images-idx3-ubyte.gz").unlink()
-    with pytest.raises(ZsktError, match=r"Fashion-MNIST file not found: .*FashionMNIST/raw/t10k-images-idx3-ubyte\.gz"):
+    with pytest.raises(
+        ZsktError, match=r"Fashion-MNIST file not found: .*FashionMNIST/raw/t10k-images-idx3-ubyte\.gz"
+    ):
         load_dataset("fashion-mnist", tmp_path)
 
 
@@ -340,7 +405,9 @@ def test_digits_split_sizes_types_and_stratification(digits):
 
 def test_digits_are_deterministic(digits):
     again = load_dataset("digits")
-    assert torch.equal(again.train.images, digits.train.images) and torch.equal(again.test.labels, digits.test.labels)
+    assert torch.equal(again.train.images, digits.train.images) and torch.equal(
+        again.test.labels, digits.test.labels
+    )
 
 
 def test_digits_registry_constants_are_the_train_statistics(digits):
@@ -393,8 +460,9 @@ def test_cifar100_damaged_file_is_a_clear_error(tmp_path):
     write_cifar_batch(folder / "test", np.zeros((3, 3072), np.uint8), [0, 1, 2])
     with pytest.raises(ZsktError, match="no 'data' or no 'fine_labels' entry") as caught:
         load_dataset("cifar100", tmp_path)
-    assert str(folder / "test") in str(caught.value) and f"zskt download cifar100 --data-dir {tmp_path}" in str(
-        caught.value)
+    assert str(folder / "test") in str(
+        caught.value
+    ) and f"zskt download cifar100 --data-dir {tmp_path}" in str(caught.value)
     write_cifar100_file(folder / "test", np.zeros((2, 3072), np.uint8), [0, 100])
     with pytest.raises(ZsktError, match=r"labels span 0\.\.100, expected 0\.\.99"):
         load_dataset("cifar100", tmp_path)

@@ -11,9 +11,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from zskt.data.registry import DATASETS
 
     fetched = ", ".join(name for name, info in DATASETS.items() if info.downloadable)
-    parser.add_argument("datasets", nargs="+", metavar="DATASET", help=f"{fetched} (digits is embedded in "
-                        "scikit-learn and needs nothing)")
-    parser.add_argument("--data-dir", default=None, help="data root (default: $ZSKT_DATA or ~/.cache/zskt/data)")
+    parser.add_argument(
+        "datasets",
+        nargs="+",
+        metavar="DATASET",
+        help=f"{fetched} (digits is embedded in scikit-learn and needs nothing)",
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="data root (default: $ZSKT_DATA or ~/.cache/zskt/data)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -30,5 +36,6 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMAND = Command("download", "download a data set's canonical files (md5-checked) into the data root",
-                  add_arguments, main)
+COMMAND = Command(
+    "download", "download a data set's canonical files (md5-checked) into the data root", add_arguments, main
+)

@@ -1,5 +1,5 @@
-"""load_dataset: a data set's splits as uint8 tensors, downloading missing files on request; check_files: whether
-the files a command will read are there, checked before anything is created or read in full."""
+"""load_dataset: a data set's splits as uint8 tensors, downloading missing files on request; check_files:
+whether the files a command will read are there, checked before anything is created or read in full."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from zskt.data.download import download_dataset
-from zskt.data.readers import channel_stats, find_file, files_present, read_digits, require
+from zskt.data.readers import channel_stats, files_present, find_file, read_digits, require
 from zskt.data.records import SPLITS, DatasetInfo, ImageData, data_root
 from zskt.data.registry import CUSTOM_PREFIXES, get_info
 from zskt.errors import ZsktError
@@ -38,15 +38,19 @@ def dataset_files_present(name: str, root: str | Path | None = None, splits: Ite
     return files_present(info, data_root(root), _splits(splits))
 
 
-def check_files(dataset: str, data_dir: str | Path | None = None, splits: Iterable[str] = ("test",),
-                download: bool = False) -> DatasetInfo:
+def check_files(
+    dataset: str,
+    data_dir: str | Path | None = None,
+    splits: Iterable[str] = ("test",),
+    download: bool = False,
+) -> DatasetInfo:
     """Check, without reading the pixels, that the files of `splits` are there (or, with `download`, can be
     fetched into a writable data root); returns the data set's record. Call it before creating a run folder,
     with the splits the command reads: zero-shot reads only the test split, train and kd-at both.
 
     A missing file is a one-line ZsktError whose download hint names the data root read, so following it fills
-    that folder. npz:/folder: sets are scanned: keys, dtypes, shapes, labels and image headers are checked (their
-    normalisation needs the training split, so both splits' files are always required for them).
+    that folder. npz:/folder: sets are scanned: keys, dtypes, shapes, labels and image headers are checked
+    (their normalisation needs the training split, so both splits' files are always required for them).
     """
     info = get_info(dataset)  # an npz:/folder: set is validated by the scan itself
     if info.source != "built-in":
@@ -69,12 +73,20 @@ def _check_writable(root: Path) -> None:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         what = "is not a folder" if not existing.is_dir() else "is not writable"
-        raise ZsktError(f"cannot download into the data root {root}: {existing} {what}; point --data-dir or "
-                        "ZSKT_DATA at a writable folder")
+        raise ZsktError(
+            f"cannot download into the data root {root}: {existing} {what}; point --data-dir or "
+            "ZSKT_DATA at a writable folder"
+        )
 
 
-def load_dataset(name: str, root: str | Path | None = None, *, download: bool = False,
-                 image_size: int | None = None, splits: Iterable[str] = SPLITS) -> ImageData:
+def load_dataset(
+    name: str,
+    root: str | Path | None = None,
+    *,
+    download: bool = False,
+    image_size: int | None = None,
+    splits: Iterable[str] = SPLITS,
+) -> ImageData:
     """Read a data set's `splits` (default both) into CPU uint8 tensors; a split not asked for is None in the
     result, and its files are neither required nor downloaded.
 
@@ -94,11 +106,13 @@ def load_dataset(name: str, root: str | Path | None = None, *, download: bool = 
         train, test = read_digits(size)
         # The registry holds the default size's constants (rounded); other sizes get their own.
         mean, std = (info.mean, info.std) if size == info.image_size else channel_stats(train.images)
-        return ImageData(info, train if "train" in splits else None, test if "test" in splits else None, mean, std)
+        return ImageData(
+            info, train if "train" in splits else None, test if "test" in splits else None, mean, std
+        )
     if image_size is not None and image_size != info.image_size:
         raise ZsktError(
-            f"{info.title} images are {info.image_size}x{info.image_size}; image_size={image_size} only applies "
-            "to digits: leave it unset"
+            f"{info.title} images are {info.image_size}x{info.image_size}; image_size={image_size} only "
+            "applies to digits: leave it unset"
         )
     root = data_root(root)
     if download and not files_present(info, root, splits):
@@ -108,5 +122,7 @@ def load_dataset(name: str, root: str | Path | None = None, *, download: bool = 
         read[split] = info.reader(info, root, split, None)
         found, canonical = len(read[split]), info.n_train if split == "train" else info.n_test
         if found != canonical:
-            log.warning("%s %s split has %d images, the published one has %d", info.title, split, found, canonical)
+            log.warning(
+                "%s %s split has %d images, the published one has %d", info.title, split, found, canonical
+            )
     return ImageData(info, read.get("train"), read.get("test"), info.mean, info.std)

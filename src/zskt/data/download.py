@@ -47,7 +47,8 @@ def fetch(url: str, dest: Path, md5: str, *, progress: bool = True) -> Path:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     # Not zskt.io's atomic writers: they take the whole content in memory, and SVHN's train file is 182 MB.
-    # Same idea: a temporary file in the same folder (so os.replace is an atomic rename), removed on any failure.
+    # Same idea: a temporary file in the same folder (so os.replace is an atomic rename), removed on any
+    # failure.
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
@@ -59,8 +60,14 @@ def fetch(url: str, dest: Path, md5: str, *, progress: bool = True) -> Path:
                     log.info("downloading %s to %s", url, dest)
                     expected = response.length  # Content-Length, or None when the server does not say
                     # Bytes, rate and ETA on a terminal; nothing on CI logs, where a bar is noise.
-                    bar = tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024,
-                               desc=dest.name, disable=not progress or not sys.stderr.isatty())
+                    bar = tqdm(
+                        total=expected,
+                        unit="B",
+                        unit_scale=True,
+                        unit_divisor=1024,
+                        desc=dest.name,
+                        disable=not progress or not sys.stderr.isatty(),
+                    )
                     with bar:
                         while chunk := response.read(_CHUNK):
                             out.write(chunk)
@@ -88,8 +95,8 @@ def fetch(url: str, dest: Path, md5: str, *, progress: bool = True) -> Path:
         got = digest.hexdigest()
         if got != md5:
             raise ZsktError(
-                f"download of {url} has md5 {got}, expected {md5}; it was discarded: try again, or put a good "
-                f"copy at {dest} yourself"
+                f"download of {url} has md5 {got}, expected {md5}; it was discarded: try again, or put a "
+                f"good copy at {dest} yourself"
             )
         os.replace(tmp, dest)
     except BaseException:
@@ -105,7 +112,9 @@ def _extract(info: DatasetInfo, archive: Path, root: Path, roles: tuple[str, ...
     try:
         try:
             with tarfile.open(archive, "r:gz") as tar:
-                tar.extractall(scratch, filter="data")  # the "data" filter refuses absolute paths and links out
+                tar.extractall(
+                    scratch, filter="data"
+                )  # the "data" filter refuses absolute paths and links out
         except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
             raise ZsktError(
                 f"{info.title} archive {archive} cannot be unpacked ({type(error).__name__}: {error}); "
@@ -123,7 +132,8 @@ def _extract(info: DatasetInfo, archive: Path, root: Path, roles: tuple[str, ...
             if not target.exists():
                 os.replace(scratch / folder, target)
                 continue
-            # A partial copy is already there (say the user deleted one damaged batch): refill it file by file.
+            # A partial copy is already there (say the user deleted one damaged batch): refill it file by
+            # file.
             for source in sorted((scratch / folder).rglob("*")):
                 if source.is_file():
                     destination = target / source.relative_to(scratch / folder)
@@ -133,9 +143,11 @@ def _extract(info: DatasetInfo, archive: Path, root: Path, roles: tuple[str, ...
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def download_dataset(name: str, root: str | Path | None = None, *, progress: bool = True,
-                     splits: tuple[str, ...] = SPLITS) -> Path:
-    """Fetch whichever of the files of a data set's `splits` are missing under the data root; returns the root."""
+def download_dataset(
+    name: str, root: str | Path | None = None, *, progress: bool = True, splits: tuple[str, ...] = SPLITS
+) -> Path:
+    """Fetch whichever of the files of a data set's `splits` are missing under the data root; returns the
+    root."""
     info = get_info(name)
     root = data_root(root)
     if not info.downloadable:
@@ -145,10 +157,13 @@ def download_dataset(name: str, root: str | Path | None = None, *, progress: boo
         root.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ZsktError(
-            f"cannot create the data root {root} ({error}); point --data-dir or ZSKT_DATA at a writable folder"
+            f"cannot create the data root {root} ({error}); point --data-dir or ZSKT_DATA at a writable "
+            "folder"
         ) from error
     if not os.access(root, os.W_OK):
-        raise ZsktError(f"the data root {root} is not writable; point --data-dir or ZSKT_DATA at a writable folder")
+        raise ZsktError(
+            f"the data root {root} is not writable; point --data-dir or ZSKT_DATA at a writable folder"
+        )
     needed = set(info.roles(splits))
     for remote in info.remote:
         if all(find_file(info, role, root) is not None for role in remote.roles if role in needed):

@@ -1,4 +1,5 @@
-"""Readers for the canonical data files (SPEC §10, torchvision's folder layout reused as is) and the embedded digits.
+"""Readers for the canonical data files (SPEC §10, torchvision's folder layout reused as is) and the embedded
+digits.
 
 Each reader returns one split as an ImageSplit of uint8 (N, C, H, W) on the CPU, finding its files through the
 record's `files` table. A missing or malformed file becomes a ZsktError that names the file and the fix,
@@ -21,8 +22,9 @@ import torch.nn.functional as F
 from zskt.data.records import SPLITS, DatasetInfo, ImageSplit
 from zskt.errors import ZsktError
 
+
 def download_hint(info: DatasetInfo, root: Path) -> str:
-    """How to get the files, naming the data root so that following the hint fills the folder that was read."""
+    """How to get the files, naming the data root, so that following the hint fills the folder read."""
     return f"run `zskt download {info.name} --data-dir {shlex.quote(str(root))}` or pass --download"
 
 
@@ -54,8 +56,12 @@ def path_root(info: DatasetInfo, path: Path) -> Path:
         for candidates in split_files.values():
             for relative in candidates:
                 parts = Path(relative).parts
-                if Path(path).parts[-len(parts):] == parts:
-                    return Path(*Path(path).parts[: -len(parts)]) if len(Path(path).parts) > len(parts) else Path()
+                if Path(path).parts[-len(parts) :] == parts:
+                    return (
+                        Path(*Path(path).parts[: -len(parts)])
+                        if len(Path(path).parts) > len(parts)
+                        else Path()
+                    )
     return Path(path).parent
 
 
@@ -74,10 +80,14 @@ def _labels(info: DatasetInfo, path: Path, raw, count: int, first: int = 0) -> t
         raise _corrupt(info, path, f"labels are not an array: {error}") from error
     if labels.ndim == 2 and labels.shape[1] == 1:  # MATLAB column vector
         labels = labels[:, 0]
-    if labels.ndim != 1 or labels.dtype.kind not in "iuf" or (
-        labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels))
+    if (
+        labels.ndim != 1
+        or labels.dtype.kind not in "iuf"
+        or (labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)))
     ):
-        raise _corrupt(info, path, f"labels have shape {labels.shape} and dtype {labels.dtype}, expected N integers")
+        raise _corrupt(
+            info, path, f"labels have shape {labels.shape} and dtype {labels.dtype}, expected N integers"
+        )
     if len(labels) != count:
         raise _corrupt(info, path, f"{len(labels)} labels for {count} images")
     labels = labels.astype(np.int64)
@@ -94,12 +104,19 @@ class _ArrayUnpickler(pickle.Unpickler):
     # Unpickling calls whatever globals the file names, so a tampered download could run code. A CIFAR batch
     # needs only numpy's array reconstruction (numpy.core before NumPy 2, numpy._core after; _codecs.encode
     # when Python 3 pickles bytes at protocol 2), so nothing else is allowed.
-    _ALLOWED = frozenset({
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-    })
+    _ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+            ("numpy.core.numeric", "_frombuffer"),
+            ("numpy._core.numeric", "_frombuffer"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("_codecs", "encode"),
+        }
+    )
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
@@ -137,7 +154,8 @@ def read_cifar10(info: DatasetInfo, root: Path, split: str, image_size: int | No
 
 def read_cifar100(info: DatasetInfo, root: Path, split: str, image_size: int | None = None) -> ImageSplit:
     """cifar-100-python/train or /test, with the 100 fine labels (the coarse 20 super-classes are not used:
-    the data-free benchmark's CIFAR-100 numbers are on the fine labels, as torchvision's CIFAR100 gives them)."""
+    the data-free benchmark's CIFAR-100 numbers are on the fine labels, as torchvision's CIFAR100 gives
+    them)."""
     return _read_cifar_pickle(info, require(info, split, root), "fine_labels")
 
 
@@ -155,7 +173,9 @@ def _read_svhn_mat(info: DatasetInfo, path: Path) -> ImageSplit:
     if images is None or labels is None:
         raise _corrupt(info, path, "no 'X' or no 'y' variable")
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[:3] != (32, 32, 3):
-        raise _corrupt(info, path, f"X has shape {images.shape} and dtype {images.dtype}, expected (32, 32, 3, N) uint8")
+        raise _corrupt(
+            info, path, f"X has shape {images.shape} and dtype {images.dtype}, expected (32, 32, 3, N) uint8"
+        )
     count = images.shape[3]
     # SVHN stores digit 0 as label 10 (SPEC §10): 1..10 -> 1..9, 0.
     labels = _labels(info, path, labels, count, first=1) % 10
@@ -173,7 +193,8 @@ _IDX_IMAGES, _IDX_LABELS = 2051, 2049  # magic numbers: 0x0803 (uint8, 3 dims), 
 
 
 def _read_idx(info: DatasetInfo, path: Path, magic: int) -> np.ndarray:
-    """An uncompressed or gzipped IDX file: big-endian int32 magic, one int32 per dimension, then uint8 data."""
+    """An uncompressed or gzipped IDX file: big-endian int32 magic, one int32 per dimension, then uint8
+    data."""
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, zlib.error) as error:  # BadGzipFile is an OSError; truncation gives EOFError
@@ -188,11 +209,15 @@ def _read_idx(info: DatasetInfo, path: Path, magic: int) -> np.ndarray:
     shape = tuple(int.from_bytes(raw[4 * (1 + i) : 4 * (2 + i)], "big") for i in range(ndim))
     expected = int(np.prod(shape))
     if len(raw) - header != expected:
-        raise _corrupt(info, path, f"{len(raw) - header} data bytes, the header's shape {shape} needs {expected}")
+        raise _corrupt(
+            info, path, f"{len(raw) - header} data bytes, the header's shape {shape} needs {expected}"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def read_fashion_mnist(info: DatasetInfo, root: Path, split: str, image_size: int | None = None) -> ImageSplit:
+def read_fashion_mnist(
+    info: DatasetInfo, root: Path, split: str, image_size: int | None = None
+) -> ImageSplit:
     prefix = {"train": "train", "test": "t10k"}[split]
     images_path = require(info, f"{prefix}-images-idx3-ubyte", root)
     labels_path = require(info, f"{prefix}-labels-idx1-ubyte", root)
@@ -217,7 +242,9 @@ DIGITS_TEST_SIZE = 397
 def read_digits(image_size: int = 16) -> tuple[ImageSplit, ImageSplit]:
     """(train, test) of the embedded digits at `image_size` (a multiple of 4, at least 8)."""
     train, test = _digits(image_size)
-    return ImageSplit(train.images.clone(), train.labels.clone()), ImageSplit(test.images.clone(), test.labels.clone())
+    return ImageSplit(train.images.clone(), train.labels.clone()), ImageSplit(
+        test.images.clone(), test.labels.clone()
+    )
 
 
 def read_digits_split(info: DatasetInfo, root: Path, split: str, image_size: int | None = None) -> ImageSplit:
@@ -236,7 +263,9 @@ def _digits(image_size: int) -> tuple[ImageSplit, ImageSplit]:
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
-    pixels = torch.from_numpy(digits.images).float()[:, None] * (255.0 / 16.0)  # (1797, 1, 8, 8), 0..16 -> 0..255
+    pixels = torch.from_numpy(digits.images).float()[:, None] * (
+        255.0 / 16.0
+    )  # (1797, 1, 8, 8), 0..16 -> 0..255
     if image_size != 8:
         # Bilinear with align_corners=False, as an image resize does; upsampling needs no antialiasing.
         pixels = F.interpolate(pixels, size=(image_size, image_size), mode="bilinear", align_corners=False)
@@ -247,11 +276,12 @@ def _digits(image_size: int) -> tuple[ImageSplit, ImageSplit]:
     )
     # Sorted, so the splits keep scikit-learn's order like the other data sets keep their files' order.
     train_index, test_index = torch.from_numpy(np.sort(train_index)), torch.from_numpy(np.sort(test_index))
-    return ImageSplit(images[train_index], labels[train_index]), ImageSplit(images[test_index], labels[test_index])
+    return ImageSplit(images[train_index], labels[train_index]), ImageSplit(
+        images[test_index], labels[test_index]
+    )
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and population std of uint8 (N, C, H, W) images on the 0..1 scale."""
     x = images.to(torch.float64).div(255).transpose(0, 1).reshape(images.shape[1], -1)  # (C, N*H*W)
     return tuple(x.mean(1).tolist()), tuple(x.std(1, correction=0).tolist())
-

@@ -21,7 +21,9 @@ class RemoteFile:
     filename: str  # appended to the data set's base URL
     md5: str  # the published checksum (SPEC §10)
     dest: str  # where it is saved, relative to the data root (torchvision's place for it)
-    roles: tuple[str, ...]  # the record's files (DatasetInfo.files roles) it provides; fetched if any is missing
+    roles: tuple[
+        str, ...
+    ]  # the record's files (DatasetInfo.files roles) it provides; fetched if any is missing
     extract: bool = False  # a .tar.gz whose folders are unpacked into the data root
 
 
@@ -42,8 +44,10 @@ class DatasetInfo:
     augment: bool  # pad-4 random crop + horizontal flip when training (SPEC §4)
     n_train: int  # canonical split sizes; the readers accept other sizes and log a warning
     n_test: int
-    # split -> role -> paths relative to the data root, in search order; the downloader saves to the first one.
-    files: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict, compare=False, repr=False)
+    # split -> role -> paths relative to the data root, in search order; the downloader saves to the first.
+    files: Mapping[str, Mapping[str, tuple[str, ...]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
     # read(info, root, split, image_size) -> ImageSplit of uint8 (N, C, H, W) on the CPU.
     reader: Callable[..., ImageSplit] | None = field(default=None, compare=False, repr=False)
     base_url: str = ""
@@ -93,7 +97,8 @@ class ImageData:
 
 
 def data_root(root: str | Path | None = None) -> Path:
-    """Folder holding the data files: explicit argument > $ZSKT_DATA > $XDG_CACHE_HOME/zskt/data > ~/.cache/zskt/data."""
+    """Folder holding the data files: explicit argument > $ZSKT_DATA > $XDG_CACHE_HOME/zskt/data >
+    ~/.cache/zskt/data."""
     if root is not None and str(root) != "":
         return Path(root).expanduser()
     if os.environ.get("ZSKT_DATA"):

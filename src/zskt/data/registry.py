@@ -1,6 +1,7 @@
-"""Every built-in data set as one record (one literal registry): what it is, its canonical files and reader, where
-to download them with their md5, and the presets the methods take from it. `npz:PATH` and `folder:PATH` sets
-get a record built from their files (zskt.data.custom). Adding a data set is a reader and one entry here."""
+"""Every built-in data set as one record (one literal registry): what it is, its canonical files and reader,
+where to download them with their md5, and the presets the methods take from it. `npz:PATH` and
+`folder:PATH` sets get a record built from their files (zskt.data.custom). Adding a data set is a reader
+and one entry here."""
 
 from __future__ import annotations
 
@@ -12,8 +13,18 @@ from zskt.data.readers import read_cifar10, read_cifar100, read_digits_split, re
 from zskt.data.records import DatasetInfo, ImageData, ImageSplit, RemoteFile, data_root
 from zskt.errors import ZsktError
 
-__all__ = ["DATASETS", "DatasetInfo", "ImageData", "ImageSplit", "RemoteFile", "data_root", "dataset_name",
-           "get_info", "nearest_builtin", "preset"]
+__all__ = [
+    "DATASETS",
+    "DatasetInfo",
+    "ImageData",
+    "ImageSplit",
+    "RemoteFile",
+    "data_root",
+    "dataset_name",
+    "get_info",
+    "nearest_builtin",
+    "preset",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,42 +69,80 @@ DATASETS: dict[str, DatasetInfo] = {
     # SPEC §5: the authors' constants, also used when their teachers are evaluated. Only CIFAR is augmented
     # (RandomCrop(32, padding=4) + RandomHorizontalFlip); SVHN trains on Normalize alone.
     "cifar10": DatasetInfo(
-        name="cifar10", title="CIFAR-10", num_classes=10, in_channels=3, image_size=32,
-        mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010),
-        augment=True, n_train=50_000, n_test=10_000,
+        name="cifar10",
+        title="CIFAR-10",
+        num_classes=10,
+        in_channels=3,
+        image_size=32,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2023, 0.1994, 0.2010),
+        augment=True,
+        n_train=50_000,
+        n_test=10_000,
         files={
             "train": {role: (f"cifar-10-batches-py/{role}",) for role in _CIFAR10_TRAIN},
             "test": {"test_batch": ("cifar-10-batches-py/test_batch",)},
         },
         reader=read_cifar10,
         base_url="https://www.cs.toronto.edu/~kriz/",
-        remote=(RemoteFile("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", "cifar-10-python.tar.gz",
-                           (*_CIFAR10_TRAIN, "test_batch"), extract=True),),
+        remote=(
+            RemoteFile(
+                "cifar-10-python.tar.gz",
+                "c58f30108f718f92721af3b95e74349a",
+                "cifar-10-python.tar.gz",
+                (*_CIFAR10_TRAIN, "test_batch"),
+                extract=True,
+            ),
+        ),
         presets=_CIFAR_PRESETS,
     ),
-    # Not in the paper; the data-free benchmark's second table (SPEC §12). Same layout as torchvision's CIFAR100:
-    # the pickles `train` and `test` with `data` and `fine_labels`. Normalisation constants and augmentation are
-    # the zju-vipa DataFree code's for CIFAR-100 (Fast-Datafree and CMI registry.py, NORMALIZE_DICT['cifar100'];
-    # RandomCrop(32, padding=4) + RandomHorizontalFlip as for CIFAR-10); presets as CIFAR-10's.
+    # Not in the paper; the data-free benchmark's second table (SPEC §12). Same layout as torchvision's
+    # CIFAR100: the pickles `train` and `test` with `data` and `fine_labels`. Normalisation constants and
+    # augmentation are the zju-vipa DataFree code's for CIFAR-100 (Fast-Datafree and CMI registry.py,
+    # NORMALIZE_DICT['cifar100']; RandomCrop(32, padding=4) + RandomHorizontalFlip as for CIFAR-10); presets
+    # as CIFAR-10's.
     "cifar100": DatasetInfo(
-        name="cifar100", title="CIFAR-100", num_classes=100, in_channels=3, image_size=32,
-        mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761),
-        augment=True, n_train=50_000, n_test=10_000,
+        name="cifar100",
+        title="CIFAR-100",
+        num_classes=100,
+        in_channels=3,
+        image_size=32,
+        mean=(0.5071, 0.4867, 0.4408),
+        std=(0.2675, 0.2565, 0.2761),
+        augment=True,
+        n_train=50_000,
+        n_test=10_000,
         files={"train": {"train": ("cifar-100-python/train",)}, "test": {"test": ("cifar-100-python/test",)}},
         reader=read_cifar100,
         base_url="https://www.cs.toronto.edu/~kriz/",
-        remote=(RemoteFile("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python.tar.gz",
-                           ("train", "test"), extract=True),),
+        remote=(
+            RemoteFile(
+                "cifar-100-python.tar.gz",
+                "eb9058c3a382ffc7106e4002c42a8d85",
+                "cifar-100-python.tar.gz",
+                ("train", "test"),
+                extract=True,
+            ),
+        ),
         presets=_CIFAR_PRESETS,
     ),
     # SVHN: torchvision's SVHN(root) keeps the .mat files directly in root; people who gave it root/svhn have
     # them one level down, so that folder is searched second. extra_32x32.mat (md5
     # a93ce644f1a588dc4d68dda5feec44a7, 1.3 GB) is not used by the paper, so not fetched.
     "svhn": DatasetInfo(
-        name="svhn", title="SVHN", num_classes=10, in_channels=3, image_size=32,
-        mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970),
-        augment=False, n_train=73_257, n_test=26_032,
-        files={split: {split: (f"{split}_32x32.mat", f"svhn/{split}_32x32.mat")} for split in ("train", "test")},
+        name="svhn",
+        title="SVHN",
+        num_classes=10,
+        in_channels=3,
+        image_size=32,
+        mean=(0.4377, 0.4438, 0.4728),
+        std=(0.1980, 0.2010, 0.1970),
+        augment=False,
+        n_train=73_257,
+        n_test=26_032,
+        files={
+            split: {split: (f"{split}_32x32.mat", f"svhn/{split}_32x32.mat")} for split in ("train", "test")
+        },
         reader=read_svhn,
         base_url="http://ufldl.stanford.edu/housenumbers/",
         remote=(
@@ -112,9 +161,16 @@ DATASETS: dict[str, DatasetInfo] = {
     # files and their unzipped copies side by side in FashionMNIST/raw; the .gz is read first because gzip's
     # CRC catches a damaged file, and the unzipped copy is accepted on its own.
     "fashion-mnist": DatasetInfo(
-        name="fashion-mnist", title="Fashion-MNIST", num_classes=10, in_channels=1, image_size=32,
-        mean=(0.2860,), std=(0.3530,),
-        augment=False, n_train=60_000, n_test=10_000,
+        name="fashion-mnist",
+        title="Fashion-MNIST",
+        num_classes=10,
+        in_channels=1,
+        image_size=32,
+        mean=(0.2860,),
+        std=(0.3530,),
+        augment=False,
+        n_train=60_000,
+        n_test=10_000,
         files=_FASHION_FILES,
         reader=read_fashion_mnist,
         base_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
@@ -137,9 +193,16 @@ DATASETS: dict[str, DatasetInfo] = {
     # are no published constants: these are the train split's pixel mean and population std at the default
     # 16x16, rounded to 4 places like the others; tests/test_data_readers.py recomputes them.
     "digits": DatasetInfo(
-        name="digits", title="digits", num_classes=10, in_channels=1, image_size=16,
-        mean=(0.3053,), std=(0.3185,),
-        augment=False, n_train=1_400, n_test=397,
+        name="digits",
+        title="digits",
+        num_classes=10,
+        in_channels=1,
+        image_size=16,
+        mean=(0.3053,),
+        std=(0.3185,),
+        augment=False,
+        n_train=1_400,
+        n_test=397,
         reader=read_digits_split,
         presets={
             "train": {"epochs": 30, "scale_n_iters_few_shot": 1.0},
@@ -160,8 +223,9 @@ def dataset_name(name: str) -> str:
     if text.lower().startswith(CUSTOM_PREFIXES):
         kind, _, body = text.partition(":")
         if not body.strip():
-            raise ZsktError(f"{kind.lower()}: needs a path, e.g. {kind.lower()}:data/my_set "
-                            "(docs/own_models_and_data.md)")
+            raise ZsktError(
+                f"{kind.lower()}: needs a path, e.g. {kind.lower()}:data/my_set (docs/own_models_and_data.md)"
+            )
         return f"{kind.lower()}:{body}"
     return get_info(text).name
 
@@ -179,26 +243,40 @@ def get_info(name: str) -> DatasetInfo:
     for key, info in DATASETS.items():
         if key.replace("-", "") == wanted:
             return info
-    raise ZsktError(f"unknown data set {name!r}; known data sets: {', '.join(DATASETS)}, or npz:PATH or folder:PATH "
-                    "for your own (docs/own_models_and_data.md)")
+    raise ZsktError(
+        f"unknown data set {name!r}; known data sets: {', '.join(DATASETS)}, or npz:PATH or folder:PATH "
+        "for your own (docs/own_models_and_data.md)"
+    )
 
 
 def nearest_builtin(info: DatasetInfo) -> DatasetInfo:
     """The built-in set most like `info`: the same number of channels first, then the closest image side, then
     registry order (so 3x32x32 data gets CIFAR-10's presets, 1x28x28 Fashion-MNIST's, 1x16x16 digits')."""
     order = list(DATASETS.values())
-    return min(order, key=lambda b: (b.in_channels != info.in_channels, abs(b.image_size - info.image_size),
-                                     order.index(b)))
+    return min(
+        order,
+        key=lambda b: (
+            b.in_channels != info.in_channels,
+            abs(b.image_size - info.image_size),
+            order.index(b),
+        ),
+    )
 
 
-def preset(dataset: str | DatasetInfo, method: str, key: str, option: str | None = None, *,
-           note: Callable[[str], None] | None = None) -> Any:
+def preset(
+    dataset: str | DatasetInfo,
+    method: str,
+    key: str,
+    option: str | None = None,
+    *,
+    note: Callable[[str], None] | None = None,
+) -> Any:
     """The data set's preset value of `key` for `method` (a zskt command name: "train", "zero-shot", "kd-at").
 
-    An npz:/folder: set has no presets of its own: it takes those of the nearest built-in set (nearest_builtin)
-    and says so through `note` (default: a logging warning). A preset that does not exist is a one-line
-    ZsktError naming `option` (default --KEY) as the thing to pass, e.g. "digits has no dafl preset for
-    iterations; pass --iterations N".
+    An npz:/folder: set has no presets of its own: it takes those of the nearest built-in set
+    (nearest_builtin) and says so through `note` (default: a logging warning). A preset that does not exist
+    is a one-line ZsktError naming `option` (default --KEY) as the thing to pass, e.g. "digits has no dafl
+    preset for iterations; pass --iterations N".
     """
     info = dataset if isinstance(dataset, DatasetInfo) else get_info(dataset)
     option = option or "--" + key.replace("_", "-")
@@ -208,8 +286,10 @@ def preset(dataset: str | DatasetInfo, method: str, key: str, option: str | None
         via = f" (nor has {source.title}, the built-in set nearest to it)" if source is not info else ""
         raise ZsktError(f"{info.title} has no {method} preset for {key}{via}; pass {option} N")
     if source is not info:
-        message = (f"{info.title} has no presets of its own: {method} {key} = {value} taken from {source.title}, "
-                   f"the built-in set nearest to its {info.in_channels}x{info.image_size}x{info.image_size} "
-                   f"images; pass {option} to choose")
+        message = (
+            f"{info.title} has no presets of its own: {method} {key} = {value} taken from {source.title}, "
+            f"the built-in set nearest to its {info.in_channels}x{info.image_size}x{info.image_size} "
+            f"images; pass {option} to choose"
+        )
         (note or log.warning)(message)
     return value

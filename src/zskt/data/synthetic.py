@@ -1,5 +1,6 @@
 """Tiny data sets written in the exact canonical file formats (SPEC §10), for tests and smoke runs on machines
-that cannot download the real ones: point --data-dir (or ZSKT_DATA) at the folder and the readers take it as is.
+that cannot download the real ones: point --data-dir (or ZSKT_DATA) at the folder and the readers take it as
+is.
 Images are a per-class pattern plus noise, so a toy model can learn them."""
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ def write_svhn_mat(path: Path, images_hwcn: np.ndarray, labels: np.ndarray) -> N
     import scipy.io
 
     buffer = io.BytesIO()
-    scipy.io.savemat(buffer, {"X": np.asarray(images_hwcn, dtype=np.uint8), "y": np.asarray(labels, dtype=np.uint8)})
+    scipy.io.savemat(
+        buffer, {"X": np.asarray(images_hwcn, dtype=np.uint8), "y": np.asarray(labels, dtype=np.uint8)}
+    )
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
@@ -58,7 +61,9 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, gzip.compress(content) if path.suffix == ".gz" else content)
 
 
-def fake_split(n: int, channels: int, size: int, seed: int, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def fake_split(
+    n: int, channels: int, size: int, seed: int, num_classes: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (N, C, size, size), labels int64 (N,)); every class appears once n >= num_classes."""
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n) % num_classes)
@@ -76,7 +81,9 @@ def write_fake_dataset(name: str, root: Path, *, n_train: int = 50, n_test: int 
         folder = root / "cifar-10-batches-py"
         images, labels = fake_split(n_train, 3, 32, seed)
         for number, part in enumerate(np.array_split(np.arange(n_train), 5), start=1):
-            write_cifar_batch(folder / f"data_batch_{number}", images[part].reshape(len(part), 3072), labels[part])
+            write_cifar_batch(
+                folder / f"data_batch_{number}", images[part].reshape(len(part), 3072), labels[part]
+            )
         images, labels = fake_split(n_test, 3, 32, seed + 1)
         write_cifar_batch(folder / "test_batch", images.reshape(n_test, 3072), labels)
     elif info.name == "cifar100":
