@@ -72,9 +72,10 @@ def load_custom(name: str, splits: tuple[str, ...] = SPLITS, image_size: int | N
             f"{info.title} images are {info.image_size}x{info.image_size}; image_size={image_size} "
             "only applies to digits: leave it unset (resize the images themselves to change it)"
         )
-    train = _read_part(scan, "train")
+    arrays: dict = {}  # an .npz array both splits are cut from is read once
+    train = _read_part(scan, "train", arrays)
     mean, std = channel_stats(train.images)
-    test = _read_part(scan, "test") if "test" in splits else None
+    test = _read_part(scan, "test", arrays) if "test" in splits else None
     return ImageData(info, train if "train" in splits else None, test, mean, std)
 
 
@@ -207,10 +208,12 @@ def _info(
     )
 
 
-def _read_part(scan: _Scan, split: str) -> ImageSplit:
+def _read_part(scan: _Scan, split: str, arrays: dict) -> ImageSplit:
     part = scan.parts[split]
     if part.path is not None:
-        images = _npz_images(scan.info, part)
+        if (part.path, part.key) not in arrays:
+            arrays[part.path, part.key] = _npz_images(scan.info, part)
+        images = arrays[part.path, part.key]
         if part.index is not None:
             images = images[part.index]
     else:  # decode only this split's files
