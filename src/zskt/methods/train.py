@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from zskt.config import check, field
-from zskt.data import DATASETS, DeviceLoader, ImageData, load_dataset, select_per_class
+from zskt.data import DeviceLoader, ImageData, dataset_name, load_dataset, select_per_class
 from zskt.distributed import Shard
 from zskt.methods.scaffold import Scaffold
 from zskt.methods.schedule import Schedule, make_schedule, step_lr
@@ -52,7 +52,7 @@ class SupervisedRecipe:
     download: bool = field(False, "download missing data files (CIFAR-10, SVHN, Fashion-MNIST)")
 
     def __post_init__(self):
-        check(self.dataset in DATASETS, f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        dataset_name(self.dataset)  # a one-line error for an unknown name, before any file is read
         check(self.images_per_class == -1 or self.images_per_class > 0,
               f"images_per_class must be -1 (all) or positive, got {self.images_per_class}")
         check(self.epochs is None or self.epochs > 0, f"epochs must be positive, got {self.epochs}")

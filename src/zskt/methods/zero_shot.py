@@ -17,13 +17,12 @@ from typing import Literal
 import torch
 
 from zskt.config import check, field
-from zskt.data import DATASETS, ImageSplit, get_info, load_dataset
+from zskt.data import ImageSplit, dataset_name, get_info, load_dataset, preset
 from zskt.distributed import Shard
 from zskt.errors import ZsktError
 from zskt.io import atomic_write_bytes
 from zskt.losses import attention_map, zero_shot_generator_loss, zero_shot_student_loss
 from zskt.methods.scaffold import Scaffold
-from zskt.methods.schedule import preset
 from zskt.models import (
     MODELS,
     Generator,
@@ -79,7 +78,7 @@ class ZeroShotConfig:
     download: bool = field(False, "download missing data files (CIFAR-10, SVHN, Fashion-MNIST)")
 
     def __post_init__(self):
-        check(self.dataset in DATASETS, f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        dataset_name(self.dataset)  # a one-line error for an unknown name, before any file is read
         check(self.student.lower() in MODELS,
               f"unknown student {self.student!r}; choose one of {', '.join(MODELS)}")
         check(self.iterations is None or self.iterations > 0, f"iterations must be positive, got {self.iterations}")
@@ -103,12 +102,12 @@ class ZeroShotConfig:
         """N: `iterations`, or the data set's preset."""
         if self.iterations is not None:
             return self.iterations
-        return preset(self.dataset, "zero-shot", "iterations", option="--iterations")
+        return preset(self.dataset, "zero-shot", "iterations", "--iterations")
 
     @property
     def attention_beta(self) -> float:
         """β: `beta`, or the data set's preset."""
-        return self.beta if self.beta is not None else preset(self.dataset, "zero-shot", "beta", option="--beta")
+        return self.beta if self.beta is not None else preset(self.dataset, "zero-shot", "beta", "--beta")
 
     @property
     def eval_interval(self) -> int:
@@ -349,9 +348,9 @@ def run_zero_shot(cfg: ZeroShotConfig, log: RunLog) -> dict:
     info = get_info(cfg.dataset)
     teacher = load_model_for(cfg.teacher, role="--teacher", dataset=cfg.dataset, num_classes=info.num_classes,
                              in_channels=info.in_channels, image_size=None, map_location="cpu")
-    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
-    test, mean, std = data.test, data.mean, data.std  # the train split is dropped here
-    del data
+    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size,
+                        splits=("test",))  # never the training images
+    test, mean, std = data.test, data.mean, data.std
     size = int(test.images.shape[-1])
     check_image_size(teacher, "--teacher", cfg.teacher, size)
     seed_everything(cfg.seed)
