@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zskt.errors import ZsktError
 from zskt.methods.kd_at import KDATConfig, check_files, kd_at
 from zskt.methods.schedule import schedule_command
 from zskt.methods.train import TrainConfig, train
 from zskt.methods.zero_shot import ZeroShotConfig, run_zero_shot
-from zskt.errors import ZsktError
 from zskt.runids import Series
 
 PAIR = "{dataset}/%s/{teacher}_{student}/seed{seed}"  # a data-free method's runs: teacher, student, seed
