@@ -36,7 +36,7 @@ class KDATConfig(SupervisedRecipe):
     """A student distilled with KD+AT on M images per class (the authors' FSKT scripts' values, SPEC §4); with
     `init` a zero-shot student fine-tuned the same way. The SGD recipe and schedule fields are `train`'s."""
 
-    images_per_class: int = field(-1, "M (required): train on M images per class, chosen per seed (SPEC §4); "
+    images_per_class: int = field(-1, "M (required): train on M images per class, chosen per seed (docs/kd_at.md); "
                                       "-1 = the full train split")
     teacher: str = field("", "teacher checkpoint (required): a model.pt from `zskt train`, an authors' "
                              "last.pth.tar or a Ferles *-dict.pth")

@@ -112,7 +112,7 @@ def schedule_command(name: str, help: str, config_cls: type, run, *, required: t
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         base.add_arguments(parser)
         parser.add_argument("--print-schedule", nargs="?", const="", default=None, metavar="M,...",
-                            help="print epochs, milestones, batches/epoch and iterations (SPEC §4) for "
+                            help="print epochs, milestones, batches/epoch and iterations (docs/kd_at.md) for "
                             "--images-per-class, or for each M listed (-1 = all), on the canonical train split "
                             "of --dataset, and exit without training (no data files needed)")
 
