@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from zskt.config import check, field
-from zskt.data import DATASETS, ImageSplit, get_info, load_dataset
+from zskt.data import ImageSplit, dataset_name, get_info, load_dataset
 from zskt.errors import ZsktError
+from zskt.images import save_image_grid
 from zskt.losses import (
     activation_loss,
     bn_statistic_loss,  # noqa: F401 - re-exported for the methods' docs; the hook computes it
@@ -101,7 +102,7 @@ class GenerativeConfig:
     DIGITS: ClassVar[dict] = {"epochs": 20, "epoch_steps": 50, "batch_size": 64, "ngf": 32}
 
     def __post_init__(self):
-        check(self.dataset in DATASETS, f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        dataset_name(self.dataset)  # a one-line error for an unknown name, before any file is read
         check(self.student.lower() in MODELS, f"unknown student {self.student!r}; choose one of {', '.join(MODELS)}")
         for name in ("iterations", "epochs", "epoch_steps"):
             value = getattr(self, name)
@@ -356,8 +357,6 @@ def generative_round(teacher: Teacher, state: GenerativeState, cfg: GenerativeCo
 def train_generative(cfg: GenerativeConfig, log: RunLog, teacher: nn.Module, student: nn.Module,
                      test_split: ImageSplit, mean, std, *, name: str) -> dict:
     """Train `student` from `teacher` alone with the generative loop; evaluate on `test_split` only."""
-    from zskt.methods.zero_shot import save_pseudo_grid
-
     n = cfg.total_iterations
     run = Scaffold(cfg, log, total=n, interval=cfg.eval_interval, unit="round", desc=name,
                    batch_size=cfg.batch)
@@ -379,7 +378,7 @@ def train_generative(cfg: GenerativeConfig, log: RunLog, teacher: nn.Module, stu
 
     def at_log_point(step: int) -> dict:
         if log.enabled and last.get("x") is not None:
-            save_pseudo_grid(last["x"], mean, std, log.out / "pseudo" / f"round_{step:06d}.png")
+            save_image_grid(last["x"], mean, std, log.out / "pseudo" / f"round_{step:06d}.png")
         return {"student_lr": cfg.student_lr * EpochCosine(cfg.rounds_per_epoch, n)(step - 1)}
 
     run.on_log(at_log_point)
@@ -400,9 +399,9 @@ def run_generative(cfg: GenerativeConfig, log: RunLog, name: str) -> dict:
     info = get_info(cfg.dataset)
     teacher = load_model_for(cfg.teacher, role="--teacher", dataset=cfg.dataset, num_classes=info.num_classes,
                              in_channels=info.in_channels, image_size=None, map_location="cpu")
-    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
-    test, mean, std = data.test, data.mean, data.std  # the train split is dropped here
-    del data
+    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size,
+                        splits=("test",))  # never the training images
+    test, mean, std = data.test, data.mean, data.std
     check_image_size(teacher, "--teacher", cfg.teacher, int(test.images.shape[-1]))
     seed_everything(cfg.seed)
     student = build_model(cfg.student, info.num_classes, info.in_channels)
