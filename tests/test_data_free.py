@@ -17,7 +17,7 @@ from zskt.errors import ZsktError
 from zskt.methods.dafl import DAFLConfig
 from zskt.methods.dfad import DFADConfig
 from zskt.methods.dfq import DFQConfig
-from zskt.methods.generative import EpochCosine, GenerativeState, Teacher, generative_round
+from zskt.methods.generative import EpochCosine, GenerativeState, Teacher, generative_round, train_generative
 from zskt.models import build_model, load_model, save_model
 from zskt.models.dfkd_generator import DataFreeGenerator
 from zskt.runtime import Precision
@@ -247,3 +247,40 @@ def test_command_errors(tmp_path, teacher_file, capsys):
     assert cli_main(["dafl", "--teacher", str(teacher_file), "--dataset", "svhn", "--out", str(tmp_path / "y")]) == 2
     assert "trained on digits" in capsys.readouterr().err
     assert cli_main(["dfad", "--teacher", str(teacher_file), "--discrepancy", "l2", "--out", str(tmp_path / "z")]) == 2
+
+
+def _run(tmp_path, name, cfg, *, resume=False, stop_at=None):
+    from zskt.data import load_dataset
+    from zskt.runlog import RunLog
+
+    digits = load_dataset("digits", image_size=8, splits=("test",))
+    log = RunLog(tmp_path / name, command="dfq", config={"iterations": cfg.iterations}, quiet=True, resume=resume)
+    if stop_at is not None:
+        save = log.save_checkpoint
+
+        def save_then_stop(state):
+            save(state)
+            if state["step"] >= stop_at:
+                raise KeyboardInterrupt
+
+        log.save_checkpoint = save_then_stop
+    torch.manual_seed(0)
+    teacher = build_model("wrn-16-1", 10, 1).eval()
+    student = build_model("wrn-16-1", 10, 1)
+    return train_generative(cfg, log, teacher, student, digits.test, digits.mean, digits.std, name="dfq")
+
+
+def test_resume_gives_the_uninterrupted_result(tmp_path):
+    # DFQ: every piece of state is in play (generator BN buffers, SGD momentum, the epoch schedule, the z stream).
+    cfg = DFQConfig(iterations=6, eval_every=2, batch_size=8, ngf=4, z_dim=8, student_steps=2, epoch_steps=4,
+                    device="cpu", act=0.1)
+    straight = _run(tmp_path, "straight", cfg)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "resumed", cfg, stop_at=2)
+    resumed = _run(tmp_path, "resumed", cfg, resume=True)
+    a, b = load_model(tmp_path / "straight" / "model.pt"), load_model(tmp_path / "resumed" / "model.pt")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert resumed["test_accuracy"] == straight["test_accuracy"]
+    rows = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert rows[0]["student_lr"] == 0.1 and rows[-1]["student_lr"] < 0.1  # one epoch (2 rounds) at the full rate

@@ -99,7 +99,7 @@ class GenerativeConfig:
     download: bool = field(False, "download missing data files (CIFAR-10, SVHN, Fashion-MNIST)")
 
     # The digits preset of each method (ours, measured: docs/data_free.md), for the fields left at None.
-    DIGITS: ClassVar[dict] = {"epochs": 20, "epoch_steps": 50, "batch_size": 64, "ngf": 32}
+    DIGITS: ClassVar[dict] = {"epochs": 12, "epoch_steps": 50, "batch_size": 64, "ngf": 32}
 
     def __post_init__(self):
         dataset_name(self.dataset)  # a one-line error for an unknown name, before any file is read
