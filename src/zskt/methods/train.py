@@ -27,7 +27,7 @@ from zskt.distributed import (
 )
 from zskt.evaluate import evaluate_accuracy
 from zskt.methods.schedule import Schedule, make_schedule, step_lr
-from zskt.models import MODELS, build_model, save_model
+from zskt.models import FeatureModel, WideResNet, build_model, is_model_name, model_names_hint, save_model
 from zskt.runlog import RunLog, Timer
 from zskt.runtime import PRECISIONS, Precision, resolve_device, resolve_precision, seed_everything
 
@@ -83,11 +83,12 @@ class TrainConfig(SupervisedRecipe):
     """A teacher or scratch student trained with cross-entropy (the paper's teacher recipe, SPEC §5); with
     `images_per_class` M it is the few-shot "no teacher" baseline (SPEC §4, α = 0)."""
 
-    model: str = field("wrn-16-2", "network to train: wrn-16-1, wrn-16-2, wrn-40-1 or wrn-40-2")
+    model: str = field("wrn-16-2", "network to train: a registered name (zskt list: wrn-16-2, resnet-18, "
+                                   "vgg-11, ...) or any wrn-DEPTH-WIDTH")
 
     def __post_init__(self):
         super().__post_init__()
-        check(self.model.lower() in MODELS, f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        check(is_model_name(self.model), f"unknown model {self.model!r}; choose one of {model_names_hint()}")
 
 
 def load_data(cfg) -> ImageData:
@@ -225,6 +226,8 @@ def train(cfg: TrainConfig, log: RunLog, data: ImageData | None = None) -> dict:
     seed_everything(cfg.seed)
     indices = choose_subset(cfg, data, log)
     model = build_model(cfg.model, data.info.num_classes, data.info.in_channels).to(device)
+    if not isinstance(model, WideResNet):  # the loop unpacks (logits, maps); no maps needed here
+        model = FeatureModel(model, ())
     model = precision.prepare(model)
     t0 = time.perf_counter()
     result = fit_supervised(model, data, cfg, log, precision=precision, schedule=schedule, indices=indices)
