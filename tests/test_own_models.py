@@ -1,8 +1,9 @@
 """Specification of the networks beyond the paper's: the registry, the zju-vipa ResNets and VGG-11 (against
 their layout restated here), feature maps through hooks, any network through `resolve_network`, timm.
 
-`ZjuBlock`/`ZjuResNet` and `zju_vgg11_bn` below restate the zju-vipa DataFree code's CIFAR ResNet and VGG-11-bn
-from their published layout (module names, order, forward); the tests load their state_dicts into ours.
+`ZjuBlock`/`ZjuResNet` and `zju_vgg11_bn` below restate the zju-vipa DataFree code's CIFAR ResNet and
+VGG-11-bn from their published layout (module names, order, forward); the tests load their state_dicts
+into ours.
 """
 
 from __future__ import annotations
@@ -35,8 +36,15 @@ from zskt.models import (
 )
 
 # Parameters at 10 classes, 3 channels: the paper's (SPEC.md §1) and the data-free benchmark's networks.
-PARAMS = {"wrn-16-1": 175_066, "wrn-16-2": 691_674, "wrn-40-1": 563_930, "wrn-40-2": 2_243_546,
-          "resnet-18": 11_173_962, "resnet-34": 21_282_122, "vgg-11": 9_231_114}
+PARAMS = {
+    "wrn-16-1": 175_066,
+    "wrn-16-2": 691_674,
+    "wrn-40-1": 563_930,
+    "wrn-40-2": 2_243_546,
+    "resnet-18": 11_173_962,
+    "resnet-34": 21_282_122,
+    "vgg-11": 9_231_114,
+}
 
 
 @contextlib.contextmanager
@@ -64,7 +72,7 @@ def scramble_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-# ------------------------------------------------------------------------------ the zju-vipa layouts, restated
+# ----------------------------------------------------------------------------- the zju-vipa layouts, restated
 
 
 class ZjuBlock(nn.Module):
@@ -76,7 +84,9 @@ class ZjuBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
 
     def forward(self, x):
         out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
@@ -157,9 +167,14 @@ def test_registered_models_parameter_counts_and_any_size(name):
     assert len(maps) == len(entry.feature_layers) == 3
 
 
-@pytest.mark.parametrize("name,reference", [("resnet-18", lambda: ZjuResNet([2, 2, 2, 2])),
-                                            ("resnet-34", lambda: ZjuResNet([3, 4, 6, 3])),
-                                            ("vgg-11", zju_vgg11_bn)])
+@pytest.mark.parametrize(
+    "name,reference",
+    [
+        ("resnet-18", lambda: ZjuResNet([2, 2, 2, 2])),
+        ("resnet-34", lambda: ZjuResNet([3, 4, 6, 3])),
+        ("vgg-11", zju_vgg11_bn),
+    ],
+)
 def test_state_dict_keys_and_shapes_equal_the_zju_vipa_layout(name, reference):
     ours, theirs = build_model(name).state_dict(), reference().state_dict()
     assert [(k, tuple(v.shape)) for k, v in ours.items()] == [(k, tuple(v.shape)) for k, v in theirs.items()]
@@ -172,14 +187,17 @@ def test_resnet_keys_name_the_shortcuts_only_where_the_shape_changes():
     assert max(int(k.split(".")[1]) for k in keys if k.startswith("layer3.")) == 5  # 6 blocks in stage 3
 
 
-@pytest.mark.parametrize("name,reference", [("resnet-34", lambda: ZjuResNet([3, 4, 6, 3])),
-                                            ("vgg-11", zju_vgg11_bn)])
+@pytest.mark.parametrize(
+    "name,reference", [("resnet-34", lambda: ZjuResNet([3, 4, 6, 3])), ("vgg-11", zju_vgg11_bn)]
+)
 def test_zju_vipa_teacher_file_loads_strictly_with_equal_logits(tmp_path, name, reference):
     torch.manual_seed(0)
     theirs = scramble_bn(reference()).eval()
     # Their training script's checkpoint: a dict with the state_dict beside the arch name and the accuracy.
-    torch.save({"arch": name.replace("-", ""), "state_dict": theirs.state_dict(), "best_acc1": 95.7},
-               tmp_path / "teacher.pth")
+    torch.save(
+        {"arch": name.replace("-", ""), "state_dict": theirs.state_dict(), "best_acc1": 95.7},
+        tmp_path / "teacher.pth",
+    )
     theirs.double()
     ours = load_model(tmp_path / "teacher.pth", arch=name, num_classes=10, in_channels=3).double()
     assert ours.arch()["name"] == name and not ours.training
@@ -187,7 +205,9 @@ def test_zju_vipa_teacher_file_loads_strictly_with_equal_logits(tmp_path, name, 
     torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)
     # Also saved from a DataParallel wrapper ("module." prefix) and as a bare state_dict.
     torch.save({f"module.{k}": v.float() for k, v in theirs.state_dict().items()}, tmp_path / "bare.pt")
-    torch.testing.assert_close(load_model(tmp_path / "bare.pt").double()(x), theirs(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        load_model(tmp_path / "bare.pt").double()(x), theirs(x), rtol=1e-12, atol=1e-12
+    )
     with one_line("holds", "expected resnet-18"):
         load_model(tmp_path / "teacher.pth", arch="resnet-18")
     with one_line("holds a 10-class", "expected 100 classes"):
@@ -197,7 +217,9 @@ def test_zju_vipa_teacher_file_loads_strictly_with_equal_logits(tmp_path, name, 
 @pytest.mark.parametrize("name", ["resnet-18", "vgg-11"])
 def test_project_files_of_the_new_families_round_trip(tmp_path, name):
     model = scramble_bn(build_model(name, num_classes=7, in_channels=1)).eval()
-    save_model(with_features(model), tmp_path / "model.pt", dataset="digits", image_size=16)  # wrapper unwrapped
+    save_model(
+        with_features(model), tmp_path / "model.pt", dataset="digits", image_size=16
+    )  # wrapper unwrapped
     loaded = load_model(tmp_path / "model.pt")
     assert loaded.arch() == model.arch() and loaded.arch()["in_channels"] == 1
     x = torch.randn(2, 1, 16, 16)
@@ -288,13 +310,17 @@ def test_frozen_copy_folds_or_keeps_batch_norms():
     for name in ("resnet-18", "vgg-11"):
         model = scramble_bn(build_model(name)).double().eval()
         names = [n for n, _ in batchnorm_layers(model)]
-        assert names[:3] == (["bn1", "layer1.0.bn1", "layer1.0.bn2"] if name == "resnet-18"
-                             else ["block0.1", "block1.1", "block2.1"])
+        assert names[:3] == (
+            ["bn1", "layer1.0.bn1", "layer1.0.bn2"]
+            if name == "resnet-18"
+            else ["block0.1", "block1.1", "block2.1"]
+        )
         assert len(names) == (20 if name == "resnet-18" else 8)
         kept = frozen_copy(model, fold_bn=False)
         assert [n for n, _ in batchnorm_layers(kept)] == names and not kept.training
-        assert not any(p.requires_grad for p in kept.parameters()) and all(p.requires_grad for p in
-                                                                           model.parameters())
+        assert not any(p.requires_grad for p in kept.parameters()) and all(
+            p.requires_grad for p in model.parameters()
+        )
         folded = frozen_copy(model)
         assert batchnorm_layers(folded) == []
         x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
@@ -304,7 +330,7 @@ def test_frozen_copy_folds_or_keeps_batch_norms():
 
 # ------------------------------------------------------------------------------ resolve_network
 
-FACTORY = '''
+FACTORY = """
 import torch
 from torch import nn
 
@@ -337,7 +363,7 @@ def not_a_network(num_classes):
 
 def broken(num_classes):
     raise ValueError("bad width")
-'''
+"""
 
 
 @pytest.fixture()
@@ -349,11 +375,13 @@ def factory_file(tmp_path):
 
 
 def test_module_callable_from_a_file_and_a_module(factory_file, monkeypatch):
-    model = resolve_network(f"{factory_file}:make", role="--student", num_classes=10, in_channels=1,
-                            image_size=16)
+    model = resolve_network(
+        f"{factory_file}:make", role="--student", num_classes=10, in_channels=1, image_size=16
+    )
     assert type(model).__name__ == "SmallCNN" and model.head.out_features == 10 and model.meta == {}
-    grey = resolve_network(f"{factory_file}:make_any", role="--student", num_classes=4, in_channels=3,
-                           image_size=8)
+    grey = resolve_network(
+        f"{factory_file}:make_any", role="--student", num_classes=4, in_channels=3, image_size=8
+    )
     assert grey.features[0].in_channels == 3 and grey.head.out_features == 4  # **kwargs get in_channels too
     monkeypatch.chdir(factory_file.parent)  # importable as a module from the current folder
     monkeypatch.delitem(sys.modules, "nets", raising=False)
@@ -397,8 +425,15 @@ def test_bad_specs_are_one_line_errors(factory_file, tmp_path):
 def test_network_files_through_resolve_network(tmp_path, factory_file):
     teacher = build_model("resnet-18", num_classes=10, in_channels=1)
     save_model(teacher, tmp_path / "teacher.pt", dataset="digits", image_size=16)
-    loaded = resolve_network(str(tmp_path / "teacher.pt"), role="--teacher", num_classes=10, in_channels=1,
-                             image_size=16, trained=True, dataset="digits")
+    loaded = resolve_network(
+        str(tmp_path / "teacher.pt"),
+        role="--teacher",
+        num_classes=10,
+        in_channels=1,
+        image_size=16,
+        trained=True,
+        dataset="digits",
+    )
     assert loaded.arch()["name"] == "resnet-18" and loaded.meta["image_size"] == 16
     with one_line("--teacher", "holds a 10-class resnet-18", "expected 100 classes"):
         resolve_network(str(tmp_path / "teacher.pt"), role="--teacher", num_classes=100, in_channels=1)
@@ -410,25 +445,39 @@ def test_network_files_through_resolve_network(tmp_path, factory_file):
         load_model(tmp_path / "student.pt")
     with one_line("--trust-checkpoint"):
         resolve_network(str(tmp_path / "student.pt"), role="--teacher", num_classes=10, in_channels=1)
-    again = resolve_network(str(tmp_path / "student.pt"), role="--teacher", num_classes=10, in_channels=1,
-                            trust=True, image_size=16)
+    again = resolve_network(
+        str(tmp_path / "student.pt"),
+        role="--teacher",
+        num_classes=10,
+        in_channels=1,
+        trust=True,
+        image_size=16,
+    )
     x = torch.randn(2, 1, 16, 16)
     torch.testing.assert_close(again(x), student.eval()(x))
 
 
 def test_whole_pickled_network_needs_trust(tmp_path):
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                        nn.Linear(4, 10))
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)
+    )
     torch.save(net, tmp_path / "whole.pt")
     with one_line("--teacher", "whole pickled network", "--trust-checkpoint"):
         resolve_network(str(tmp_path / "whole.pt"), role="--teacher", num_classes=10, in_channels=1)
-    loaded = resolve_network(str(tmp_path / "whole.pt"), role="--teacher", num_classes=10, in_channels=1,
-                             image_size=8, trust=True)
+    loaded = resolve_network(
+        str(tmp_path / "whole.pt"), role="--teacher", num_classes=10, in_channels=1, image_size=8, trust=True
+    )
     x = torch.randn(2, 1, 8, 8)
     torch.testing.assert_close(loaded(x), net(x))
     with one_line("gives 10 outputs per image, the data has 3 classes"):
-        resolve_network(str(tmp_path / "whole.pt"), role="--teacher", num_classes=3, in_channels=1,
-                        image_size=8, trust=True)
+        resolve_network(
+            str(tmp_path / "whole.pt"),
+            role="--teacher",
+            num_classes=3,
+            in_channels=1,
+            image_size=8,
+            trust=True,
+        )
 
 
 def test_a_module_itself_is_accepted():
@@ -448,9 +497,11 @@ def test_timm_adapter_with_a_fake_timm(monkeypatch):
         def __init__(self, num_classes, in_chans):
             super().__init__()
             self.stem = nn.Conv2d(in_chans, 8, 3, padding=1)
-            self.stages = nn.Sequential(nn.Conv2d(8, 8, 3, 2, 1), nn.Conv2d(8, 8, 3, 2, 1), nn.Conv2d(8, 8, 3, 2, 1))
+            self.stages = nn.Sequential(
+                nn.Conv2d(8, 8, 3, 2, 1), nn.Conv2d(8, 8, 3, 2, 1), nn.Conv2d(8, 8, 3, 2, 1)
+            )
             self.head = nn.Linear(8, num_classes)
-            self.feature_info = [{"num_chs": 8, "reduction": 2 ** i, "module": f"stages.{i}"} for i in range(3)]
+            self.feature_info = [{"num_chs": 8, "reduction": 2**i, "module": f"stages.{i}"} for i in range(3)]
 
         def forward(self, x):
             return self.head(self.stages(self.stem(x)).mean((2, 3)))
@@ -481,16 +532,38 @@ def test_zskt_list_shows_the_models_and_the_spec_forms(capsys):
 
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for words in ("resnet-34", "21,282,122", "resnet-18", "11,173,962", "vgg-11", "9,231,114", "wrn-40-2",
-                  "wrn-DEPTH-WIDTH", "module:callable", "timm:NAME"):
+    for words in (
+        "resnet-34",
+        "21,282,122",
+        "resnet-18",
+        "11,173,962",
+        "vgg-11",
+        "9,231,114",
+        "wrn-40-2",
+        "wrn-DEPTH-WIDTH",
+        "module:callable",
+        "timm:NAME",
+    ):
         assert words in out
 
 
 def test_zskt_train_any_wide_resnet(tmp_path, capsys):
     from zskt.cli import main
 
-    argv = ["train", "--dataset", "digits", "--model", "wrn-10-1", "--image-size", "8", "--epochs", "1",
-            "--out", str(tmp_path / "run"), "--quiet"]
+    argv = [
+        "train",
+        "--dataset",
+        "digits",
+        "--model",
+        "wrn-10-1",
+        "--image-size",
+        "8",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+    ]
     assert main(argv) == 0
     model = load_model(tmp_path / "run" / "model.pt")
     assert isinstance(model, WideResNet) and (model.depth, model.widen_factor) == (10, 1)

@@ -20,7 +20,8 @@ def print_models() -> None:
     print(f"  {'name':<10} {'family':<7} {'parameters':>12}  about")
     for name, entry in MODELS.items():
         print(f"  {name:<10} {entry.family:<7} {count_parameters(build_model(name)):>12,}  {entry.about}")
-    print(f"  {'generator':<10} {'':<7} {count_parameters(Generator()):>12,}  the zero-shot generator (32x32)")
+    generator = count_parameters(Generator())
+    print(f"  {'generator':<10} {'':<7} {generator:>12,}  the zero-shot generator (32x32)")
     print("  also: wrn-DEPTH-WIDTH (any Wide ResNet, DEPTH = 6n+4); a network file; module:callable or")
     print("        path/to/file.py:callable (your own factory); timm:NAME (pip install 'zskt[timm]');")
     print("        see docs/own_models_and_data.md")

@@ -1,7 +1,7 @@
-"""The networks: the Wide ResNets of the paper, the data-free benchmark's CIFAR ResNets and VGG-11, any network
-a user brings, the generator, and their checkpoints.
+"""The networks: the Wide ResNets of the paper, the data-free benchmark's CIFAR ResNets and VGG-11, any
+network a user brings, the generator, and their checkpoints.
 
-MODELS (models/registry.py) is the literal registry of named networks; any `wrn-DEPTH-WIDTH` builds by name too.
+MODELS (models/registry.py) is the literal registry of named networks; any `wrn-DEPTH-WIDTH` builds by name.
 `resolve_network` turns a `--teacher`/`--student` option into a network (a name, a file, `module:callable`,
 `timm:NAME`); `with_features` gives any network the methods' `(logits, feature_maps)` forward.
 """

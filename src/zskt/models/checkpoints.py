@@ -64,7 +64,8 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, spec: str | None = 
     if isinstance(model, (WideResNet, ResNet, VGG)):
         atomic_torch_save(Path(path), _record(MODEL_FORMAT, model, meta))
         return
-    arch = {"family": "external", "spec": spec, "class": f"{type(model).__module__}.{type(model).__qualname__}"}
+    cls = f"{type(model).__module__}.{type(model).__qualname__}"
+    arch = {"family": "external", "spec": spec, "class": cls}
     atomic_torch_save(Path(path), _record(MODEL_FORMAT, model, meta, arch=arch))
 
 
@@ -186,14 +187,14 @@ def load_model(
     """Rebuild a network from a checkpoint, load it strictly and return it in eval mode.
 
     Wide ResNets: the project's ``zskt-model`` files (architecture recorded), the authors' files as published
-    (a dict with ``state_dict``: teachers and KD+AT students; or ``student_state_dict``: zero-shot students), a
-    bare state_dict, and the Ferles reproduction's ``*-dict.pth`` state_dicts (keys renamed to the authors').
-    The benchmark's CIFAR ResNets and VGG-11 (batch norm): the project's files, and the zju-vipa DataFree /
-    CMI / Fast-Datafree teachers (a dict with ``state_dict``) or bare state_dicts with their keys. The family
-    and its size are read from the keys and shapes. ``arch`` (a name such as ``"wrn-40-2"`` or
+    (a dict with ``state_dict``: teachers and KD+AT students; or ``student_state_dict``: zero-shot students),
+    a bare state_dict, and the Ferles reproduction's ``*-dict.pth`` state_dicts (keys renamed to the
+    authors'). The benchmark's CIFAR ResNets and VGG-11 (batch norm): the project's files, and the zju-vipa
+    DataFree / CMI / Fast-Datafree teachers (a dict with ``state_dict``) or bare state_dicts with their keys.
+    The family and its size are read from the keys and shapes. ``arch`` (a name such as ``"wrn-40-2"`` or
     ``"resnet-34"``, any case, or an ``arch()`` dict), ``num_classes`` and ``in_channels`` are checks: when
-    given, a file holding something else is an error. The network ends up on ``map_location`` when that
-    names a device.
+    given, a file holding something else is an error. The network ends up on ``map_location`` when that names
+    a device.
     """
     path = Path(path)
     return _model_from(read_checkpoint(path, map_location), path, arch, num_classes=num_classes,
@@ -209,8 +210,8 @@ def _model_from(obj: Any, path: Path, arch: str | Mapping | None, *, num_classes
         spec = recorded.get("spec") or recorded.get("class")
         raise ZsktError(
             f"checkpoint {path} holds the weights of a network built by {spec}, not a registered model; "
-            "load them with zskt.models.resolve_network(path, trust=True) (--trust-checkpoint), which imports "
-            "that code"
+            "load them with zskt.models.resolve_network(path, trust=True) (--trust-checkpoint), which "
+            "imports that code"
         )
     if family == "wrn":
         found = (_wrn_arch_from_record(recorded, path) if recorded is not None
@@ -223,8 +224,8 @@ def _model_from(obj: Any, path: Path, arch: str | Mapping | None, *, num_classes
         model: nn.Module = WideResNet(found["depth"], found["widen_factor"], num_classes=found["num_classes"],
                                       in_channels=found["in_channels"], drop_rate=found.get("drop_rate", 0.0))
     elif family in ("resnet", "vgg"):
-        found = dict(recorded) if recorded is not None else (
-            infer_resnet_arch(state, source=path) if family == "resnet" else infer_vgg_arch(state, source=path))
+        infer = infer_resnet_arch if family == "resnet" else infer_vgg_arch
+        found = dict(recorded) if recorded is not None else infer(state, source=path)
         cls = ResNet if family == "resnet" else VGG
         blocks = tuple(found["blocks"]) if family == "resnet" else tuple(tuple(b) for b in found["blocks"])
         model = cls(blocks, num_classes=found["num_classes"], in_channels=found["in_channels"])
@@ -268,7 +269,8 @@ def infer_family(state_dict: Mapping[str, torch.Tensor], source: Any = "state_di
 
 
 def infer_resnet_arch(state_dict: Mapping[str, torch.Tensor], source: Any = "state_dict") -> dict:
-    """blocks per stage, num_classes and in_channels of the CIFAR ResNet whose (zju-vipa-named) weights these are."""
+    """Blocks per stage, num_classes and in_channels of the CIFAR ResNet whose (zju-vipa-named) weights
+    these are."""
     if any(re.match(r"layer\d+\.\d+\.conv3\.", key) for key in state_dict):
         raise ZsktError(f"checkpoint {source} holds a Bottleneck ResNet (ResNet-50 or deeper); "
                         "expected a BasicBlock ResNet (resnet-18, resnet-34)")
@@ -364,7 +366,8 @@ def _network_weights(obj: Any, path: Path) -> tuple[dict, Mapping | None]:
     `state_dict` (authors' and zju-vipa teachers, FSKT KD+AT students), `student_state_dict` (authors'
     zero-shot students)."""
     state, recorded = _unpack(obj, path, own=MODEL_FORMAT, other=GENERATOR_FORMAT,
-                              other_is="a generator, expected a Wide ResNet, ResNet or VGG (use load_generator)",
+                              other_is="a generator, expected a Wide ResNet, ResNet or VGG "
+                                       "(use load_generator)",
                               keys=("state_dict", "student_state_dict"), what="network")
     state = _strip_prefixes(state, _WRAPPER_PREFIXES)
     if any(".nblockLayer." in key or key.startswith("batch_norm.") for key in state):
@@ -398,7 +401,8 @@ def _describe(depth: int, widen: int) -> str:
 
 
 def load_model_for(path: str | os.PathLike, *, role: str, dataset: str, num_classes: int, in_channels: int,
-                   image_size: int | None, map_location: Any = "cpu", arch: str | Mapping | None = None) -> nn.Module:
+                   image_size: int | None, map_location: Any = "cpu",
+                   arch: str | Mapping | None = None) -> nn.Module:
     """`load_model` for a command's option (`role`, e.g. "--teacher"), checked against the data it will see:
     the class count and channels, and, where the project's own files record them, the data set and the image
     size it was trained on (and `arch` when given). Every error is one line naming the option and the fix.

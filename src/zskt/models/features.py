@@ -39,8 +39,11 @@ def layer_names_hint(model: nn.Module, limit: int = 12) -> str:
     """A brief list of a network's top-level layers for error messages (dotted names reach inside them)."""
     names = [name for name, _ in model.named_children()]
     shown = ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
-    return f"its top-level layers are {shown or 'none'}; dotted names reach inside them (e.g. {names[-1]}.0)" \
-        if names else "it has no sub-layers"
+    return (
+        f"its top-level layers are {shown or 'none'}; dotted names reach inside them (e.g. {names[-1]}.0)"
+        if names
+        else "it has no sub-layers"
+    )
 
 
 def check_layers(model: nn.Module, layers: Sequence[str], role: str = "--feature-layers") -> None:
@@ -79,8 +82,10 @@ class FeatureModel(nn.Module):
                 return out[0], tuple(rest)
             return out, ()
         store: dict[str, torch.Tensor] = {}
-        handles = [self.module.get_submodule(name).register_forward_hook(partial(_keep, store, name))
-                   for name in self.layers]
+        handles = [
+            self.module.get_submodule(name).register_forward_hook(partial(_keep, store, name))
+            for name in self.layers
+        ]
         try:
             out = self.module(x)
         finally:
@@ -88,20 +93,25 @@ class FeatureModel(nn.Module):
                 handle.remove()
         missing = [name for name in self.layers if name not in store]
         if missing:
-            raise ZsktError(f"feature layer {missing[0]!r} did not run in the network's forward; choose layers "
-                            "that run for every input (--feature-layers)")
+            raise ZsktError(
+                f"feature layer {missing[0]!r} did not run in the network's forward; choose layers "
+                "that run for every input (--feature-layers)"
+            )
         maps = tuple(store[name] for name in self.layers)
         if not all(isinstance(m, torch.Tensor) for m in maps):
-            raise ZsktError("a feature layer returned something other than a tensor; choose layers whose "
-                            "output is one tensor (--feature-layers)")
+            raise ZsktError(
+                "a feature layer returned something other than a tensor; choose layers whose "
+                "output is one tensor (--feature-layers)"
+            )
         return (out[0] if isinstance(out, (tuple, list)) else out), maps
 
     def extra_repr(self) -> str:
         return f"layers={self.layers}"
 
 
-def with_features(model: nn.Module, layers: str | Sequence[str] | None = None, *,
-                  role: str = "--feature-layers") -> nn.Module:
+def with_features(
+    model: nn.Module, layers: str | Sequence[str] | None = None, *, role: str = "--feature-layers"
+) -> nn.Module:
     """`model` as a network whose forward returns `(logits, feature_maps)`.
 
     With `layers` given (names or the comma-separated option text), the maps are those layers' outputs.
@@ -141,9 +151,12 @@ def check_feature_pairs(teacher: nn.Module, student: nn.Module, *, in_channels: 
     spatial size (the attention term compares maps position by position; channel counts may differ)."""
     t, s = (feature_shapes(m, in_channels, image_size) for m in (teacher, student))
     if len(t) != len(s) or any(a[1:] != b[1:] for a, b in zip(t, s, strict=False)):
+
         def show(shapes: list) -> str:
             return ", ".join("x".join(str(v) for v in shape[1:]) for shape in shapes) or "none"
 
-        raise ZsktError(f"the teacher's feature maps ({show(t)}) and the student's ({show(s)}) do not pair up "
-                        f"at {image_size}x{image_size} images; choose layers of equal sizes with the feature "
-                        "layer options, or pass --beta 0 (no attention term)")
+        raise ZsktError(
+            f"the teacher's feature maps ({show(t)}) and the student's ({show(s)}) do not pair up "
+            f"at {image_size}x{image_size} images; choose layers of equal sizes with the feature "
+            "layer options, or pass --beta 0 (no attention term)"
+        )

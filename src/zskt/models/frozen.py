@@ -57,7 +57,7 @@ def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._
 
 
 def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    """conv ← bn ∘ conv: weights scaled per output channel, the shift (plus the scaled old bias) as the bias."""
+    """conv ← bn ∘ conv: weights scaled per output channel, the shift (plus the scaled bias) as the bias."""
     scale, shift = _scale_shift(bn)
     scale, shift = scale.to(conv.weight), shift.to(conv.weight)
     if conv.bias is not None:
@@ -73,13 +73,14 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
 
 @torch.no_grad()
 def frozen_copy(model: nn.Module, *, fold_bn: bool = True) -> nn.Module:
-    """A copy of `model` for evaluation only (eval mode, no parameter gradients); `model` itself is left as it is.
+    """A copy of `model` for evaluation only (eval mode, no parameter gradients); `model` is left as it is.
 
     With fold_bn (the default) each batch norm is folded into the convolution before it where that
-    convolution's output is exactly its input (a Wide ResNet block's conv1 → bn2, a CIFAR ResNet block's
-    conv1 → bn1 and conv2 → bn2 and its stem's conv1 → bn1, and any Conv2d → BatchNorm2d pair of consecutive entries of an nn.Sequential,
-    so VGG's blocks and the ResNets' shortcuts) and else turned into `FrozenAffine`: the same function with
-    less memory traffic. A forward hook on a folded convolution then sees the batch-normed values.
+    convolution's output is exactly its input (a Wide ResNet block's conv1 → bn2, a CIFAR ResNet block's conv1
+    → bn1 and conv2 → bn2 and its stem's conv1 → bn1, and any Conv2d → BatchNorm2d pair of consecutive entries
+    of an nn.Sequential, so VGG's blocks and the ResNets' shortcuts) and else turned into `FrozenAffine`: the
+    same function with less memory traffic. A forward hook on a folded convolution then sees the batch-normed
+    values.
     With fold_bn=False the batch norms stay BatchNorm modules (in eval mode, so their running statistics are
     used and not updated), for methods that hook them (`batchnorm_layers`)."""
     from zskt.models.resnet import BasicBlock as ResNetBlock

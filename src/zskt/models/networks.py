@@ -36,13 +36,25 @@ from zskt.errors import ZsktError
 from zskt.models.checkpoints import MODEL_FORMAT, _load_strict, _reason, load_model, load_model_for
 from zskt.models.registry import build_model, canonical_name, is_model_name, model_names_hint
 
-FORMS = "a registered name (zskt list), wrn-DEPTH-WIDTH, a network file, module:callable, path/to/file.py:callable " \
-        "or timm:NAME"
+FORMS = (
+    "a registered name (zskt list), wrn-DEPTH-WIDTH, a network file, module:callable, "
+    "path/to/file.py:callable "
+    "or timm:NAME"
+)
 
 
-def resolve_network(spec: str | os.PathLike | nn.Module, *, role: str, num_classes: int, in_channels: int,
-                    image_size: int | None = None, device: str | torch.device = "cpu", trust: bool = False,
-                    trained: bool = False, dataset: str | None = None) -> nn.Module:
+def resolve_network(
+    spec: str | os.PathLike | nn.Module,
+    *,
+    role: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int | None = None,
+    device: str | torch.device = "cpu",
+    trust: bool = False,
+    trained: bool = False,
+    dataset: str | None = None,
+) -> nn.Module:
     """The network `spec` names, on `device`, checked against the data it will see.
 
     `role` names the option in errors ("--teacher"). `trained` (teachers): a bare name, which would build
@@ -56,19 +68,42 @@ def resolve_network(spec: str | os.PathLike | nn.Module, *, role: str, num_class
     `zskt.models.with_features` for the methods' `(logits, maps)` contract. `model.meta` holds a project
     file's record ({} otherwise).
     """
-    model = _resolve(spec, role=role, num_classes=num_classes, in_channels=in_channels, device=device,
-                     trust=trust, trained=trained, dataset=dataset)
+    model = _resolve(
+        spec,
+        role=role,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        device=device,
+        trust=trust,
+        trained=trained,
+        dataset=dataset,
+    )
     if not hasattr(model, "meta"):
         model.meta = {}
     model = model.to(device)
     if image_size is not None:
-        check_network(model, role=role, spec=spec, num_classes=num_classes, in_channels=in_channels,
-                      image_size=image_size)
+        check_network(
+            model,
+            role=role,
+            spec=spec,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            image_size=image_size,
+        )
     return model
 
 
-def _resolve(spec: Any, *, role: str, num_classes: int, in_channels: int, device: Any, trust: bool,
-             trained: bool, dataset: str | None) -> nn.Module:
+def _resolve(
+    spec: Any,
+    *,
+    role: str,
+    num_classes: int,
+    in_channels: int,
+    device: Any,
+    trust: bool,
+    trained: bool,
+    dataset: str | None,
+) -> nn.Module:
     if isinstance(spec, nn.Module):
         return spec
     text = str(spec).strip()
@@ -77,48 +112,84 @@ def _resolve(spec: Any, *, role: str, num_classes: int, in_channels: int, device
     if text.lower().startswith("timm:"):
         return build_timm(text[5:], role=role, num_classes=num_classes, in_channels=in_channels)
     if Path(text).is_file():
-        return _from_file(Path(text), role=role, num_classes=num_classes, in_channels=in_channels, device=device,
-                          trust=trust, dataset=dataset)
+        return _from_file(
+            Path(text),
+            role=role,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            device=device,
+            trust=trust,
+            dataset=dataset,
+        )
     if ":" in text:
         return build_from_callable(text, role=role, num_classes=num_classes, in_channels=in_channels)
     if is_model_name(text):
         if trained:
             name = canonical_name(text)
-            raise ZsktError(f"{role} {text} names an untrained network; pass a trained network file (zskt train "
-                            f"--model {name} writes one), a module:callable that loads its weights, or a "
-                            "whole saved network with --trust-checkpoint")
+            raise ZsktError(
+                f"{role} {text} names an untrained network; pass a trained network file (zskt train "
+                f"--model {name} writes one), a module:callable that loads its weights, or a "
+                "whole saved network with --trust-checkpoint"
+            )
         return build_model(text, num_classes, in_channels)
     if Path(text).exists():
         raise ZsktError(f"{role} {text} is a folder; expected a network file or {FORMS}")
     looks_like_file = os.sep in text or "/" in text or Path(text).suffix in (".pt", ".pth", ".tar", ".pkl")
     if looks_like_file:
-        raise ZsktError(f"{role} {text} not found; expected a network file (a model.pt from zskt train, or a "
-                        "published teacher)")
-    raise ZsktError(f"{role}: unknown network {text!r}; expected one of {model_names_hint()}, a network file, "
-                    "module:callable or timm:NAME")
+        raise ZsktError(
+            f"{role} {text} not found; expected a network file (a model.pt from zskt train, or a "
+            "published teacher)"
+        )
+    raise ZsktError(
+        f"{role}: unknown network {text!r}; expected one of {model_names_hint()}, a network file, "
+        "module:callable or timm:NAME"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------- files
 
 
-def _from_file(path: Path, *, role: str, num_classes: int, in_channels: int, device: Any, trust: bool,
-               dataset: str | None) -> nn.Module:
+def _from_file(
+    path: Path,
+    *,
+    role: str,
+    num_classes: int,
+    in_channels: int,
+    device: Any,
+    trust: bool,
+    dataset: str | None,
+) -> nn.Module:
     if trust:
         obj = load_trusted(path, role=role, map_location=device)
         if isinstance(obj, nn.Module):
             return obj
-        if isinstance(obj, Mapping) and obj.get("format") == MODEL_FORMAT and \
-                isinstance(obj.get("arch"), Mapping) and obj["arch"].get("family") == "external":
-            return _external_from_record(obj, path, role=role, num_classes=num_classes, in_channels=in_channels)
+        if (
+            isinstance(obj, Mapping)
+            and obj.get("format") == MODEL_FORMAT
+            and isinstance(obj.get("arch"), Mapping)
+            and obj["arch"].get("family") == "external"
+        ):
+            return _external_from_record(
+                obj, path, role=role, num_classes=num_classes, in_channels=in_channels
+            )
     try:
         if dataset is None:
             return load_model(path, num_classes=num_classes, in_channels=in_channels, map_location=device)
-        return load_model_for(path, role=role, dataset=dataset, num_classes=num_classes,
-                              in_channels=in_channels, image_size=None, map_location=device)
+        return load_model_for(
+            path,
+            role=role,
+            dataset=dataset,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            image_size=None,
+            map_location=device,
+        )
     except ZsktError as e:
         if not trust and _holds_pickled_module(path):
-            raise ZsktError(f"{role} {path} holds a whole pickled network; loading it runs code the file names: "
-                            "pass --trust-checkpoint if you trust the file, or save its state_dict instead") from None
+            raise ZsktError(
+                f"{role} {path} holds a whole pickled network; loading it runs code the file names: "
+                "pass --trust-checkpoint if you trust the file, or save its state_dict instead"
+            ) from None
         message = str(e)
         raise ZsktError(message if message.startswith(role) else f"{role}: {message}") from None
 
@@ -129,11 +200,15 @@ def load_trusted(path: str | os.PathLike, *, role: str = "network", map_location
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except (ImportError, AttributeError) as err:
-        raise ZsktError(f"{role} {path} could not be unpickled ({_reason(err)}); a whole pickled network needs "
-                        "the code that defined its class on the Python path") from None
+        raise ZsktError(
+            f"{role} {path} could not be unpickled ({_reason(err)}); a whole pickled network needs "
+            "the code that defined its class on the Python path"
+        ) from None
     except Exception as err:  # truncated, foreign, corrupt
-        raise ZsktError(f"{role} {path} is not a readable PyTorch file ({_reason(err)}); expected a file "
-                        "written by torch.save") from None
+        raise ZsktError(
+            f"{role} {path} is not a readable PyTorch file ({_reason(err)}); expected a file "
+            "written by torch.save"
+        ) from None
 
 
 def _holds_pickled_module(path: Path) -> bool:
@@ -146,11 +221,15 @@ def _holds_pickled_module(path: Path) -> bool:
         return False
 
 
-def _external_from_record(obj: Mapping, path: Path, *, role: str, num_classes: int, in_channels: int) -> nn.Module:
+def _external_from_record(
+    obj: Mapping, path: Path, *, role: str, num_classes: int, in_channels: int
+) -> nn.Module:
     spec = obj["arch"].get("spec")
     if not spec:
-        raise ZsktError(f"{role} {path} holds the weights of a {obj['arch'].get('class')} without the "
-                        "module:callable that builds it; load them in Python with load_state_dict")
+        raise ZsktError(
+            f"{role} {path} holds the weights of a {obj['arch'].get('class')} without the "
+            "module:callable that builds it; load them in Python with load_state_dict"
+        )
     model = build_from_callable(spec, role=role, num_classes=num_classes, in_channels=in_channels)
     _load_strict(model, dict(obj["state_dict"]), path, spec)
     return model.eval()
@@ -175,12 +254,14 @@ def build_from_callable(spec: str, *, role: str, num_classes: int, in_channels: 
         if not hasattr(factory, part):
             public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n, None))]
             shown = ", ".join(public[:8]) + (" ..." if len(public) > 8 else "")
-            raise ZsktError(f"{role} {spec}: {target} has no attribute {attr!r}; its callables are "
-                            f"{shown or 'none'}")
+            raise ZsktError(
+                f"{role} {spec}: {target} has no attribute {attr!r}; its callables are {shown or 'none'}"
+            )
         factory = getattr(factory, part)
     if not callable(factory):
-        raise ZsktError(f"{role} {spec}: {attr} is a {type(factory).__name__}, not a callable that builds a "
-                        "network")
+        raise ZsktError(
+            f"{role} {spec}: {attr} is a {type(factory).__name__}, not a callable that builds a network"
+        )
     kwargs = _accepted(factory, num_classes=num_classes, in_channels=in_channels)
     try:
         model = factory(**kwargs)
@@ -190,7 +271,9 @@ def build_from_callable(spec: str, *, role: str, num_classes: int, in_channels: 
         given = ", ".join(f"{k}={v}" for k, v in kwargs.items())
         raise ZsktError(f"{role} {spec}: calling {attr}({given}) failed ({_reason(err)})") from None
     if not isinstance(model, nn.Module):
-        raise ZsktError(f"{role} {spec}: {attr}() returned a {type(model).__name__}, expected a torch.nn.Module")
+        raise ZsktError(
+            f"{role} {spec}: {attr}() returned a {type(model).__name__}, expected a torch.nn.Module"
+        )
     return model
 
 
@@ -219,8 +302,10 @@ def _import(target: str, *, spec: str, role: str) -> Any:
     except ZsktError:
         raise
     except ModuleNotFoundError as err:
-        raise ZsktError(f"{role} {spec}: cannot import {target} ({_reason(err)}); check the name and that its "
-                        "folder is on PYTHONPATH, or give a file: path/to/file.py:callable") from None
+        raise ZsktError(
+            f"{role} {spec}: cannot import {target} ({_reason(err)}); check the name and that its "
+            "folder is on PYTHONPATH, or give a file: path/to/file.py:callable"
+        ) from None
     except Exception as err:
         raise ZsktError(f"{role} {spec}: importing {target} failed ({_reason(err)})") from None
 
@@ -245,7 +330,11 @@ def _accepted(factory: Any, **values: Any) -> dict:
         return {"num_classes": values["num_classes"]}
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return dict(values)
-    return {k: v for k, v in values.items() if k in params and params[k].kind is not inspect.Parameter.POSITIONAL_ONLY}
+    return {
+        k: v
+        for k, v in values.items()
+        if k in params and params[k].kind is not inspect.Parameter.POSITIONAL_ONLY
+    }
 
 
 # ------------------------------------------------------------------------------------------------------ timm
@@ -255,18 +344,26 @@ def build_timm(name: str, *, role: str, num_classes: int, in_channels: int) -> n
     """`timm.create_model(name, pretrained=False, num_classes=..., in_chans=...)`, where timm is installed."""
     name = name.strip()
     if not name:
-        raise ZsktError(f"{role} timm: needs a model name, e.g. timm:resnet18 (timm.list_models() lists them)")
+        raise ZsktError(
+            f"{role} timm: needs a model name, e.g. timm:resnet18 (timm.list_models() lists them)"
+        )
     try:
         import timm
     except ImportError:
-        raise ZsktError(f"{role} timm:{name} needs timm, which is not installed; pip install 'zskt[timm]'") from None
+        raise ZsktError(
+            f"{role} timm:{name} needs timm, which is not installed; pip install 'zskt[timm]'"
+        ) from None
     try:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
     except Exception as err:
-        raise ZsktError(f"{role} timm:{name}: timm could not build it ({_reason(err)}); timm.list_models() lists "
-                        "the names") from None
+        raise ZsktError(
+            f"{role} timm:{name}: timm could not build it ({_reason(err)}); timm.list_models() lists "
+            "the names"
+        ) from None
     if not isinstance(model, nn.Module):
-        raise ZsktError(f"{role} timm:{name}: timm returned a {type(model).__name__}, expected a torch.nn.Module")
+        raise ZsktError(
+            f"{role} timm:{name}: timm returned a {type(model).__name__}, expected a torch.nn.Module"
+        )
     return model
 
 
@@ -274,8 +371,9 @@ def build_timm(name: str, *, role: str, num_classes: int, in_channels: int) -> n
 
 
 @torch.no_grad()
-def check_network(model: nn.Module, *, role: str, spec: Any, num_classes: int, in_channels: int,
-                  image_size: int) -> None:
+def check_network(
+    model: nn.Module, *, role: str, spec: Any, num_classes: int, in_channels: int, image_size: int
+) -> None:
     """Run `model` once on two blank images of the data's size (eval mode, no gradients, its mode restored)
     and refuse, in one line, a network that cannot take them or gives other than `num_classes` outputs."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -288,19 +386,25 @@ def check_network(model: nn.Module, *, role: str, spec: Any, num_classes: int, i
     except ZsktError:
         raise
     except Exception as err:
-        raise ZsktError(f"{role} {label} cannot take {shape} images ({_reason(err)}); pass a network for such "
-                        "images, or images of the size it takes (--image-size where the data set has it)") from None
+        raise ZsktError(
+            f"{role} {label} cannot take {shape} images ({_reason(err)}); pass a network for such "
+            "images, or images of the size it takes (--image-size where the data set has it)"
+        ) from None
     finally:
         model.train(was_training)
     logits = out[0] if isinstance(out, (tuple, list)) and out else out
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != 2:
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ZsktError(f"{role} {label} returns {got} for a batch of 2 images; expected logits of shape "
-                        "(batch, classes), or a tuple (logits, feature_maps)")
+        raise ZsktError(
+            f"{role} {label} returns {got} for a batch of 2 images; expected logits of shape "
+            "(batch, classes), or a tuple (logits, feature_maps)"
+        )
     if logits.shape[1] != num_classes:
-        raise ZsktError(f"{role} {label} gives {logits.shape[1]} outputs per image, the data has {num_classes} "
-                        f"classes; use a network built for {num_classes} classes (a factory taking num_classes= "
-                        "gets it) or the data set it was trained on")
+        raise ZsktError(
+            f"{role} {label} gives {logits.shape[1]} outputs per image, the data has {num_classes} "
+            f"classes; use a network built for {num_classes} classes (a factory taking num_classes= "
+            "gets it) or the data set it was trained on"
+        )
 
 
 def network_label(model: nn.Module, spec: Any) -> str:

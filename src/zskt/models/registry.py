@@ -1,7 +1,7 @@
 """The named networks: one literal registry, `build_model`, and the name rules.
 
-`MODELS` maps each registered name to its family, its builder `(num_classes, in_channels) -> nn.Module` and the
-layers whose outputs feed the attention term by default. Besides the registered names, any Wide ResNet
+`MODELS` maps each registered name to its family, its builder `(num_classes, in_channels) -> nn.Module` and
+the layers whose outputs feed the attention term by default. Besides the registered names, any Wide ResNet
 `wrn-DEPTH-WIDTH` (DEPTH = 6n+4, WIDTH >= 1) builds by name. Names are case-insensitive, and the reference
 codes' spellings without the dash (`WRN-40-2`, `resnet34`, `vgg11`) are accepted.
 """
@@ -19,12 +19,16 @@ from zskt.models.resnet import resnet18, resnet34
 from zskt.models.vgg import vgg11
 from zskt.models.wresnet import WideResNet, parse_wrn_name
 
-WRN_FEATURE_LAYERS = ("block1", "block2", "block3")  # the three groups: exactly the forward's (act1, act2, act3)
+WRN_FEATURE_LAYERS = (
+    "block1",
+    "block2",
+    "block3",
+)  # the three groups: exactly the forward's (act1, act2, act3)
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered network: its family, how to build it, its default feature layers, a one-line description."""
+    """A registered network: its family, its builder, its default feature layers, a one-line description."""
 
     family: str
     build: Callable[[int, int], nn.Module]  # (num_classes, in_channels) -> a freshly initialised network
@@ -33,23 +37,35 @@ class ModelEntry:
 
 
 def _wrn(depth: int, widen: int) -> Callable[[int, int], nn.Module]:
-    return lambda num_classes, in_channels: WideResNet(depth, widen, num_classes=num_classes,
-                                                       in_channels=in_channels)
+    return lambda num_classes, in_channels: WideResNet(
+        depth, widen, num_classes=num_classes, in_channels=in_channels
+    )
 
 
 MODELS: dict[str, ModelEntry] = {
     # The paper's four Wide ResNets (teachers WRN-40-2, WRN-16-2; students WRN-16-1, WRN-16-2; SPEC.md §1).
     "wrn-16-1": ModelEntry("wrn", _wrn(16, 1), WRN_FEATURE_LAYERS, "Wide ResNet, the paper's student"),
-    "wrn-16-2": ModelEntry("wrn", _wrn(16, 2), WRN_FEATURE_LAYERS, "Wide ResNet, the paper's student/teacher"),
+    "wrn-16-2": ModelEntry(
+        "wrn", _wrn(16, 2), WRN_FEATURE_LAYERS, "Wide ResNet, the paper's student/teacher"
+    ),
     "wrn-40-1": ModelEntry("wrn", _wrn(40, 1), WRN_FEATURE_LAYERS, "Wide ResNet, the paper's teacher"),
     "wrn-40-2": ModelEntry("wrn", _wrn(40, 2), WRN_FEATURE_LAYERS, "Wide ResNet, the paper's teacher"),
     # The data-free benchmark's CIFAR networks, with the zju-vipa DataFree code's state_dict keys.
-    "resnet-18": ModelEntry("resnet", resnet18, ("layer2", "layer3", "layer4"),
-                            "CIFAR ResNet-18 (3x3 stem, no max-pool), zju-vipa keys"),
-    "resnet-34": ModelEntry("resnet", resnet34, ("layer2", "layer3", "layer4"),
-                            "CIFAR ResNet-34 (3x3 stem, no max-pool), zju-vipa keys"),
-    "vgg-11": ModelEntry("vgg", vgg11, ("block1", "block2", "block4"),
-                         "VGG-11 with batch norm for 32x32 images, zju-vipa keys"),
+    "resnet-18": ModelEntry(
+        "resnet",
+        resnet18,
+        ("layer2", "layer3", "layer4"),
+        "CIFAR ResNet-18 (3x3 stem, no max-pool), zju-vipa keys",
+    ),
+    "resnet-34": ModelEntry(
+        "resnet",
+        resnet34,
+        ("layer2", "layer3", "layer4"),
+        "CIFAR ResNet-34 (3x3 stem, no max-pool), zju-vipa keys",
+    ),
+    "vgg-11": ModelEntry(
+        "vgg", vgg11, ("block1", "block2", "block4"), "VGG-11 with batch norm for 32x32 images, zju-vipa keys"
+    ),
 }
 
 _WRN_NAME = re.compile(r"^wrn-(\d+)-(\d+)$")
@@ -97,8 +113,11 @@ def default_feature_layers(model: nn.Module) -> tuple[str, ...] | None:
     if own:
         return tuple(own)
     info = getattr(model, "feature_info", None)
-    modules = [entry.get("module") for entry in info] if isinstance(info, list) and all(
-        isinstance(entry, dict) for entry in info) else []
+    modules = (
+        [entry.get("module") for entry in info]
+        if isinstance(info, list) and all(isinstance(entry, dict) for entry in info)
+        else []
+    )
     if modules and all(isinstance(name, str) and name for name in modules):
         return tuple(modules[-3:])
     return None

@@ -1,10 +1,10 @@
 """The CIFAR ResNets of the data-free distillation benchmark (ResNet-18 and ResNet-34 for 32x32 images).
 
-The layout is the one the zju-vipa DataFree / CMI / Fast-Datafree code uses for its teachers and students (there
-`datafree/models/classifiers/resnet.py`, itself from the DAFL code): a 3x3 stem convolution with 64 filters and
-no max-pool, four stages of post-activation BasicBlocks with 64/128/256/512 filters and strides 1/2/2/2, a
-global average pool and a final `linear` layer. Module names and registration order are theirs, so the
-state_dict keys are equal and their published teachers load strictly:
+The layout is the one the zju-vipa DataFree / CMI / Fast-Datafree code uses for its teachers and students
+(there `datafree/models/classifiers/resnet.py`, itself from the DAFL code): a 3x3 stem convolution with 64
+filters and no max-pool, four stages of post-activation BasicBlocks with 64/128/256/512 filters and strides
+1/2/2/2, a global average pool and a final `linear` layer. Module names and registration order are theirs, so
+the state_dict keys are equal and their published teachers load strictly:
 
     conv1, bn1, layer{1..4}.{i}.{conv1, bn1, conv2, bn2, shortcut.0, shortcut.1}, linear
 
@@ -54,9 +54,9 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """A CIFAR ResNet with BasicBlocks; `blocks` gives the number of blocks in each of the four stages.
 
-    ``logits = model(x)`` for a (B, C, H, W) input; the stages' outputs have 64/128/256/512 channels at H, H/2,
-    H/4, H/8 (32, 16, 8, 4 at 32x32). Any H >= 8 divisible by 8 works (the pool is global). ``in_channels``
-    changes only ``conv1`` (1 for grey images).
+    ``logits = model(x)`` for a (B, C, H, W) input; the stages' outputs have 64/128/256/512 channels at H,
+    H/2, H/4, H/8 (32, 16, 8, 4 at 32x32). Any H >= 8 divisible by 8 works (the pool is global).
+    ``in_channels`` changes only ``conv1`` (1 for grey images).
     """
 
     default_feature_layers = ("layer2", "layer3", "layer4")
@@ -65,7 +65,9 @@ class ResNet(nn.Module):
         super().__init__()
         blocks = tuple(int(b) for b in blocks)
         if len(blocks) != 4 or min(blocks) < 1:
-            raise ZsktError(f"ResNet blocks {blocks!r} are invalid; expected four positive counts, e.g. (2, 2, 2, 2)")
+            raise ZsktError(
+                f"ResNet blocks {blocks!r} are invalid; expected four positive counts, e.g. (2, 2, 2, 2)"
+            )
         for label, value in {"num_classes": num_classes, "in_channels": in_channels}.items():
             if int(value) != value or value < 1:
                 raise ZsktError(f"ResNet {label} {value!r} is invalid; expected a positive integer")
@@ -73,7 +75,9 @@ class ResNet(nn.Module):
         self.conv1 = nn.Conv2d(self.in_channels, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         in_planes = 64
-        for index, (planes, n, stride) in enumerate(zip((64, 128, 256, 512), blocks, (1, 2, 2, 2), strict=True), start=1):
+        for index, (planes, n, stride) in enumerate(
+            zip((64, 128, 256, 512), blocks, (1, 2, 2, 2), strict=True), start=1
+        ):
             layers = []
             for s in [stride] + [1] * (n - 1):  # only a stage's first block changes stride and width
                 layers.append(BasicBlock(in_planes, planes, s))

@@ -1,13 +1,13 @@
 """VGG-11 with batch norm for 32x32 images, as the data-free distillation benchmark's VGG-11 teacher.
 
 The layout is the zju-vipa DataFree code's `datafree/models/classifiers/vgg.py` (there `vgg11_bn`, itself from
-the RepDistiller code): five blocks `block0`..`block4` of 3x3 convolutions (with bias) each followed by a batch
-norm, with 64 / 128 / 256,256 / 512,512 / 512,512 filters; a ReLU between the layers of a block and one applied
-by the forward after each block (a block ends with its batch norm, so a hook on a block sees the values before
-that ReLU); 2x2 max-pools after blocks 0, 1 and 2 (and after block 3 only for 64x64 inputs, as theirs), then a
-global average pool and one `classifier` Linear(512, classes). Module names and order are theirs, so the
-state_dict keys are equal (`block0.0` conv, `block0.1` BN; `block2.0`, `.1`, `.3`, `.4`; ...; `classifier`)
-and their published teachers load strictly. The forward returns the logits only, as theirs.
+the RepDistiller code): five blocks `block0`..`block4` of 3x3 convolutions (with bias) each followed by a
+batch norm, with 64 / 128 / 256,256 / 512,512 / 512,512 filters; a ReLU between the layers of a block and one
+applied by the forward after each block (a block ends with its batch norm, so a hook on a block sees the
+values before that ReLU); 2x2 max-pools after blocks 0, 1 and 2 (and after block 3 only for 64x64 inputs, as
+theirs), then a global average pool and one `classifier` Linear(512, classes). Module names and order are
+theirs, so the state_dict keys are equal (`block0.0` conv, `block0.1` BN; `block2.0`, `.1`, `.3`, `.4`; ...;
+`classifier`) and their published teachers load strictly. The forward returns the logits only, as theirs.
 """
 
 from __future__ import annotations
@@ -45,8 +45,12 @@ class VGG(nn.Module):
     # teacher's attention maps match a ResNet student's (the benchmark's VGG-11 -> ResNet-18 pair).
     default_feature_layers = ("block1", "block2", "block4")
 
-    def __init__(self, blocks: tuple[tuple[int, ...], ...] = VGG_BLOCKS[11], num_classes: int = 10,
-                 in_channels: int = 3):
+    def __init__(
+        self,
+        blocks: tuple[tuple[int, ...], ...] = VGG_BLOCKS[11],
+        num_classes: int = 10,
+        in_channels: int = 3,
+    ):
         super().__init__()
         blocks = tuple(tuple(int(w) for w in b) for b in blocks)
         if len(blocks) != 5 or not all(blocks):
