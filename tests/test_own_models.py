@@ -567,3 +567,16 @@ def test_zskt_train_any_wide_resnet(tmp_path, capsys):
     assert main(argv) == 0
     model = load_model(tmp_path / "run" / "model.pt")
     assert isinstance(model, WideResNet) and (model.depth, model.widen_factor) == (10, 1)
+
+
+def test_layer_option_parsing_and_labels(factory_file):
+    from zskt.models import network_label, parse_layers
+
+    assert parse_layers(" layer2, layer3 ,,layer4 ") == ("layer2", "layer3", "layer4")
+    assert parse_layers("") is None and parse_layers(None) is None
+    assert network_label(build_model("resnet-34"), "resnet34") == "resnet-34"
+    assert network_label(build_model("wrn-28-2"), "wrn-28-2") == "wrn-28-2"
+    small = resolve_network(f"{factory_file}:make", role="--student", num_classes=10, in_channels=1)
+    assert network_label(small, f"{factory_file}:make") == "make"
+    assert network_label(nn.Linear(2, 2), "timm:resnet18") == "timm-resnet18"
+

@@ -172,6 +172,11 @@ def _from_file(
             return _external_from_record(
                 obj, path, role=role, num_classes=num_classes, in_channels=in_channels
             )
+    elif _holds_pickled_module(path):  # refused before anything is unpickled
+        raise ZsktError(
+            f"{role} {path} holds a whole pickled network; loading it runs code the file names: "
+            "pass --trust-checkpoint if you trust the file, or save its state_dict instead"
+        )
     try:
         if dataset is None:
             return load_model(path, num_classes=num_classes, in_channels=in_channels, map_location=device)
@@ -185,11 +190,6 @@ def _from_file(
             map_location=device,
         )
     except ZsktError as e:
-        if not trust and _holds_pickled_module(path):
-            raise ZsktError(
-                f"{role} {path} holds a whole pickled network; loading it runs code the file names: "
-                "pass --trust-checkpoint if you trust the file, or save its state_dict instead"
-            ) from None
         message = str(e)
         raise ZsktError(message if message.startswith(role) else f"{role}: {message}") from None
 
