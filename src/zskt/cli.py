@@ -99,9 +99,12 @@ COMMANDS = {
 
 def method_command(name: str, method) -> Command:
     """The subcommand of a registered method: its config's options in a run-folder command."""
+    from zskt.methods.registry import check_inputs
+
     build = method.command or run_folder_command
     return build(name, method.help, method.config, method.run, description=method.description,
-                 required=method.required, aliases=dict(method.aliases), prepare=method.check)
+                 required=method.required, aliases=dict(method.aliases),
+                 prepare=lambda cfg: check_inputs(method, cfg))
 
 
 def load_commands() -> dict[str, Command]:
