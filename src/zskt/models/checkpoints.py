@@ -400,25 +400,27 @@ def _describe(depth: int, widen: int) -> str:
     return f"wrn-{depth}-{widen} (depth {depth}, widen {widen})"
 
 
-def load_model_for(path: str | os.PathLike, *, role: str, dataset: str, num_classes: int, in_channels: int,
-                   image_size: int | None, map_location: Any = "cpu",
+def load_model_for(path: str | os.PathLike, *, role: str, dataset: str | None, num_classes: int,
+                   in_channels: int, image_size: int | None, map_location: Any = "cpu",
                    arch: str | Mapping | None = None) -> nn.Module:
     """`load_model` for a command's option (`role`, e.g. "--teacher"), checked against the data it will see:
     the class count and channels, and, where the project's own files record them, the data set and the image
     size it was trained on (and `arch` when given). Every error is one line naming the option and the fix.
     The file's record is kept as `model.meta` ({} for foreign files); with `image_size` None the size is left
-    for `check_image_size` once the images are loaded."""
+    for `check_image_size` once the images are loaded; with `dataset` None the recorded data set is not
+    checked."""
     obj = read_checkpoint(path, map_location)  # read once: the record, then the weights
     meta = obj.get("meta") if isinstance(obj, Mapping) and obj.get("format") == MODEL_FORMAT else None
     meta = dict(meta) if isinstance(meta, Mapping) else {}
-    if meta.get("dataset") and meta["dataset"] != dataset:
+    if dataset is not None and meta.get("dataset") and meta["dataset"] != dataset:
         raise ZsktError(f"{role} {path} was trained on {meta['dataset']}, not {dataset}; pass --dataset "
                         f"{meta['dataset']} or a network trained on {dataset}")
     try:
         model = _model_from(obj, Path(path), arch, num_classes=num_classes, in_channels=in_channels,
                             map_location=map_location)
     except ZsktError as e:
-        raise ZsktError(f"{role}: {e} ({dataset}: {num_classes} classes, {in_channels}-channel images)") from None
+        data = f"{dataset}: " if dataset is not None else ""
+        raise ZsktError(f"{role}: {e} ({data}{num_classes} classes, {in_channels}-channel images)") from None
     model.meta = meta
     if image_size is not None:
         check_image_size(model, role, path, image_size)

@@ -33,7 +33,13 @@ import torch
 from torch import nn
 
 from zskt.errors import ZsktError
-from zskt.models.checkpoints import MODEL_FORMAT, _load_strict, _reason, load_model, load_model_for
+from zskt.models.checkpoints import (
+    MODEL_FORMAT,
+    _load_strict,
+    _reason,
+    check_image_size,
+    load_model_for,
+)
 from zskt.models.registry import build_model, canonical_name, is_model_name, model_names_hint
 
 FORMS = (
@@ -82,6 +88,7 @@ def resolve_network(
         model.meta = {}
     model = model.to(device)
     if image_size is not None:
+        check_image_size(model, role, spec, image_size)  # a project file records the size it was trained at
         check_network(
             model,
             role=role,
@@ -178,8 +185,6 @@ def _from_file(
             "pass --trust-checkpoint if you trust the file, or save its state_dict instead"
         )
     try:
-        if dataset is None:
-            return load_model(path, num_classes=num_classes, in_channels=in_channels, map_location=device)
         return load_model_for(
             path,
             role=role,
