@@ -326,7 +326,7 @@ def test_presets_and_validation():
         1e-3, 2e-3, 250, 1, 5)
     assert cfg.kl_reduction == "mean" and cfg.final_bn_affine and not cfg.fresh_batch_per_student_step
     for bad in ({"batch_size": 1}, {"n_student_steps": 0}, {"beta": -1.0}, {"kl_reduction": "sum"},
-                {"student": "resnet-18"}, {"iterations": 0}):
+                {"student": "resnet-19"}, {"iterations": 0}):
         with pytest.raises(ZsktError):
             replace(cfg, **bad)
 

@@ -415,6 +415,8 @@ def check_network(
 def network_label(model: nn.Module, spec: Any) -> str:
     """A short name for run ids and tables: the registered name, else the callable's or timm's name, else the
     class name."""
+    while getattr(model, "wraps_network", False):  # the feature wrapper (models/features.py)
+        model = model.module
     arch = model.arch() if hasattr(model, "arch") and callable(model.arch) else {}
     if isinstance(arch, Mapping) and arch.get("name"):
         return str(arch["name"])
