@@ -114,7 +114,7 @@ def command_config(name: str, config_cls: type, args: argparse.Namespace, requir
 COMMANDS = {
     "demo": "zskt.experiments.demo",
     "belief": "zskt.evaluate.belief_cli",
-    "reproduce": "zskt.experiments.cli",
+    "reproduce": "zskt.commands.reproduce",
     "report": "zskt.reports.cli",
     "plot": "zskt.reports.plot_cli",
     "list": "zskt.listing",
@@ -124,9 +124,12 @@ COMMANDS = {
 
 def method_command(name: str, method) -> Command:
     """The subcommand of a registered method: its config's options in a run-folder command."""
+    from zskt.methods.registry import check_inputs
+
     build = method.command or run_folder_command
     return build(name, method.help, method.config, method.run, description=method.description,
-                 required=method.required, aliases=dict(method.aliases), prepare=method.check)
+                 required=method.required, aliases=dict(method.aliases),
+                 prepare=lambda cfg: check_inputs(method, cfg))
 
 
 def load_commands() -> dict[str, Command]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from zskt.config import check, field
-from zskt.data import DATASETS, ImageData
+from zskt.data import ImageData, get_info, preset
 from zskt.errors import ZsktError
 from zskt.losses import kd_at_loss
 from zskt.methods.schedule import Schedule, milestones_at
@@ -30,29 +30,22 @@ from zskt.models import MODELS, build_model, load_model_for, save_model
 from zskt.runlog import RunLog
 from zskt.runtime import seed_everything
 
-# Attention weight per layer (SPEC §4): FSKT's AT_beta = 1000, rescaled by 3/len(acts), is 1000 on each of
-# the three layers at the paper's 32x32 images. The attention term is a mean over the H·W positions of unit-norm
-# maps, so at equal β it grows as 1/(H·W): the preset rescales β by (side/32)² to keep the paper's balance of
-# terms. That is the paper's 1000 for CIFAR-10, SVHN and Fashion-MNIST (32x32 after padding), and 250 for the
-# 16x16 digits, where it was also the best of β = 0 ... 1000 measured at M = 5 over 3 seeds (89.2 % against
-# 77.3 % at β = 1000 and 70.1 % without a teacher; docs/kd_at.md).
-PAPER_BETA = 1000.0
-
 
 @dataclass(frozen=True)
 class KDATConfig(SupervisedRecipe):
     """A student distilled with KD+AT on M images per class (the authors' FSKT scripts' values, SPEC §4); with
     `init` a zero-shot student fine-tuned the same way. The SGD recipe and schedule fields are `train`'s."""
 
-    images_per_class: int = field(-1, "M (required): train on M images per class, chosen per seed (SPEC §4); "
+    images_per_class: int = field(-1, "M (required): train on M images per class, chosen per seed (docs/kd_at.md); "
                                       "-1 = the full train split")
     teacher: str = field("", "teacher checkpoint (required): a model.pt from `zskt train`, an authors' "
                              "last.pth.tar or a Ferles *-dict.pth")
     student: str = field("wrn-16-1", "student network: wrn-16-1, wrn-16-2, wrn-40-1 or wrn-40-2 (paper: wrn-16-1)")
     alpha: float = field(0.9, "α: loss = (1 - α)·CE + 2·α·T²·KL + β·Σ attention (FSKT scripts: 0.9)")
     temperature: float = field(4.0, "T, softmax temperature of the KD term (FSKT scripts: 4)")
-    beta: float | None = field(None, "attention weight per layer, 3 layers; 0 = KD only; default: FSKT's 1000 "
-                                     "rescaled by (image side/32)²: 1000 at 32x32, 250 for 16x16 digits")
+    beta: float | None = field(None, "attention weight per layer, 3 layers; 0 = KD only; default: the data set's "
+                                     "preset, FSKT's 1000 rescaled by (image side/32)²: 1000 at 32x32, 250 for 16x16 "
+                                     "digits (docs/kd_at.md)")
     kl_reduction: str = field("mean", "KL reduction: mean (authors' code: ÷ B·C) or batchmean (÷ B)")
     kd_factor: float = field(2.0, "the KL weight's leading factor (FSKT keeps the older AT code's 2: 2·α·T² = "
                                   "28.8; the current AT code uses 1 with batchmean)")
@@ -79,8 +72,8 @@ class KDATConfig(SupervisedRecipe):
         """β per layer: `beta`, or the preset 1000·(side/32)² for this data set's image side."""
         if self.beta is not None:
             return self.beta
-        side = self.image_size or DATASETS[self.dataset].image_size
-        return PAPER_BETA * (side / 32) ** 2
+        record_side = get_info(self.dataset).image_size
+        return preset(self.dataset, "kd-at", "beta", "--beta") * ((self.image_size or record_side) / record_side) ** 2
 
     def schedule(self, n_train: int, num_classes: int = 10) -> Schedule:
         """The authors' KD+AT schedule (SPEC §4); with `init` and `finetune_epochs`, that many epochs of the same

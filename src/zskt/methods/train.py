@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from zskt.config import check, field
-from zskt.data import DATASETS, DeviceLoader, ImageData, load_dataset, select_per_class
+from zskt.data import DeviceLoader, ImageData, dataset_name, load_dataset, select_per_class
 from zskt.distributed import Shard
 from zskt.methods.scaffold import Scaffold
 from zskt.methods.schedule import Schedule, make_schedule, step_lr
@@ -29,11 +29,11 @@ class SupervisedRecipe:
     scratch and no-teacher students) and `kd-at` share. Each command's config adds its network fields."""
 
     dataset: str = field("digits", "data set: cifar10, svhn, fashion-mnist or digits (embedded, offline)")
-    images_per_class: int = field(-1, "M: train on M images per class, chosen per seed (SPEC §4); -1 = all")
+    images_per_class: int = field(-1, "M: train on M images per class, chosen per seed (docs/kd_at.md); -1 = all")
     epochs: int | None = field(None, "epochs; default: the data set's preset (cifar10 200, svhn 100, "
                                      "fashion-mnist 170, digits 30), scaled with M as the authors did")
     scale_n_iters: float | None = field(None, "authors' iteration scale for M > 0; default 1 for cifar10/digits, "
-                                              "M/100 for svhn/fashion-mnist (SPEC §4)")
+                                              "M/100 for svhn/fashion-mnist (docs/kd_at.md)")
     same_iterations: bool = field(False, "paper's form: the same iterations for every M (scale_n_iters = 1)")
     batch_size: int = field(128, "batch size (paper: 128)")
     lr: float = field(0.1, "initial SGD learning rate (paper: 0.1)")
@@ -52,7 +52,7 @@ class SupervisedRecipe:
     download: bool = field(False, "download missing data files (CIFAR-10, SVHN, Fashion-MNIST)")
 
     def __post_init__(self):
-        check(self.dataset in DATASETS, f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        dataset_name(self.dataset)  # a one-line error for an unknown name, before any file is read
         check(self.images_per_class == -1 or self.images_per_class > 0,
               f"images_per_class must be -1 (all) or positive, got {self.images_per_class}")
         check(self.epochs is None or self.epochs > 0, f"epochs must be positive, got {self.epochs}")

@@ -8,22 +8,20 @@ gradient is never used (docs/zero_shot.md lists each difference from their loop 
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
 
 from zskt.config import check, field
-from zskt.data import DATASETS, ImageSplit, get_info, load_dataset
+from zskt.data import ImageSplit, dataset_name, get_info, load_dataset, preset
 from zskt.distributed import Shard
 from zskt.errors import ZsktError
-from zskt.io import atomic_write_bytes
+from zskt.images import save_image_grid
 from zskt.losses import attention_map, zero_shot_generator_loss, zero_shot_student_loss
+from zskt.methods.optim import adam, clip
 from zskt.methods.scaffold import Scaffold
-from zskt.methods.schedule import preset
 from zskt.models import (
     MODELS,
     Generator,
@@ -79,7 +77,7 @@ class ZeroShotConfig:
     download: bool = field(False, "download missing data files (CIFAR-10, SVHN, Fashion-MNIST)")
 
     def __post_init__(self):
-        check(self.dataset in DATASETS, f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        dataset_name(self.dataset)  # a one-line error for an unknown name, before any file is read
         check(self.student.lower() in MODELS,
               f"unknown student {self.student!r}; choose one of {', '.join(MODELS)}")
         check(self.iterations is None or self.iterations > 0, f"iterations must be positive, got {self.iterations}")
@@ -103,12 +101,12 @@ class ZeroShotConfig:
         """N: `iterations`, or the data set's preset."""
         if self.iterations is not None:
             return self.iterations
-        return preset(self.dataset, "zero-shot", "iterations", option="--iterations")
+        return preset(self.dataset, "zero-shot", "iterations", "--iterations")
 
     @property
     def attention_beta(self) -> float:
         """β: `beta`, or the data set's preset."""
-        return self.beta if self.beta is not None else preset(self.dataset, "zero-shot", "beta", option="--beta")
+        return self.beta if self.beta is not None else preset(self.dataset, "zero-shot", "beta", "--beta")
 
     @property
     def eval_interval(self) -> int:
@@ -142,21 +140,6 @@ class ZeroShotState:
         return {"student": self.student, "generator": self.generator, "student_optimiser": self.student_optimiser,
                 "generator_optimiser": self.generator_optimiser, "student_schedule": self.student_schedule,
                 "generator_schedule": self.generator_schedule, "z_rng": self.z_source}
-
-
-def adam(params, lr: float) -> torch.optim.Adam:
-    """Adam with PyTorch's defaults, as the fused kernel where this PyTorch has one for the device: the same
-    update in one pass per tensor (rounding-level differences only; docs/benchmarks.md)."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, ValueError):
-        return torch.optim.Adam(params, lr=lr)
-
-
-def clip(parameters, max_norm: float) -> None:
-    if max_norm > 0:
-        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
 
 
 # ------------------------------------------------------------------------------------------- Algorithm 1
@@ -296,7 +279,7 @@ def zero_shot(cfg: ZeroShotConfig, log: RunLog, teacher: torch.nn.Module, studen
 
     def at_log_point(step: int) -> dict:
         if log.enabled and last.get("pseudo") is not None:
-            save_pseudo_grid(last["pseudo"], mean, std, log.out / "pseudo" / f"iter_{step:06d}.png")
+            save_image_grid(last["pseudo"], mean, std, log.out / "pseudo" / f"iter_{step:06d}.png")
         factor = 0.5 * (1.0 + math.cos(math.pi * (step - 1) / n))  # the rates used during this pseudo batch
         return {"generator_lr": cfg.generator_lr * factor, "student_lr": cfg.student_lr * factor}
 
@@ -320,28 +303,6 @@ def zero_shot(cfg: ZeroShotConfig, log: RunLog, teacher: torch.nn.Module, studen
         fresh_batch_per_student_step=cfg.fresh_batch_per_student_step, compile=cfg.compile)
 
 
-def save_pseudo_grid(images: torch.Tensor, mean, std, path: Path, n: int = 64) -> None:
-    """A PNG of up to n pseudo images, un-normalised with the data set's mean/std and clipped to [0, 1]."""
-    import matplotlib.image
-
-    x = images[:n].detach().float().cpu()
-    c = x.shape[1]
-    x = (x * torch.tensor(std).view(1, c, 1, 1) + torch.tensor(mean).view(1, c, 1, 1)).clamp(0, 1)
-    scale = max(1, 32 // x.shape[-1])  # small images (digits) are enlarged by pixel repetition to be visible
-    x = x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
-    cols = math.ceil(math.sqrt(len(x)))
-    rows = math.ceil(len(x) / cols)
-    h, w = x.shape[-2:]
-    grid = torch.ones(c, rows * (h + 1) + 1, cols * (w + 1) + 1)  # 1-pixel white lines between images
-    for i, image in enumerate(x):
-        r, q = divmod(i, cols)
-        grid[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = image
-    array = grid[0].numpy() if c == 1 else grid.permute(1, 2, 0).numpy()
-    buffer = io.BytesIO()
-    matplotlib.image.imsave(buffer, array, cmap="gray" if c == 1 else None, vmin=0, vmax=1, format="png")
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def run_zero_shot(cfg: ZeroShotConfig, log: RunLog) -> dict:
     """`zskt zero-shot`: load the teacher, build the student and generator, read only the test split, transfer."""
     if not cfg.teacher:
@@ -349,9 +310,9 @@ def run_zero_shot(cfg: ZeroShotConfig, log: RunLog) -> dict:
     info = get_info(cfg.dataset)
     teacher = load_model_for(cfg.teacher, role="--teacher", dataset=cfg.dataset, num_classes=info.num_classes,
                              in_channels=info.in_channels, image_size=None, map_location="cpu")
-    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
-    test, mean, std = data.test, data.mean, data.std  # the train split is dropped here
-    del data
+    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size,
+                        splits=("test",))  # never the training images
+    test, mean, std = data.test, data.mean, data.std
     size = int(test.images.shape[-1])
     check_image_size(teacher, "--teacher", cfg.teacher, size)
     seed_everything(cfg.seed)
