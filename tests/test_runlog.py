@@ -187,3 +187,17 @@ def test_tensorboard_missing_is_a_one_line_error_before_anything_is_written(tmp_
     with pytest.raises(ZsktError, match=r"pip install 'zskt\[tensorboard\]'"):
         RunLog(tmp_path / "r", command="x", config={}, quiet=True, tensorboard=True)
     assert not (tmp_path / "r").exists()
+
+
+def test_the_pseudo_image_grid_goes_to_tensorboard_as_saved(tmp_path, monkeypatch):
+    import zskt.runlog
+    from zskt.images import save_image_grid
+
+    writer = FakeWriter(tmp_path)
+    monkeypatch.setattr(zskt.runlog, "tensorboard_writer", lambda d: writer)
+    log = RunLog(tmp_path / "r", command="x", config={}, quiet=True, tensorboard=True)
+    grid = save_image_grid(torch.zeros(4, 3, 8, 8), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), tmp_path / "g.png")
+    log.image("pseudo", grid, 7)
+    # 4 images of 8x8 enlarged x4, in a 2x2 grid with 1-pixel lines: 2*(32+1)+1 = 67 pixels a side.
+    assert grid.shape == (67, 67, 3) and (tmp_path / "g.png").is_file()
+    assert writer.images == [("pseudo", (67, 67, 3), "HWC", 7, 1.0)]
