@@ -281,7 +281,7 @@ def group_row(group: RunGroup, with_mte: bool) -> list[str]:
     teacher = run.result.get("teacher_arch") or short_path(run.value("teacher"))
     student = short_path(run.value("student") or run.value("model"))
     seconds = group.seconds_per_iteration()
-    cells = [method_label(run.command), teacher, student, str(run.value("dataset") or ""),
+    cells = [method_label(run.command), teacher or "—", student or "—", str(run.value("dataset") or "—"),
              ", ".join(f"{k}={option_text(v)}" for k, v in group.options),
              ",".join(str(s) for s in group.seeds()),
              stat_text(group.stat("test_accuracy")),
