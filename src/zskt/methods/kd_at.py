@@ -26,7 +26,7 @@ from zskt.methods.train import (
     schedule_record,
     supervised_scaffold,
 )
-from zskt.models import MODELS, build_model, load_model_for, save_model
+from zskt.models import build_model, canonical_name, is_model_name, load_model_for, save_model
 from zskt.runlog import RunLog
 from zskt.runtime import seed_everything
 
@@ -57,7 +57,8 @@ class KDATConfig(SupervisedRecipe):
 
     def __post_init__(self):
         super().__post_init__()
-        check(self.student.lower() in MODELS, f"unknown student {self.student!r}; choose one of {', '.join(MODELS)}")
+        check(is_model_name(self.student) and canonical_name(self.student).startswith("wrn-"),
+              f"unknown student {self.student!r}; choose a Wide ResNet: wrn-DEPTH-WIDTH (e.g. wrn-16-1)")
         check(0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")
         check(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
         check(self.beta is None or self.beta >= 0, f"beta must be >= 0, got {self.beta}")

@@ -23,10 +23,11 @@ from zskt.losses import attention_map, zero_shot_generator_loss, zero_shot_stude
 from zskt.methods.optim import adam, clip
 from zskt.methods.scaffold import Scaffold
 from zskt.models import (
-    MODELS,
     Generator,
     build_model,
+    canonical_name,
     check_image_size,
+    is_model_name,
     load_model_for,
     save_generator,
     save_model,
@@ -78,8 +79,8 @@ class ZeroShotConfig:
 
     def __post_init__(self):
         dataset_name(self.dataset)  # a one-line error for an unknown name, before any file is read
-        check(self.student.lower() in MODELS,
-              f"unknown student {self.student!r}; choose one of {', '.join(MODELS)}")
+        check(is_model_name(self.student) and canonical_name(self.student).startswith("wrn-"),
+              f"unknown student {self.student!r}; choose a Wide ResNet: wrn-DEPTH-WIDTH (e.g. wrn-16-1)")
         check(self.iterations is None or self.iterations > 0, f"iterations must be positive, got {self.iterations}")
         # Train-mode BN needs more than one value per channel; the generator's BNs see the whole batch.
         check(self.batch_size >= 2, f"batch_size must be at least 2 (batch-norm statistics), got {self.batch_size}")
