@@ -320,7 +320,8 @@ def infer_wrn_arch(state_dict: Mapping[str, torch.Tensor], source: Any = "state_
     if absent:
         raise ZsktError(
             f"checkpoint {source} does not hold a Wide ResNet (no {', '.join(absent)}; "
-            f"found keys {_few(list(state_dict))}); expected the keys of SPEC.md §1"
+            f"found keys {_few(list(state_dict))}); expected a Wide ResNet's keys as zskt and the authors' "
+            "code name them (conv1, block1-3.layer.N..., bn1, fc)"
         )
     blocks = {m.group(1) for key in state_dict if (m := re.match(r"block1\.layer\.(\d+)\.", key))}
     width = state_dict["block3.layer.0.conv1.weight"].shape[0]
@@ -471,7 +472,8 @@ def infer_generator_arch(state_dict: Mapping[str, torch.Tensor], source: Any = "
     if absent:
         raise ZsktError(
             f"checkpoint {source} does not hold a generator (no {', '.join(absent)}; "
-            f"found keys {_few(list(state_dict))}); expected the keys of SPEC.md §2"
+            f"found keys {_few(list(state_dict))}); expected the generator's keys as zskt and the authors' "
+            "code name them (layers.0 ... layers.11)"
         )
     features, z_dim = state_dict["layers.0.weight"].shape  # Linear(z_dim -> 128 * s * s)
     side = round((features / 128) ** 0.5)
