@@ -258,7 +258,7 @@ def zero_shot(cfg: ZeroShotConfig, log: RunLog, teacher: torch.nn.Module, studen
     `model.pt` and `generator.pt`; the result's `test_accuracy` is the final one (the paper's number).
     """
     n = cfg.total_iterations
-    run = Scaffold(cfg, log, total=n, interval=cfg.eval_interval, unit="batch", desc="zero-shot",
+    run = Scaffold(cfg, log, total=n, interval=cfg.eval_interval, unit="pseudo batch", desc="zero-shot",
                    batch_size=cfg.batch_size)
     channels, size = int(test_split.images.shape[1]), int(test_split.images.shape[-1])
     generator = generator or Generator(cfg.z_dim, image_size=size, out_channels=channels,
@@ -279,7 +279,8 @@ def zero_shot(cfg: ZeroShotConfig, log: RunLog, teacher: torch.nn.Module, studen
 
     def at_log_point(step: int) -> dict:
         if log.enabled and last.get("pseudo") is not None:
-            save_image_grid(last["pseudo"], mean, std, log.out / "pseudo" / f"iter_{step:06d}.png")
+            grid = save_image_grid(last["pseudo"], mean, std, log.out / "pseudo" / f"iter_{step:06d}.png")
+            log.image("pseudo", grid, step)
         factor = 0.5 * (1.0 + math.cos(math.pi * (step - 1) / n))  # the rates used during this pseudo batch
         return {"generator_lr": cfg.generator_lr * factor, "student_lr": cfg.student_lr * factor}
 
