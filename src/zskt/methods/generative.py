@@ -31,15 +31,15 @@ from zskt.errors import ZsktError
 from zskt.images import save_image_grid
 from zskt.losses import (
     activation_loss,
-    bn_statistic_loss,  # noqa: F401 - re-exported for the methods' docs; the hook computes it
     information_entropy_loss,
     kd_kl_loss,
     l1_logit_loss,
     one_hot_loss,
 )
 from zskt.methods.bn_hooks import BNStatisticHook
+from zskt.methods.common import build_student, check_network_spec, load_teacher
 from zskt.methods.scaffold import Scaffold
-from zskt.models import MODELS, build_model, check_image_size, load_model_for, save_model
+from zskt.models import network_label, save_model
 from zskt.models.dfkd_generator import DataFreeGenerator
 from zskt.models.frozen import frozen_copy
 from zskt.runlog import RunLog
@@ -55,8 +55,13 @@ class GenerativeConfig:
     """The settings the family shares. Defaults are the DataFree code's (`datafree_kd.py`, CMI commit acbbea6,
     and its scripts for WRN-40-2 → WRN-16-1 on CIFAR-10); each method's config overrides its own."""
 
-    teacher: str = field("", "teacher checkpoint: a project model.pt (or any file `zskt zero-shot` accepts)")
-    student: str = field("wrn-16-1", "student network, e.g. wrn-16-1 (`zskt list` shows the names)")
+    teacher: str = field("", "teacher checkpoint: a project model.pt, or any network file `zskt zero-shot` "
+                             "accepts (docs/own_models_and_data.md)")
+    student: str = field("wrn-16-1", "student network: a name (`zskt list`), module:callable, file.py:callable "
+                                     "or timm:NAME")
+    trust_checkpoint: bool = field(False, "allow network files that need a full unpickle (a whole saved model, "
+                                          "an external network's record): they can run code; only for files "
+                                          "you trust")
     dataset: str = field("digits", "data set the teacher was trained on (its test split scores the student; "
                                    "its image shape and normalisation shape the generator)")
     iterations: int | None = field(None, "rounds (generator steps, then student steps); default: epochs x "
@@ -103,7 +108,7 @@ class GenerativeConfig:
 
     def __post_init__(self):
         dataset_name(self.dataset)  # a one-line error for an unknown name, before any file is read
-        check(self.student.lower() in MODELS, f"unknown student {self.student!r}; choose one of {', '.join(MODELS)}")
+        check_network_spec(self.student, "--student")
         for name in ("iterations", "epochs", "epoch_steps"):
             value = getattr(self, name)
             check(value is None or value > 0, f"{name} must be positive, got {value}")
@@ -385,10 +390,10 @@ def train_generative(cfg: GenerativeConfig, log: RunLog, teacher: nn.Module, stu
     for _ in run.steps():
         last["x"] = generative_round(frozen, state, cfg, run.precision, record=run.add)
     if log.enabled:
-        save_model(state.student, log.out / "model.pt", dataset=cfg.dataset, image_size=size,
+        save_model(state.student, log.out / "model.pt", spec=cfg.student, dataset=cfg.dataset, image_size=size,
                    test_accuracy=run.accuracy, command=log.command, teacher=cfg.teacher)
     return run.finish(method=name, teacher_test_accuracy=teacher_accuracy, iterations=n, teacher=cfg.teacher,
-                      teacher_arch=getattr(teacher, "arch", dict)().get("name"), student=cfg.student,
+                      teacher_arch=network_label(teacher, cfg.teacher), student=cfg.student,
                       dataset=cfg.dataset, seed=cfg.seed, batch_size=cfg.batch)
 
 
@@ -397,12 +402,11 @@ def run_generative(cfg: GenerativeConfig, log: RunLog, name: str) -> dict:
     if not cfg.teacher:
         raise ZsktError("no teacher given; pass --teacher PATH (a model.pt from `zskt train`)")
     info = get_info(cfg.dataset)
-    teacher = load_model_for(cfg.teacher, role="--teacher", dataset=cfg.dataset, num_classes=info.num_classes,
-                             in_channels=info.in_channels, image_size=None, map_location="cpu")
     data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size,
                         splits=("test",))  # never the training images
     test, mean, std = data.test, data.mean, data.std
-    check_image_size(teacher, "--teacher", cfg.teacher, int(test.images.shape[-1]))
+    size = int(test.images.shape[-1])
+    teacher = load_teacher(cfg, info, size)
     seed_everything(cfg.seed)
-    student = build_model(cfg.student, info.num_classes, info.in_channels)
+    student = build_student(cfg, info, size)
     return train_generative(cfg, log, teacher, student, test, mean, std, name=name)
