@@ -284,3 +284,17 @@ def test_resume_gives_the_uninterrupted_result(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6]
     assert rows[0]["student_lr"] == 0.1 and rows[-1]["student_lr"] < 0.1  # one epoch (2 rounds) at the full rate
+
+
+def test_command_with_resnets(tmp_path):
+    # A ResNet teacher (BN hooks on its layers, activation term from its `linear` input) into a ResNet student.
+    torch.manual_seed(0)
+    teacher = tmp_path / "resnet.pt"
+    save_model(build_model("resnet-18", 10, 1), teacher, dataset="digits", image_size=8)
+    out = tmp_path / "run"
+    args = ["dfq", "--teacher", str(teacher), "--student", "resnet-18", "--dataset", "digits", "--image-size", "8",
+            "--out", str(out), "--device", "cpu", "--quiet", "--iterations", "1", "--batch-size", "4", "--ngf", "4",
+            "--z-dim", "8", "--student-steps", "1", "--epoch-steps", "1", "--act", "0.1"]
+    assert cli_main(args) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["student"] == "resnet-18" and isinstance(result["test_accuracy"], float)
