@@ -1,4 +1,5 @@
-"""Every benchmark table in one go: the zero-shot loop, the training steps, belief matching.
+"""Every benchmark table in one go: the zero-shot loop, the training steps, belief matching, the data-free
+generator family.
 
     python benchmarks/run_all.py                       # CPU, the tables docs/benchmarks.md records
     python benchmarks/run_all.py --quick               # fewer repeats, for a look
@@ -17,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_belief
+import bench_data_free
 import bench_train
 import bench_zero_shot
 
@@ -27,7 +29,7 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="1 repeat each, no memory or CLI check")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json-dir", default=None, help="write zero_shot.json, train.json, belief.json here")
+    p.add_argument("--json-dir", default=None, help="write zero_shot.json, train.json, belief.json, data_free.json here")
     args = p.parse_args(argv)
     repeats = "1" if args.quick else str(args.repeats)
     common = ["--device", args.device, "--repeats", repeats] + (["--threads", str(args.threads)] if args.threads
@@ -49,6 +51,8 @@ def main(argv=None) -> None:
     belief = ["--pairs", "9000", "--steps", "5", "--authors-images", "3", "--authors-steps", "10"] \
         if args.device.startswith("cuda") else []
     bench_belief.main([*common, *belief, *out("belief")])
+    print()
+    bench_data_free.main([*common, *(["--bf16"] if args.device.startswith("cuda") else []), *out("data_free")])
 
 
 if __name__ == "__main__":
