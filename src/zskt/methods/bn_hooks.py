@@ -29,6 +29,7 @@ class BNStatisticHook:
         self.momentum = float(momentum)
         self.keep_instance_mean = keep_instance_mean
         self.enabled = True
+        self.compute_loss = True  # False: only the instance means (CMI's second, local-view forward)
         self.loss: torch.Tensor | None = None
         self.instance_mean: torch.Tensor | None = None
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None  # the last forward's (mean, var), detached
@@ -39,6 +40,10 @@ class BNStatisticHook:
         if not self.enabled:
             return
         x = inputs[0]
+        if self.keep_instance_mean:
+            self.instance_mean = x.to(torch.promote_types(x.dtype, torch.float32)).mean(dim=(2, 3))
+        if not self.compute_loss:
+            return
         mean, var = batch_statistics(x)
         self.last = (mean.detach(), var.detach())
         if self.average is not None and self.momentum:
@@ -48,8 +53,6 @@ class BNStatisticHook:
         running_mean = module.running_mean.to(mean.dtype)
         running_var = module.running_var.to(var.dtype)
         self.loss = bn_statistic_loss(mean, var, running_mean, running_var)
-        if self.keep_instance_mean:
-            self.instance_mean = x.to(torch.promote_types(x.dtype, torch.float32)).mean(dim=(2, 3))
 
     def update_momentum(self) -> None:
         """Fold the last forward's batch statistics into the running average (Fast's `update_mmt`)."""
@@ -86,6 +89,10 @@ class BNStatistics:
     def set_enabled(self, enabled: bool) -> None:
         for h in self.hooks:
             h.enabled = enabled
+
+    def set_loss(self, enabled: bool) -> None:
+        for h in self.hooks:
+            h.compute_loss = enabled
 
     def update_momentum(self) -> None:
         for h in self.hooks:

@@ -15,7 +15,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from zskt.errors import ZsktError
 from zskt.losses import kd_loss
 from zskt.methods.image_bank import ImageBank, to_uint8
 from zskt.methods.scaffold import Scaffold
-from zskt.models import MODELS, build_model, check_image_size, load_model_for
+from zskt.models import MODELS, build_model, check_image_size, load_model_for, save_model
 from zskt.runlog import RunLog
 from zskt.runtime import PRECISIONS, Precision, seed_everything
 
@@ -76,7 +76,7 @@ class InversionConfig:
     data_dir: str | None = field(None, "data root for the test split (default: $ZSKT_DATA or ~/.cache/zskt/data)")
     download: bool = field(False, "download missing data files (CIFAR-10, SVHN, Fashion-MNIST)")
 
-    PRESETS: Any = None  # {dataset: {field: value}}, set by each method's config (a class attribute)
+    PRESETS: ClassVar[dict] = {}  # {dataset: {field: value}}, set by each method's config
 
     def __post_init__(self):
         check(self.dataset in DATASETS, f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -152,6 +152,14 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor)
     theta[:, 1, 2] = (2 * y0 + h) / height - 1
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def standardize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """[0, 1] float images -> (x − mean) / std per channel, in the images' dtype (the reference's Normalizer)."""
+    c = images.shape[1]
+    mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, c, 1, 1)
+    std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, c, 1, 1)
+    return (images - mean) / std
 
 
 def crop_padding(image_size: int) -> int:
@@ -259,4 +267,8 @@ def inversion_loop(cfg: InversionConfig, log: RunLog, name: str, teacher: torch.
     if log.enabled and images is not None:
         from zskt.methods.zero_shot import save_pseudo_grid
         save_pseudo_grid(images, (0.0,) * images.shape[1], (1.0,) * images.shape[1], log.out / "synthetic.png")
-    return run.finish(method=name, **bank.counts(), student=cfg.student.lower(), dataset=cfg.dataset)
+    if log.enabled:
+        save_model(student, log.out / "model.pt", dataset=cfg.dataset, image_size=shape["size"],
+                   test_accuracy=run.accuracy, command=log.command, teacher=cfg.teacher)
+    return run.finish(method=name, **bank.counts(), teacher=cfg.teacher, student=cfg.student.lower(),
+                      dataset=cfg.dataset, seed=cfg.seed, iterations=rounds)

@@ -8,6 +8,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from zskt.methods.cmi import CMIConfig, run_cmi
+from zskt.methods.deepinversion import DeepInversionConfig, run_deepinversion
+from zskt.methods.fast import FastConfig, run_fast
 from zskt.methods.kd_at import KDATConfig, check_files, kd_at
 from zskt.methods.schedule import schedule_command
 from zskt.methods.train import TrainConfig, train
@@ -80,6 +83,33 @@ METHODS: dict[str, Method] = {
         "--images-per-class M`. See docs/kd_at.md.",
         required=("teacher", "images_per_class"), aliases={"images_per_class": ("-M",)}, command=schedule_command,
         check=check_files),
+    "deepinversion": Method(
+        DeepInversionConfig, run_deepinversion, data_free("deepinversion", "DeepInversion"),
+        "DeepInversion/ADI: invert the teacher's BN statistics into images, distil on the bank of them",
+        "DeepInversion with the adaptive competition term (Yin et al. 2020) as the zju-vipa benchmark runs it: per "
+        "round, a batch of images optimised from noise (Adam 0.1, 1000 steps) to match the teacher's batch-norm "
+        "statistics (x10), be classified as random classes and make teacher and student disagree (JS), with a "
+        "TV prior; the best batch joins the image bank; 400 student steps (T = 20 KL, SGD 0.1) on the bank. "
+        "Only the test split is read. See docs/data_free.md.",
+        aliases={"iterations": ("-N",)}),
+    "cmi": Method(
+        CMIConfig, run_cmi, data_free("cmi", "CMI"),
+        "CMI: contrastive model inversion (a generator re-initialised per batch, contrastive head, memory bank)",
+        "Contrastive model inversion (Fang et al. 2021) as its authors' benchmark script runs it: per round a "
+        "generator, re-initialised, is optimised with its latent codes for 200 steps on BN statistics, one-hot, "
+        "agreement-masked adversarial and a contrastive loss over a memory bank of earlier images' features; "
+        "the best batch joins the image bank; 400 student steps (T = 20 KL, SGD 0.1) on the bank. See "
+        "docs/data_free.md.",
+        aliases={"iterations": ("-N",)}),
+    "fast": Method(
+        FastConfig, run_fast, data_free("fast", "Fast"),
+        "Fast: a meta-learned generator initialisation, a few synthesis steps per batch (Fast-10 by default)",
+        "Fast data-free distillation (Fang et al. 2022, 'fast_meta') as its authors' scripts run it: per round a "
+        "copy of the meta generator and fresh latent codes take g_steps (10) Adam steps on BN statistics, one-hot "
+        "and agreement-masked adversarial terms; the meta generator takes a first-order MAML (or Reptile) step; "
+        "the best batch joins the image bank; 400 student steps (T = 20 KL, SGD 0.2, cosine) on the bank after "
+        "20 warm-up rounds. See docs/data_free.md.",
+        aliases={"iterations": ("-N",)}),
 }
 
 

@@ -13,7 +13,14 @@ from typing import Any
 
 import torch
 
-from zskt.distributed import Shard, all_sum, average_buffers, broadcast_module, check_in_sync, use_sync_batchnorm
+from zskt.distributed import (
+    Shard,
+    all_sum,
+    average_buffers,
+    broadcast_module,
+    check_in_sync,
+    use_sync_batchnorm,
+)
 from zskt.errors import ZsktError
 from zskt.evaluate import evaluate_accuracy
 from zskt.models.frozen import frozen_copy

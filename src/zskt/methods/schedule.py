@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-
 from dataclasses import dataclass
 
 from zskt.errors import ZsktError

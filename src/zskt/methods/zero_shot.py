@@ -132,7 +132,7 @@ class ZeroShotState:
     def build(cls, student: torch.nn.Module, generator: Generator, cfg: ZeroShotConfig,
               device: torch.device | str = "cpu") -> ZeroShotState:
         n = cfg.total_iterations
-        cosine = lambda b: 0.5 * (1.0 + math.cos(math.pi * b / n))  # noqa: E731 - CosineAnnealingLR(T_max=N), eta_min 0
+        cosine = lambda b: 0.5 * (1.0 + math.cos(math.pi * b / n))
         stu, gen = adam(student.parameters(), cfg.student_lr), adam(generator.parameters(), cfg.generator_lr)
         lam = torch.optim.lr_scheduler.LambdaLR
         return cls(student, generator, stu, gen, lam(stu, cosine), lam(gen, cosine),

@@ -6,12 +6,12 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from zskt.runids import FIGURE_PAIR, PAIRS, TABLE1_M
 from zskt.io import atomic_write_text
 from zskt.methods.registry import series_label
 from zskt.reports import published
 from zskt.reports.collect import Results
 from zskt.reports.plots import num_classes, plot_accuracy_vs_m, plot_transition_curves
+from zskt.runids import FIGURE_PAIR, PAIRS, TABLE1_M
 
 REPORT = "report.md"
 TITLES = {"cifar10": "CIFAR-10", "svhn": "SVHN", "fashion-mnist": "Fashion-MNIST", "digits": "digits"}
