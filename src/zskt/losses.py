@@ -138,10 +138,15 @@ def kd_at_loss(student_logits: torch.Tensor, student_acts: Sequence[torch.Tensor
 # ------------------------------------------------------------------ data-free methods (docs/data_free.md)
 
 
+def at_least_f32(x: torch.Tensor) -> torch.Tensor:
+    """x in float32, or float64 when it already is (the equivalence tests run in float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def batch_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance over batch and space of a (B, C, H, W) batch: what a train-mode
     BatchNorm2d would normalise with. One fused `var_mean`, in float32 at least. # (B, C, H, W) -> (C,), (C,)"""
-    x = features.to(torch.promote_types(features.dtype, torch.float32))
+    x = at_least_f32(features)
     var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
     return mean, var
 
@@ -158,7 +163,9 @@ def bn_statistic_loss(mean: torch.Tensor, var: torch.Tensor, running_mean: torch
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """The zju-vipa distillation loss (`criterions.KLDiv`): T² · KL(softmax(t/T) ‖ softmax(s/T)), summed over
     classes and averaged over the batch ("batchmean"). # (B, K), (B, K) -> ()"""
-    return kl_divergence(student_logits, teacher_logits, temperature, "batchmean") * temperature**2
+    log_p_student = F.log_softmax(at_least_f32(student_logits) / temperature, dim=1)
+    p_teacher = F.softmax(at_least_f32(teacher_logits) / temperature, dim=1)
+    return F.kl_div(log_p_student, p_teacher, reduction="sum") / len(student_logits) * temperature**2
 
 
 def js_divergence_clamped(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -168,8 +175,8 @@ def js_divergence_clamped(student_logits: torch.Tensor, teacher_logits: torch.Te
     M = (P + Q)/2, each clamped to [0.01, 0.99] after M is formed, ½·KL(M ‖ P) + ½·KL(M ‖ Q), batchmean.
     The paper writes the Jensen-Shannon divergence ½KL(P‖M) + ½KL(Q‖M); the code's arguments are the other
     way round (F.kl_div(log P, M) is KL(M ‖ P)). # (B, K), (B, K) -> ()"""
-    p = F.softmax(student_logits.float() / temperature, dim=1)
-    q = F.softmax(teacher_logits.float() / temperature, dim=1)
+    p = F.softmax(at_least_f32(student_logits) / temperature, dim=1)
+    q = F.softmax(at_least_f32(teacher_logits) / temperature, dim=1)
     m = (0.5 * (p + q)).clamp(0.01, 0.99)
     p, q = p.clamp(0.01, 0.99), q.clamp(0.01, 0.99)
     batch = student_logits.shape[0]
@@ -180,8 +187,8 @@ def agreement_adversarial_loss(student_logits: torch.Tensor, teacher_logits: tor
     """CMI's and Fast's "decision adversarial" term: −mean over the batch of KL(softmax(t) ‖ softmax(s)) per
     sample, counting only samples on which student and teacher predict the same class (the others add 0 but
     still count in the mean). Minimising it moves the images towards disagreement. # (B, K), (B, K) -> ()"""
-    log_p_student = F.log_softmax(student_logits.float(), dim=1)
-    p_teacher = F.softmax(teacher_logits.float(), dim=1)
+    log_p_student = F.log_softmax(at_least_f32(student_logits), dim=1)
+    p_teacher = F.softmax(at_least_f32(teacher_logits), dim=1)
     per_sample = F.kl_div(log_p_student, p_teacher, reduction="none").sum(1)
     agree = (student_logits.argmax(1) == teacher_logits.argmax(1)).to(per_sample.dtype)
     return -(per_sample * agree).mean()
@@ -190,7 +197,7 @@ def agreement_adversarial_loss(student_logits: torch.Tensor, teacher_logits: tor
 def total_variation(images: torch.Tensor) -> torch.Tensor:
     """DeepInversion's image prior R_TV (`get_image_prior_losses`, the L2 form): the sum of the Frobenius
     norms of the differences to the right, down, down-left and down-right neighbours. # (B, C, H, W) -> ()"""
-    x = images.to(torch.promote_types(images.dtype, torch.float32))
+    x = at_least_f32(images)
     diffs = (x[..., :, :-1] - x[..., :, 1:], x[..., :-1, :] - x[..., 1:, :],
              x[..., 1:, :-1] - x[..., :-1, 1:], x[..., :-1, :-1] - x[..., 1:, 1:])
     return sum(torch.linalg.vector_norm(d) for d in diffs)
@@ -204,7 +211,7 @@ def contrastive_loss(local_projection: torch.Tensor, global_projection: torch.Te
     row's positive is its own global view (the diagonal); cross-entropy per row. With cached rows the loss is
     mean(current rows) + mean(cached rows), so the current batch's gradient is not diluted by the bank size;
     without, the mean over the current rows. # (N, D), (N, D) -> ()"""
-    logits = local_projection.float() @ global_projection.detach().float().T / temperature
+    logits = at_least_f32(local_projection) @ at_least_f32(global_projection.detach()).T / temperature
     per_row = F.cross_entropy(logits, torch.arange(len(logits), device=logits.device), reduction="none")
     if len(per_row) > n_current:
         return per_row[:n_current].mean() + per_row[n_current:].mean()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from zskt.losses import batch_statistics, bn_statistic_loss
+from zskt.losses import at_least_f32, batch_statistics, bn_statistic_loss
 
 
 class BNStatisticHook:
@@ -41,7 +41,7 @@ class BNStatisticHook:
             return
         x = inputs[0]
         if self.keep_instance_mean:
-            self.instance_mean = x.to(torch.promote_types(x.dtype, torch.float32)).mean(dim=(2, 3))
+            self.instance_mean = at_least_f32(x).mean(dim=(2, 3))
         if not self.compute_loss:
             return
         mean, var = batch_statistics(x)

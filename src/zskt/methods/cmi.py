@@ -108,9 +108,9 @@ class FeatureBank:
         return min(self.added, self.capacity)
 
     def add(self, features: torch.Tensor) -> None:
-        features = features.detach().float()
+        features = features.detach()
         if self.data is None:
-            self.data = torch.zeros((0, features.shape[1]), device=self.device)
+            self.data = torch.zeros((0, features.shape[1]), dtype=features.dtype, device=self.device)
         slots = (torch.arange(self.added, self.added + len(features)) % self.capacity)[-self.capacity:]
         features = features[-self.capacity:]
         if len(self.data) < self.capacity:
@@ -153,7 +153,7 @@ def cmi_step(generator: nn.Module, z: torch.Tensor, opt: torch.optim.Optimizer, 
         teacher_logits, _ = teacher(precision.layout(global_view))
     loss_bn = hooks.loss()
     global_feature = hooks.features()
-    loss_oh = F.cross_entropy(teacher_logits.float(), targets)
+    loss_oh = F.cross_entropy(teacher_logits, targets)
     terms = {"bn_loss": loss_bn, "oh_loss": loss_oh}
     loss = cfg.bn * loss_bn + cfg.oh * loss_oh
     if cfg.adv > 0:

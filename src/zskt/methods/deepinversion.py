@@ -81,7 +81,7 @@ def deepinversion_step(x: torch.Tensor, opt: torch.optim.Optimizer, teacher: tor
     with precision.autocast():
         teacher_logits, _ = teacher(x_aug)
     loss_bn = hooks.loss()
-    loss_oh = F.cross_entropy(teacher_logits.float(), targets)
+    loss_oh = F.cross_entropy(teacher_logits, targets)
     loss = cfg.bn * loss_bn + cfg.oh * loss_oh
     terms = {"bn_loss": loss_bn, "oh_loss": loss_oh}
     if cfg.adv > 0:
@@ -93,7 +93,7 @@ def deepinversion_step(x: torch.Tensor, opt: torch.optim.Optimizer, teacher: tor
     if cfg.tv:
         loss = loss + cfg.tv * total_variation(x)
     if cfg.l2:
-        loss = loss + cfg.l2 * torch.linalg.vector_norm(x.float())
+        loss = loss + cfg.l2 * torch.linalg.vector_norm(x)
     opt.zero_grad(set_to_none=True)
     loss.backward(inputs=[x])
     opt.step()

@@ -102,7 +102,7 @@ def fast_step(fast_generator: nn.Module, z: torch.Tensor, opt: torch.optim.Optim
     with precision.autocast():
         teacher_logits, _ = teacher(view)
     loss_bn = hooks.loss()
-    loss_oh = F.cross_entropy(teacher_logits.float(), targets)
+    loss_oh = F.cross_entropy(teacher_logits, targets)
     terms = {"bn_loss": loss_bn, "oh_loss": loss_oh}
     loss = cfg.bn * loss_bn + cfg.oh * loss_oh
     if cfg.adv > 0 and adversarial:
