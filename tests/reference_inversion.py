@@ -112,7 +112,7 @@ def ref_crop_flip(x, offsets, flips, pad):
 def ref_resized_crop(x, boxes, flips):
     """Bilinear resampling of box (x0, y0, w, h) to the full size: output pixel i reads input coordinate
     x0 + (i + ½)·w/W − ½ (pixel centres), clamped to the image (border), as an affine warp of the whole image."""
-    n, c, height, width = x.shape
+    n, _, height, width = x.shape
     out = []
     for k in range(n):
         x0, y0, bw, bh = (float(v) for v in boxes[k])
