@@ -35,7 +35,7 @@ from zskt.methods.fast import FastConfig, accumulate_maml, fast_step
 from zskt.methods.image_bank import ImageBank, to_uint8
 from zskt.methods.inversion import crop_flip_params, resized_crop_params, student_step
 from zskt.models import build_model
-from zskt.models.dfkd_generator import DFKDGenerator
+from zskt.models.cmi_generator import CMIGenerator
 
 MEAN, STD = (0.3,), (0.3,)
 
@@ -160,7 +160,7 @@ def test_cmi_step_equals_reference():
     teacher, student = _teacher_student(1)
     cfg = CMIConfig(teacher="t.pt")
     torch.manual_seed(4)
-    gen = DFKDGenerator(nz=8, ngf=4, img_size=16, nc=1).double().train()
+    gen = CMIGenerator(nz=8, ngf=4, img_size=16, nc=1).double().train()
     head = ProjectionHead(sum(m.num_features for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)),
                           16).double()
     z0 = torch.randn(4, 8, dtype=torch.float64)
@@ -199,7 +199,7 @@ def test_fast_round_equals_reference():
     teacher, student = _teacher_student(2)
     cfg = FastConfig(teacher="t.pt", g_steps=2)
     torch.manual_seed(5)
-    meta = DFKDGenerator(nz=8, ngf=4, img_size=16, nc=1).double().train()
+    meta = CMIGenerator(nz=8, ngf=4, img_size=16, nc=1).double().train()
     meta_ref, meta_init = copy.deepcopy(meta), copy.deepcopy(meta)
     z0 = torch.randn(4, 8, dtype=torch.float64)
     targets = torch.tensor([3, 0, 9, 2])

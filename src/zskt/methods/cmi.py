@@ -42,7 +42,7 @@ from zskt.methods.inversion import (
     run_inversion,
     standardize,
 )
-from zskt.models.dfkd_generator import DFKDGenerator, reset_dfkd_generator
+from zskt.models.cmi_generator import CMIGenerator, reset_cmi_generator
 from zskt.runlog import RunLog
 from zskt.runtime import Precision
 
@@ -196,7 +196,7 @@ class CMISynthesizer:
         self.teacher, self.student, self.cfg, self.shape = teacher, student, cfg, shape
         self.device, self.precision = device, precision
         self.hooks = BNStatistics(teacher, keep_instance_mean=True)
-        self.generator = DFKDGenerator(cfg.z_dim, cfg.generator_width, shape["size"], shape["channels"])
+        self.generator = CMIGenerator(cfg.z_dim, cfg.generator_width, shape["size"], shape["channels"])
         self.generator = self.generator.to(device).train()
         feature_dim = sum(h.module.num_features for h in self.hooks.hooks)
         self.head = ProjectionHead(feature_dim, cfg.head_dim).to(device).train()
@@ -209,7 +209,7 @@ class CMISynthesizer:
         n = cfg.value("synthesis_batch_size")
         z = torch.randn(n, cfg.z_dim).to(self.device).requires_grad_()
         targets = torch.randint(0, shape["num_classes"], (n,)).sort().values.to(self.device)
-        reset_dfkd_generator(self.generator)
+        reset_cmi_generator(self.generator)
         opt = torch.optim.Adam([{"params": self.generator.parameters()}, {"params": [z]}], lr=cfg.generator_lr,
                                betas=(0.5, 0.999))
         best = best_features = None

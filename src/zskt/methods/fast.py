@@ -32,7 +32,7 @@ from zskt.data.loader import pad_crop_flip
 from zskt.losses import agreement_adversarial_loss
 from zskt.methods.bn_hooks import BNStatistics
 from zskt.methods.inversion import InversionConfig, crop_flip_params, crop_padding, run_inversion, standardize
-from zskt.models.dfkd_generator import DFKDGenerator, reset_first_layers
+from zskt.models.cmi_generator import CMIGenerator, reset_first_layers
 from zskt.runlog import RunLog
 from zskt.runtime import Precision
 
@@ -141,7 +141,7 @@ class FastSynthesizer:
         self.teacher, self.student, self.cfg, self.shape = teacher, student, cfg, shape
         self.device, self.precision = device, precision
         self.hooks = BNStatistics(teacher, momentum=cfg.bn_momentum)
-        self.generator = DFKDGenerator(cfg.z_dim, cfg.generator_width, shape["size"], shape["channels"])
+        self.generator = CMIGenerator(cfg.z_dim, cfg.generator_width, shape["size"], shape["channels"])
         self.generator = self.generator.to(device).train()
         self.meta_opt = torch.optim.Adam(self.generator.parameters(), lr=cfg.generator_lr * cfg.value("g_steps"),
                                          betas=(0.5, 0.999))

@@ -6,7 +6,7 @@
                  up x2, conv3x3(2ngf -> ngf, no bias), BN, LeakyReLU(0.2), conv3x3(ngf -> nc), Sigmoid
 
 The module names (`l1.0`, `conv_blocks.N`) are the reference's, so its state_dicts load. CMI re-initialises it
-before every synthesised batch (`reset_dfkd_generator`); Fast meta-learns its initialisation.
+before every synthesised batch (`reset_cmi_generator`); Fast meta-learns its initialisation.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 
-class DFKDGenerator(nn.Module):
+class CMIGenerator(nn.Module):
     def __init__(self, nz: int = 256, ngf: int = 64, img_size: int = 32, nc: int = 3):
         super().__init__()
         if img_size % 4:
@@ -43,7 +43,7 @@ class DFKDGenerator(nn.Module):
         out = self.l1(z).view(z.shape[0], -1, self.init_size, self.init_size)
         return self.conv_blocks(out)
 
-    def clone(self) -> DFKDGenerator:
+    def clone(self) -> CMIGenerator:
         """An independent copy (weights, buffers, device, mode): Fast's per-batch fast generator."""
         return copy.deepcopy(self)
 
@@ -52,7 +52,7 @@ class DFKDGenerator(nn.Module):
 
 
 @torch.no_grad()
-def reset_dfkd_generator(model: nn.Module, generator: torch.Generator | None = None) -> None:
+def reset_cmi_generator(model: nn.Module, generator: torch.Generator | None = None) -> None:
     """CMI's `reset_model`: every Linear/Conv weight ~ N(0, 0.02) with zero bias, every BN scale ~ N(1, 0.02)
     with zero shift (running statistics are left as they are; the generator always runs in train mode)."""
     for m in model.modules():
@@ -66,7 +66,7 @@ def reset_dfkd_generator(model: nn.Module, generator: torch.Generator | None = N
 
 
 @torch.no_grad()
-def reset_first_layers(model: DFKDGenerator, generator: torch.Generator | None = None) -> None:
+def reset_first_layers(model: CMIGenerator, generator: torch.Generator | None = None) -> None:
     """Fast's `reset_l0` (the fixed form `n == "l1.0" or n == "conv_blocks.0"`): the Linear and the first BN
     get weights ~ N(0, 0.02) and zero bias."""
     for m in (model.l1[0], model.conv_blocks[0]):
