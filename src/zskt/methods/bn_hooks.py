@@ -1,26 +1,84 @@
-"""Batch-norm statistic matching through forward hooks on a frozen teacher's BN layers (DeepInversion, CMI, Fast,
-DFQ): each hook sees the input of one `BatchNorm2d` on every forward and keeps the `bn_statistic_loss` of that
-batch against the layer's running statistics, and, where asked, the per-sample channel means CMI uses as
-features. The teacher must keep its BN layers (`Scaffold.frozen_module(teacher, fold_bn=False)`) and run in eval
-mode, so its running statistics stay fixed.
-
-Fast's `bn_mmt` blends the batch statistics with a running average of earlier synthesis batches' statistics
-before comparing (zju-vipa Fast-Datafree `datafree/hooks.py`, `DeepInversionHook(module, mmt_rate)`): the loss
-is ‖σ²_run − ((1−m)·σ²_batch + m·σ²_mmt)‖ + ‖μ_run − ((1−m)·μ_batch + m·μ_mmt)‖ once a previous batch exists,
-and `update_momentum()` (called once per synthesised batch) folds the last forward's statistics into the average.
-"""
+"""Forward hooks on a frozen teacher's BatchNorm layers for the methods that match batch statistics (DFQ,
+DeepInversion, CMI, Fast): each BN layer compares the mean and variance of its input on the pseudo batch with
+its running statistics (`zskt.losses.bn_statistic_loss`). The teacher must keep its BN layers: build it with
+`Scaffold.frozen_module(teacher, fold_bn=False)`, not as a folded copy."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from zskt.losses import at_least_f32, batch_statistics, bn_statistic_loss
+from zskt.errors import ZsktError
+from zskt.losses import _wide, batch_statistics, bn_statistic_loss
 
 
 class BNStatisticHook:
-    """A forward hook on one BatchNorm2d: after each forward, `loss` is that forward's BN-statistic loss and
-    `instance_mean` (with `keep_instance_mean`) the (B, C) spatial mean of the layer's input."""
+    """Hooks on every `nn.BatchNorm2d` of `model`. Inside `with hook.recording():` each forward pass of the
+    model appends one term per BN layer; `hook.loss()` is their sum Σ_l (‖μ_l − μ_BN,l‖₂ + ‖σ²_l − σ²_BN,l‖₂),
+    the DataFree code's `sum(h.r_feature for h in hooks)`. Outside `recording` the hooks return at once: the
+    teacher's other forward passes (the student's targets) compute no statistics, which the reference's
+    always-on hooks do for nothing.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        if not self.layers:
+            raise ZsktError(f"the teacher ({type(model).__name__}) has no BatchNorm2d layers, so it has no "
+                            "batch statistics to match; use one with batch norms or set the BN weight to 0")
+        for layer in self.layers:
+            if layer.running_mean is None or layer.running_var is None:
+                raise ZsktError("a teacher BatchNorm2d layer keeps no running statistics "
+                                "(track_running_stats=False); its statistics cannot be matched")
+        self.active = False
+        self.terms: list[torch.Tensor] = []
+        self._handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
+
+    def _hook(self, module: nn.BatchNorm2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if not self.active:
+            return
+        x = inputs[0]
+        # Batch mean and biased variance per channel, in float32 at least (bf16 activations under autocast).
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        self.terms.append(bn_statistic_loss(mean, var, module.running_mean, module.running_var))
+
+    @contextmanager
+    def recording(self) -> Iterator[BNStatisticHook]:
+        """Record the terms of the forward passes inside the block (earlier terms are dropped)."""
+        self.terms, self.active = [], True
+        try:
+            yield self
+        finally:
+            self.active = False
+
+    def loss(self) -> torch.Tensor:
+        """Σ over the BN layers of the recorded forward pass(es); () tensor."""
+        if not self.terms:
+            raise RuntimeError("no BN statistics recorded: run the model's forward inside `recording()`")
+        return torch.stack(self.terms).sum()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+# ------------------------------------------------------------------------------------- the inversion family
+# DeepInversion, CMI and Fast need two things more than `BNStatisticHook` gives: Fast's `bn_mmt`, which blends
+# the batch statistics with a running average of earlier synthesis batches' statistics before comparing (zju-vipa
+# Fast-Datafree `datafree/hooks.py`, `DeepInversionHook(module, mmt_rate)`): the loss is
+# ‖σ²_run − ((1−m)·σ²_batch + m·σ²_mmt)‖ + ‖μ_run − ((1−m)·μ_batch + m·μ_mmt)‖ once a previous batch exists, and
+# `update_momentum()` (once per synthesised batch) folds the last forward's statistics into the average; and CMI's
+# features, the per-sample spatial means of every BN layer's input (`InstanceMeanHook`). `BNStatistics` keeps
+# the last forward's term per layer (no recording block), and is checkpointable (the momentum average is state).
+
+
+class _LayerHook:
+    """A forward hook on one BatchNorm2d (for `BNStatistics`): after each forward, `loss` is that forward's
+    BN-statistic loss and `instance_mean` (with `keep_instance_mean`) the (B, C) spatial mean of the layer's
+    input."""
 
     def __init__(self, module: nn.BatchNorm2d, momentum: float = 0.0, keep_instance_mean: bool = False):
         if module.running_mean is None or module.running_var is None:
@@ -41,7 +99,7 @@ class BNStatisticHook:
             return
         x = inputs[0]
         if self.keep_instance_mean:
-            self.instance_mean = at_least_f32(x).mean(dim=(2, 3))
+            self.instance_mean = _wide(x).mean(dim=(2, 3))
         if not self.compute_loss:
             return
         mean, var = batch_statistics(x)
@@ -73,7 +131,7 @@ class BNStatistics:
     statistics are state)."""
 
     def __init__(self, model: nn.Module, momentum: float = 0.0, keep_instance_mean: bool = False):
-        self.hooks = [BNStatisticHook(m, momentum, keep_instance_mean)
+        self.hooks = [_LayerHook(m, momentum, keep_instance_mean)
                       for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
         if not self.hooks:
             raise ValueError("the network has no BatchNorm2d layer to match statistics of (a folded frozen copy?)")

@@ -25,7 +25,7 @@ from zskt.data import DATASETS, get_info, load_dataset
 from zskt.data.loader import normalize, pad_crop_flip
 from zskt.distributed import world
 from zskt.errors import ZsktError
-from zskt.losses import kd_loss
+from zskt.losses import kd_kl_loss
 from zskt.methods.image_bank import ImageBank, to_uint8
 from zskt.methods.scaffold import Scaffold
 from zskt.models import MODELS, build_model, check_image_size, load_model_for, save_model
@@ -190,7 +190,7 @@ def student_step(student: torch.nn.Module, teacher: torch.nn.Module, opt: torch.
         teacher_logits, _ = teacher(x)
     with precision.autocast():
         student_logits, _ = student(x)
-    loss = kd_loss(student_logits, teacher_logits, temperature)
+    loss = kd_kl_loss(student_logits, teacher_logits, temperature)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
