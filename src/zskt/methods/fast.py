@@ -41,8 +41,8 @@ PRESETS = {
     "cifar10": {"iterations": 220, "batch_size": 256, "synthesis_batch_size": 256, "kd_steps": 400,
                 "g_steps": 10, "warmup": 20, "bank_size": 56_320, "eval_every": 1},
     # Ours, for the 2-core CPU (docs/data_free.md, measured).
-    "digits": {"iterations": 40, "batch_size": 64, "synthesis_batch_size": 64, "kd_steps": 30,
-               "g_steps": 5, "warmup": 4, "bank_size": 2560, "eval_every": 6},
+    "digits": {"iterations": 30, "batch_size": 64, "synthesis_batch_size": 64, "kd_steps": 30,
+               "g_steps": 5, "warmup": 4, "bank_size": 1920, "eval_every": 5},
 }
 
 
