@@ -51,8 +51,8 @@ PRESETS = {
     "cifar10": {"iterations": 200, "batch_size": 256, "synthesis_batch_size": 256, "kd_steps": 400,
                 "g_steps": 200, "warmup": 0, "bank_size": 51_200, "eval_every": 1},
     # Ours, for the 2-core CPU (docs/data_free.md, measured).
-    "digits": {"iterations": 30, "batch_size": 64, "synthesis_batch_size": 64, "kd_steps": 30,
-               "g_steps": 40, "warmup": 0, "bank_size": 1920, "eval_every": 5},
+    "digits": {"iterations": 15, "batch_size": 64, "synthesis_batch_size": 64, "kd_steps": 30,
+               "g_steps": 20, "warmup": 0, "bank_size": 960, "eval_every": 5},
 }
 
 
