@@ -3,9 +3,9 @@
 docs/data_free.md.
 
 Each round re-initialises the generator (weights ~ N(0, 0.02), BN scales ~ N(1, 0.02)) and draws latent codes
-z ~ N(0, I) and random classes y (sorted); generator and z take `g_steps` Adam steps (lr 1e-3, betas 0.5, 0.999)
-on x = G(z) ∈ [0, 1] with two views of it, a global one (pad-4 random crop and flip) and a local one (random
-resized crop of 25-100 % of the area, and flip), both normalised:
+z ~ N(0, I) and random classes y (sorted); generator and z take `g_steps` Adam steps (lr 1e-3, betas 0.5,
+0.999) on x = G(z) ∈ [0, 1] with two views of it, a global one (pad-4 random crop and flip) and a local one
+(random resized crop of 25-100 % of the area, and flip), both normalised:
 
     bn · Σ_l BN-statistic loss of the teacher on the global view
   + oh · CE(T(global), y)
@@ -16,8 +16,9 @@ The contrastive loss: each sample's feature is the concatenation of the spatial 
 teacher's BN layers (for the global view and, in a second teacher forward, for the local view); an MLP head
 (Linear, ReLU, Linear to `head_dim`, L2-normalised, Adam at lr_g, trained all run) projects them; the local
 projections of the current batch and of `n_neg` feature pairs drawn from a memory bank of earlier rounds' best
-batches are classified against the (detached) global projections with temperature cr_T (losses.contrastive_loss).
-The lowest-loss batch of the round joins the image bank and its features the memory bank.
+batches are classified against the (detached) global projections with temperature cr_T
+(losses.contrastive_loss). The lowest-loss batch of the round joins the image bank and its features the
+memory bank.
 """
 
 from __future__ import annotations
@@ -95,8 +96,8 @@ class ProjectionHead(nn.Module):
 
 class FeatureBank:
     """CMI's `MemoryBank`: a ring of `capacity` feature rows (local and global features side by side), filled
-    with the best batch of each round; `sample(k)` draws k distinct filled rows uniformly. Rows are allocated as
-    they fill (the reference fills unused rows with noise that is never read)."""
+    with the best batch of each round; `sample(k)` draws k distinct filled rows uniformly. Rows are allocated
+    as they fill (the reference fills unused rows with noise that is never read)."""
 
     def __init__(self, capacity: int, device: torch.device):
         self.capacity, self.device = capacity, device

@@ -1,9 +1,9 @@
-"""DeepInversion with its adaptive competition term, ADI (Yin et al., CVPR 2020), as the zju-vipa CMI code runs
-it in its data-free benchmark (`datafree/synthesis/deepinversion.py`, `datafree_kd.py --method deepinv`,
+"""DeepInversion with its adaptive competition term, ADI (Yin et al., CVPR 2020), as the zju-vipa CMI code
+runs it in its data-free benchmark (`datafree/synthesis/deepinversion.py`, `datafree_kd.py --method deepinv`,
 `scripts/deepinv_cifar10.sh`); docs/data_free.md.
 
-Each round optimises a batch of images directly, starting from N(0, 1) noise in normalised space, for `g_steps`
-Adam steps (lr 0.1, betas (0.5, 0.99)) on
+Each round optimises a batch of images directly, starting from N(0, 1) noise in normalised space, for
+`g_steps` Adam steps (lr 0.1, betas (0.5, 0.99)) on
 
     bn · Σ_l ‖σ²_l − σ̂²_l‖ + ‖μ_l − μ̂_l‖      (teacher BN statistics, forward hooks)
   + oh · CE(T(x̃), y)                          (y: random classes, sorted)
@@ -12,8 +12,8 @@ Adam steps (lr 0.1, betas (0.5, 0.99)) on
 
 where x̃ is x rolled by a random offset of up to 1/8 of the side in each direction and flipped with
 probability ½ (the whole batch alike), and after each step x is clipped to the pixel range [0, 1] in
-normalised units. The batch with the lowest loss seen goes to the image bank; the student distils from the bank
-(methods/inversion.py).
+normalised units. The batch with the lowest loss seen goes to the image bank; the student distils from the
+bank (methods/inversion.py).
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ def deepinversion_step(x: torch.Tensor, opt: torch.optim.Optimizer, teacher: tor
                        student: torch.nn.Module, hooks: BNStatistics, targets: torch.Tensor,
                        shift: tuple[int, int], flip: bool, cfg: DeepInversionConfig, low: torch.Tensor,
                        high: torch.Tensor, precision: Precision | None = None) -> dict[str, torch.Tensor]:
-    """One inversion iteration on the leaf images `x` (normalised units): the loss at x, its gradient to x only
-    (not to either network's weights), the Adam step, the clip to [low, high]. Returns the loss terms at x
+    """One inversion iteration on the leaf images `x` (normalised units): the loss at x, its gradient to x
+    only (not to either network's weights), the Adam step, the clip to [low, high]. Returns the loss terms at x
     (detached); "loss" is the total the best batch is chosen by."""
     precision = precision or Precision("fp32", "cpu", False)
     x_aug = precision.layout(jitter_and_flip(x, shift, flip))

@@ -1,21 +1,23 @@
 """Fast data-free distillation (Fang et al., AAAI 2022) in its meta-learned form, `fast_meta` (zju-vipa
-Fast-Datafree `datafree/synthesis/fast_meta.py`, `datafree_kd.py --method fast_meta`, `scripts/fast_cifar.sh`);
-docs/data_free.md.
+Fast-Datafree `datafree/synthesis/fast_meta.py`, `datafree_kd.py --method fast_meta`,
+`scripts/fast_cifar.sh`); docs/data_free.md.
 
-A meta generator holds an initialisation that a few synthesis steps turn into a useful batch. Each round a copy
-of it (the "fast" generator) and fresh latent codes z ~ N(0, I) take `g_steps` Adam steps (betas 0.5, 0.999;
-generator lr_g, codes lr_z) on x = G(z) ∈ [0, 1], seen through a pad-4 random crop and flip, normalised:
+A meta generator holds an initialisation that a few synthesis steps turn into a useful batch. Each round a
+copy of it (the "fast" generator) and fresh latent codes z ~ N(0, I) take `g_steps` Adam steps (betas 0.5,
+0.999; generator lr_g, codes lr_z) on x = G(z) ∈ [0, 1], seen through a pad-4 random crop and flip,
+normalised:
 
     bn · Σ_l BN-statistic loss of the teacher, with the batch statistics blended with a running average of
          earlier rounds' (momentum bn_mmt, bn_hooks.py)
   + oh · CE(T(x̃), y)      (y: random classes)
-  + adv · (−mean of KL(T ‖ S) on samples where T and S agree)   (from round `warmup` on; the student in eval mode)
+  + adv · (−mean of KL(T ‖ S) on samples where T and S agree)
+        (from round `warmup` on; the student in eval mode)
 
 Meta update (`is_maml`, the scripts' choice): first-order MAML, the sum of the fast generator's gradients over
 the g_steps iterations applied to the meta generator by Adam at lr_g·g_steps; or Reptile: the meta generator
 moves by Adam along 67·(meta − fast). The lowest-loss batch of the round joins the image bank; the student
-distils from the bank after `warmup` rounds. At round warmup + 60 % of the trained rounds, the meta generator's
-first Linear and first BN are re-initialised (`reset_l0`).
+distils from the bank after `warmup` rounds. At round warmup + 60 % of the trained rounds, the meta
+generator's first Linear and first BN are re-initialised (`reset_l0`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from zskt.runlog import RunLog
 from zskt.runtime import Precision
 
 PRESETS = {
-    # scripts/fast_cifar.sh, WRN-40-2 teacher lines: batch 256, 220 epochs (20 warm-up) of 400 KD steps, Fast-10.
+    # scripts/fast_cifar.sh, WRN-40-2 teacher lines: batch 256, 220 epochs (20 warm-up) of 400 KD steps,
+    # Fast-10.
     "cifar10": {"iterations": 220, "batch_size": 256, "synthesis_batch_size": 256, "kd_steps": 400,
                 "g_steps": 10, "warmup": 20, "bank_size": 56_320, "eval_every": 1},
     # Ours, for the 2-core CPU (docs/data_free.md, measured).
@@ -81,8 +84,8 @@ class FastConfig(InversionConfig):
 
     @property
     def reset_round(self) -> int:
-        """0-based round before whose synthesis the first layers are re-initialised (reference: synthesize call
-        120 + warmup, i.e. round 119 + warmup, of 200 trained epochs)."""
+        """0-based round before whose synthesis the first layers are re-initialised (reference: synthesize
+        call 120 + warmup, i.e. round 119 + warmup, of 200 trained epochs)."""
         warmup = self.value("warmup")
         return warmup + round(0.6 * (self.rounds - warmup)) - 1
 

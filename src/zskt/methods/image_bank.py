@@ -4,8 +4,8 @@ The reference code (zju-vipa CMI and Fast-Datafree, `datafree/utils` `ImagePool`
 image as its own PNG, never drops any, and rebuilds a DataLoader over the whole folder after each synthesised
 batch. Here:
 
-- **Compact**: images are kept as uint8 after denormalisation (the same quantisation the PNGs had), in memory on
-  the run's device and on disk as one `.npy` shard per synthesised batch under `<run>/bank/`, (N, C, H, W).
+- **Compact**: images are kept as uint8 after denormalisation (the same quantisation the PNGs had), in memory
+  on the run's device and on disk as one `.npy` shard per synthesised batch under `<run>/bank/`, (N, C, H, W).
 - **Bounded**: at most `capacity` images are kept; when a batch would exceed it, the **oldest** images are
   dropped (first in, first out; a ring buffer in memory). A shard file is deleted once none of its images is
   kept, so the disk holds at most `capacity` images plus one partly dropped shard. FIFO rather than reservoir:
@@ -13,8 +13,9 @@ batch. Here:
   whole run) keeps everything, which is the reference's behaviour.
 - **Counted**: `synthesized` (all images ever added) and `kept`; both go to metrics rows and result.json.
 - **Resumable**: `state_dict()` lists the shards kept and the sampler's position; `load_state_dict` rebuilds
-  the ring from the shard files and deletes shards written after the checkpoint, so a resumed run sees the same
-  images in the same order. Files of dropped shards are deleted when the next checkpoint's state is taken.
+  the ring from the shard files and deletes shards written after the checkpoint, so a resumed run sees the
+  same images in the same order. Files of dropped shards are deleted when the next checkpoint's state is
+  taken.
 - **Sampling** as the reference's `DataLoader(shuffle=True, drop_last=False)` re-created after each added
   batch: a fresh permutation of the kept images, taken `batch_size` at a time (the last batch of a pass may be
   smaller), a new permutation when a pass ends, and a new pass after every `add`.

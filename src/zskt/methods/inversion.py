@@ -1,6 +1,6 @@
 """What DeepInversion, CMI and Fast share (docs/data_free.md): the config fields and presets of the zju-vipa
-`datafree_kd.py` driver, the differentiable augmentations of their synthesisers, the student's distillation step
-on banked images, and the loop that alternates them on the run scaffold.
+`datafree_kd.py` driver, the differentiable augmentations of their synthesisers, the student's distillation
+step on banked images, and the loop that alternates them on the run scaffold.
 
 One scaffold step is one of the reference's "epochs" with `ep_steps == kd_steps` (every benchmark script): one
 synthesised batch added to the image bank, then `kd_steps` student steps on batches drawn from the bank, then
