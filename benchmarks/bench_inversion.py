@@ -42,6 +42,7 @@ from zskt.methods.inversion import crop_flip_params, resized_crop_params, studen
 from zskt.models import build_model
 from zskt.models.cmi_generator import CMIGenerator
 from zskt.models.frozen import frozen_copy
+from zskt.runtime import resolve_precision  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 # Synthesis iterations per batch: DeepInv-2k and CMI-500 of the published table, and the scripts' values.
@@ -80,31 +81,43 @@ def main() -> None:
     device = torch.device(args.device)
     n = args.batch
     teacher, student = networks(args.teacher, args.student, device)
-    teacher_ref = copy.deepcopy(teacher).requires_grad_(True)  # the reference: weights keep requires_grad
-    teacher_ours = teacher.requires_grad_(False)
+
+    def copies():
+        """A fresh (reference, zskt) pair of teacher copies, so each method's hooks see only its own forwards;
+        the reference's weights keep requires_grad, as in its code."""
+        return (copy.deepcopy(teacher).requires_grad_(True),
+                precision.prepare(copy.deepcopy(teacher)).requires_grad_(False))
+
     student.eval()
+    # zskt's side as the command runs it: float32 with its layout policy (channels_last on this CPU).
+    precision = resolve_precision("fp32", device)
+    student_ours = precision.prepare(copy.deepcopy(student)).eval()
     targets = torch.randint(0, 10, (n,), device=device)
     cases = {}
 
     # DeepInversion: one iteration on pixels.
     di = DeepInversionConfig(teacher="t")
+    teacher_ref_di, teacher_ours_di = copies()
     low = (-torch.tensor(MEAN) / torch.tensor(STD)).view(1, 3, 1, 1).to(device)
     high = ((1 - torch.tensor(MEAN)) / torch.tensor(STD)).view(1, 3, 1, 1).to(device)
     x_ours = torch.randn(n, 3, 32, 32, device=device).requires_grad_()
     x_ref = x_ours.detach().clone().requires_grad_()
     opt_ours = torch.optim.Adam([x_ours], lr=di.generator_lr, betas=(0.5, 0.99))
     opt_ref = torch.optim.Adam([x_ref], lr=di.generator_lr, betas=(0.5, 0.99))
-    hooks_ours, hooks_ref = BNStatistics(teacher_ours), ref_hooks(teacher_ref)
+    hooks_ours_di, hooks_ref_di = BNStatistics(teacher_ours_di), ref_hooks(teacher_ref_di)
     weights = {"bn": di.bn, "oh": di.oh, "adv": di.adv, "tv": di.tv, "l2": di.l2}
     cases["deepinversion reference"] = timed(device, lambda: ref_deepinversion_iteration(
-        x_ref, opt_ref, teacher_ref, student, hooks_ref, targets, (1, -2), True, weights, MEAN, STD), args.iterations)
+        x_ref, opt_ref, teacher_ref_di, student, hooks_ref_di, targets, (1, -2), True, weights, MEAN, STD), args.iterations)
     cases["deepinversion zskt"] = timed(device, lambda: deepinversion_step(
-        x_ours, opt_ours, teacher_ours, student, hooks_ours, targets, (1, -2), True, di, low, high), args.iterations)
+        x_ours, opt_ours, teacher_ours_di, student_ours, hooks_ours_di, targets, (1, -2), True, di, low, high,
+        precision), args.iterations)
 
     # CMI: one iteration of generator, z and head, with 4096 cached feature pairs as the reference draws.
     cmi = CMIConfig(teacher="t")
-    hooks_cmi = BNStatistics(teacher_ours, keep_instance_mean=True)
-    cmi_hooks_ref = ref_hooks(teacher_ref, RefInstanceMeanHook)
+    teacher_ref_cmi, teacher_ours_cmi = copies()
+    hooks_ref_cmi = ref_hooks(teacher_ref_cmi)
+    hooks_cmi = BNStatistics(teacher_ours_cmi, keep_instance_mean=True)
+    cmi_hooks_ref = ref_hooks(teacher_ref_cmi, RefInstanceMeanHook)
     dim = sum(h.module.num_features for h in hooks_cmi.hooks)
     cached = torch.randn(4096, 2 * dim, device=device)
     g = torch.Generator().manual_seed(0)
@@ -118,21 +131,23 @@ def main() -> None:
         return gen, head, z, opt, torch.optim.Adam(head.parameters(), lr=1e-3)
 
     g1, h1, z1, o1, oh1 = cmi_parts()
+    g1.fuse_upsample = False  # the reference's generator runs its layers as written
     g2, h2, z2, o2, oh2 = cmi_parts()
     w_cmi = {"bn": cmi.bn, "oh": cmi.oh, "adv": cmi.adv, "cr": cmi.cr, "cr_T": cmi.cr_temperature}
     cases["cmi reference"] = timed(device, lambda: ref_cmi_iteration(
-        g1, z1, o1, h1, oh1, teacher_ref, student, hooks_ref, cmi_hooks_ref, targets, cached, global_aug, local_aug,
+        g1, z1, o1, h1, oh1, teacher_ref_cmi, student, hooks_ref_cmi, cmi_hooks_ref, targets, cached, global_aug, local_aug,
         w_cmi, MEAN, STD, 4, n), args.iterations)
     cases["cmi zskt"] = timed(device, lambda: cmi_step(
-        g2, z2, o2, h2, oh2, teacher_ours, student, hooks_cmi, targets, cached, global_aug, local_aug, cmi, MEAN,
-        STD, 4), args.iterations)
-    hooks_cmi.remove()
+        g2, z2, o2, h2, oh2, teacher_ours_cmi, student_ours, hooks_cmi, targets, cached, global_aug, local_aug, cmi,
+        MEAN, STD, 4, precision), args.iterations)
 
     # Fast: one iteration of the fast generator plus the meta-gradient accumulation (the round's meta step is
     # one Adam step on a 2.3M-parameter generator, included in the reference's last iteration only).
     fast = FastConfig(teacher="t")
-    hooks_fast, hooks_fast_ref = BNStatistics(teacher_ours, momentum=0.9), ref_hooks(teacher_ref, mmt_rate=0.9)
+    teacher_ref_fast, teacher_ours_fast = copies()
+    hooks_fast, hooks_fast_ref = BNStatistics(teacher_ours_fast, momentum=0.9), ref_hooks(teacher_ref_fast, mmt_rate=0.9)
     meta1, meta2 = CMIGenerator().to(device).train(), CMIGenerator().to(device).train()
+    meta1.fuse_upsample = False
     f1, f2 = meta1.clone(), meta2.clone()
     zf1, zf2 = torch.randn(n, 256, device=device).requires_grad_(), torch.randn(n, 256, device=device).requires_grad_()
     of1 = torch.optim.Adam([{"params": f1.parameters()}, {"params": [zf1], "lr": 0.01}], lr=2e-3, betas=(0.5, 0.999))
@@ -141,27 +156,26 @@ def main() -> None:
     w_fast = {"bn": fast.bn, "oh": fast.oh, "adv": fast.adv}
     aug = crop_flip_params(n, 4, g)
     cases["fast reference"] = timed(device, lambda: ref_fast_round(
-        meta1, mo1, f1, zf1, of1, teacher_ref, student, hooks_fast_ref, targets, [aug], w_fast, MEAN, STD, 4),
+        meta1, mo1, f1, zf1, of1, teacher_ref_fast, student, hooks_fast_ref, targets, [aug], w_fast, MEAN, STD, 4),
         args.iterations)
 
     def ours_fast():
-        fast_step(f2, zf2, of2, teacher_ours, student, hooks_fast, targets, aug, fast, MEAN, STD, 4, True)
+        fast_step(f2, zf2, of2, teacher_ours_fast, student_ours, hooks_fast, targets, aug, fast, MEAN, STD, 4, True,
+                  precision)
         accumulate_maml(meta2, f2)
     cases["fast zskt"] = timed(device, ours_fast, args.iterations)
 
     # The student step: a batch from the bank, T = 20 KD; the reference distils from the unfolded teacher.
-    for h in hooks_ref + cmi_hooks_ref + hooks_fast_ref:
-        h.remove()
-    hooks_ours.remove()
-    hooks_fast.remove()
-    folded = frozen_copy(teacher_ours)
-    s1, s2 = copy.deepcopy(student).train(), copy.deepcopy(student).train()
+    teacher_ref_kd, teacher_ours_kd = copies()
+    folded = frozen_copy(teacher_ours_kd)
+    s1, s2 = copy.deepcopy(student).train(), precision.prepare(copy.deepcopy(student)).train()
     sgd1 = torch.optim.SGD(s1.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     sgd2 = torch.optim.SGD(s2.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     images = torch.randn(n, 3, 32, 32, device=device)
-    cases["student step reference"] = timed(device, lambda: ref_student_step(s1, teacher_ref, sgd1, images, 20.0),
+    cases["student step reference"] = timed(device, lambda: ref_student_step(s1, teacher_ref_kd, sgd1, images, 20.0),
                                             args.iterations)
-    cases["student step zskt"] = timed(device, lambda: student_step(s2, folded, sgd2, images, 20.0),
+    images_ours = precision.layout(images)
+    cases["student step zskt"] = timed(device, lambda: student_step(s2, folded, sgd2, images_ours, 20.0, precision),
                                        args.iterations)
 
     times = common.interleaved(cases, args.repeats)

@@ -169,6 +169,7 @@ def test_cmi_step_equals_reference():
     g = torch.Generator().manual_seed(0)
     global_aug, local_aug = crop_flip_params(4, 2, g), resized_crop_params(4, 16, generator=g)
     gen_ref, head_ref = copy.deepcopy(gen), copy.deepcopy(head)
+    gen_ref.fuse_upsample = False  # the reference's layers as written: nn.Upsample, then the 3x3 conv
 
     z = z0.clone().requires_grad_()
     opt = torch.optim.Adam([{"params": gen.parameters()}, {"params": [z]}], lr=cfg.generator_lr, betas=(0.5, 0.999))
@@ -201,6 +202,7 @@ def test_fast_round_equals_reference():
     torch.manual_seed(5)
     meta = CMIGenerator(nz=8, ngf=4, img_size=16, nc=1).double().train()
     meta_ref, meta_init = copy.deepcopy(meta), copy.deepcopy(meta)
+    meta_ref.fuse_upsample = False  # the reference's layers as written (its clones inherit this)
     z0 = torch.randn(4, 8, dtype=torch.float64)
     targets = torch.tensor([3, 0, 9, 2])
     g = torch.Generator().manual_seed(1)
