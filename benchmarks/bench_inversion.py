@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,18 +167,47 @@ def main() -> None:
         accumulate_maml(meta2, f2)
     cases["fast zskt"] = timed(device, ours_fast, args.iterations)
 
-    # The student step: a batch from the bank, T = 20 KD; the reference distils from the unfolded teacher.
+    # The student step, from the stored images to the SGD step. The reference keeps each synthesised image as a
+    # PNG and reads a batch through a DataLoader (PIL decode, RandomCrop(32, 4), RandomHorizontalFlip, ToTensor,
+    # Normalize; here in the main process, as its workers would on these 2 cores) and distils from the unfolded
+    # teacher; zskt samples the uint8 bank on the device, crops/flips/normalises the batch at once and distils
+    # from the BN-folded teacher.
+    from PIL import Image
+
+    from zskt.methods.image_bank import ImageBank
+    from zskt.methods.inversion import student_images
+
     teacher_ref_kd, teacher_ours_kd = copies()
     folded = frozen_copy(teacher_ours_kd)
     s1, s2 = copy.deepcopy(student).train(), precision.prepare(copy.deepcopy(student)).train()
     sgd1 = torch.optim.SGD(s1.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     sgd2 = torch.optim.SGD(s2.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    images = torch.randn(n, 3, 32, 32, device=device)
-    cases["student step reference"] = timed(device, lambda: ref_student_step(s1, teacher_ref_kd, sgd1, images, 20.0),
-                                            args.iterations)
-    images_ours = precision.layout(images)
-    cases["student step zskt"] = timed(device, lambda: student_step(s2, folded, sgd2, images_ours, 20.0, precision),
-                                       args.iterations)
+    stored = torch.randint(0, 256, (4 * n, 3, 32, 32), dtype=torch.uint8)
+    png_dir = Path(tempfile.mkdtemp(prefix="bench_inversion_"))
+    for i, image in enumerate(stored):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(png_dir / f"{i}.png")
+    files = sorted(png_dir.glob("*.png"))
+    mean_t, std_t = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
+
+    def reference_batch():
+        batch = []
+        for k in torch.randperm(len(files))[:n].tolist():
+            img = torch.from_numpy(np.asarray(Image.open(files[k]).convert("RGB"))).permute(2, 0, 1).float() / 255
+            padded = torch.nn.functional.pad(img, (4, 4, 4, 4))
+            r, c = torch.randint(0, 9, (2,)).tolist()
+            img = padded[:, r:r + 32, c:c + 32]
+            if torch.rand(()) < 0.5:
+                img = img.flip(2)
+            batch.append((img - mean_t) / std_t)
+        return torch.stack(batch).to(device)
+
+    bank = ImageBank(len(stored), device=device)
+    bank.add(stored.to(device))
+    cases["student step reference"] = timed(device, lambda: ref_student_step(
+        s1, teacher_ref_kd, sgd1, reference_batch(), 20.0), args.iterations)
+    cases["student step zskt"] = timed(device, lambda: student_step(
+        s2, folded, sgd2, precision.layout(student_images(bank, n, True, MEAN, STD)), 20.0, precision),
+        args.iterations)
 
     times = common.interleaved(cases, args.repeats)
     info = common.machine(device)
@@ -191,6 +222,14 @@ def main() -> None:
         ref, ours = medians[f"{what} reference"], medians[f"{what} zskt"]
         print(f"| {what} | {common.spread(times[f'{what} reference'])} | {common.spread(times[f'{what} zskt'])} | "
               f"{ref / ours:.2f}x |")
+    print()
+    print("| method, scripts' round (iterations + 400 student steps) | reference s | zskt s | speed-up |")
+    print("|---|---|---|---|")
+    for what, counts in PER_BATCH.items():
+        k = counts[1]
+        ref = medians[f"{what} reference"] * k + 400 * medians["student step reference"]
+        ours = medians[f"{what} zskt"] * k + 400 * medians["student step zskt"]
+        print(f"| {what}, {k} + 400 | {ref:.0f} | {ours:.0f} | {ref / ours:.2f}x |")
     print()
     print("| method | synthesis iterations per batch | zskt s per batch | vs DeepInversion-2k |")
     print("|---|---|---|---|")
