@@ -70,7 +70,7 @@ class FastConfig(InversionConfig):
                                                      "MAML; reptile)")
     reptile_scale: float = field(67.0, "Reptile gradient factor (the reference's hard-coded 67)")
     reset_first_layers: bool = field(True, "re-initialise the meta generator's first Linear and BN once, after "
-                                           "60 %% of the trained rounds (--reset_l0 1)")
+                                           "60 % of the trained rounds (--reset_l0 1)")
     z_dim: int = field(256, "generator latent size (datafree_kd.py: nz 256)")
     generator_width: int = field(64, "generator base width ngf (datafree_kd.py: 64)")
 

@@ -26,9 +26,10 @@ from zskt.data.loader import normalize, pad_crop_flip
 from zskt.distributed import world
 from zskt.errors import ZsktError
 from zskt.losses import kd_kl_loss
+from zskt.methods.common import build_student, check_network_spec, load_teacher
 from zskt.methods.image_bank import ImageBank, to_uint8
 from zskt.methods.scaffold import Scaffold
-from zskt.models import MODELS, build_model, check_image_size, load_model_for, save_model
+from zskt.models import save_model
 from zskt.runlog import RunLog
 from zskt.runtime import PRECISIONS, Precision, seed_everything
 
@@ -80,7 +81,7 @@ class InversionConfig:
 
     def __post_init__(self):
         check(self.dataset in DATASETS, f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        check(self.student.lower() in MODELS, f"unknown student {self.student!r}; choose one of {', '.join(MODELS)}")
+        check_network_spec(self.student, "--student")
         for name in PRESET_FIELDS:
             value = getattr(self, name)
             low = 0 if name == "warmup" else 1
@@ -218,15 +219,13 @@ def run_inversion(cfg: InversionConfig, log: RunLog, name: str,
     if world()[1] > 1:
         raise ZsktError(f"{name} runs in one process; start it without torchrun")
     info = get_info(cfg.dataset)
-    teacher = load_model_for(cfg.teacher, role="--teacher", dataset=cfg.dataset, num_classes=info.num_classes,
-                             in_channels=info.in_channels, image_size=None)
-    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
+    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size,
+                        splits=("test",))  # never the training images
     test, mean, std = data.test, data.mean, data.std
-    del data
     size = int(test.images.shape[-1])
-    check_image_size(teacher, "--teacher", cfg.teacher, size)
+    teacher = load_teacher(cfg, info, size)
     seed_everything(cfg.seed)
-    student = build_model(cfg.student, info.num_classes, info.in_channels)
+    student = build_student(cfg, info, size)
     shape = {"channels": info.in_channels, "size": size, "num_classes": info.num_classes, "mean": mean, "std": std,
              "augment": info.augment}
     return inversion_loop(cfg, log, name, teacher, student, test, shape, make_synthesizer)
@@ -265,10 +264,11 @@ def inversion_loop(cfg: InversionConfig, log: RunLog, name: str, teacher: torch.
             schedule.step()
     bank.state_dict()  # deletes the files of dropped shards, writes bank/index.json
     if log.enabled and images is not None:
-        from zskt.methods.zero_shot import save_pseudo_grid
-        save_pseudo_grid(images, (0.0,) * images.shape[1], (1.0,) * images.shape[1], log.out / "synthetic.png")
+        from zskt.images import save_image_grid
+
+        save_image_grid(images, (0.0,) * images.shape[1], (1.0,) * images.shape[1], log.out / "synthetic.png")
     if log.enabled:
-        save_model(student, log.out / "model.pt", dataset=cfg.dataset, image_size=shape["size"],
+        save_model(student, log.out / "model.pt", spec=cfg.student, dataset=cfg.dataset, image_size=shape["size"],
                    test_accuracy=run.accuracy, command=log.command, teacher=cfg.teacher)
-    return run.finish(method=name, **bank.counts(), teacher=cfg.teacher, student=cfg.student.lower(),
+    return run.finish(method=name, **bank.counts(), teacher=cfg.teacher, student=cfg.student,
                       dataset=cfg.dataset, seed=cfg.seed, iterations=rounds)
