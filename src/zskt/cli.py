@@ -7,6 +7,7 @@ and turns any user-fixable problem into a one-line `zskt: error: ...` with exit 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -36,8 +37,10 @@ class Command:
 def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *, description: str = "",
                        required: tuple[str, ...] = (), aliases: dict | None = None,
                        prepare: Callable | None = None, out_required: bool = True) -> Command:
-    """A training command: config options + `--out/--resume/--overwrite/--quiet`, run folder, result line.
-    `out_required=False` leaves checking `--out` to the caller (a command that can also just print)."""
+    """A training command: config options + `--out/--resume/--overwrite/--quiet` (and `--allow-config-change`,
+    `--trust-checkpoint`, `--threads`), run folder, result line. `out_required=False` leaves checking `--out`
+    to the caller (a command that can also just print). The run folder's lock is released however the run
+    ends; a run that fails before its first checkpoint puts back the run an `--overwrite` set aside."""
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         run_opts = parser.add_argument_group("run folder")
@@ -47,13 +50,24 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
                               help="continue the unfinished run in --out from its last checkpoint")
         run_opts.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out")
         run_opts.add_argument("--quiet", action="store_true", help="print nothing but errors and the result line")
+        run_opts.add_argument("--allow-config-change", type=_names, default=(), metavar="NAME,...",
+                              help="with --resume: continue from the checkpoint with these options changed "
+                              "(e.g. lr after a divergence); the change is recorded in config.json")
+        run_opts.add_argument("--trust-checkpoint", action="store_true",
+                              help="read checkpoint files that need a full unpickle (which can run any "
+                              "code); only for files whose origin you trust")
+        add_threads_argument(run_opts)
         add_config_arguments(parser, config_cls, required=required, aliases=aliases)
 
     def main(args: argparse.Namespace) -> int:
         from zskt.distributed import RunContext
+        from zskt.models.checkpoints import trusting_checkpoints
         from zskt.runlog import RunLog
         from zskt.runtime import environment, resolve_device
 
+        set_threads(args.threads)
+        if args.allow_config_change and not args.resume:
+            raise ZsktError("--allow-config-change applies to --resume only; add --resume or drop it")
         cfg = config_from_args(config_cls, args)
         if prepare is not None:
             prepare(cfg)
@@ -64,9 +78,12 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
             log, error = None, None
             try:
                 log = RunLog(args.out, command=name, config=to_dict(cfg), environment=environment(device),
-                             resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, enabled=ctx.is_main)
+                             resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+                             enabled=ctx.is_main, allow_change=args.allow_config_change)
             except ZsktError as e:
                 error = str(e)
+            except OSError as e:  # e.g. an --out that cannot be created: one line, on every rank
+                error = describe_os_error(e)
             if ctx.distributed:
                 from zskt.distributed import broadcast_object
 
@@ -75,7 +92,15 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
                     raise PeerError(error)
             if error:
                 raise ZsktError(error)
-            result = run(cfg, log)
+            try:
+                with trusting_checkpoints(args.trust_checkpoint):
+                    result = run(cfg, log)
+            except BaseException:
+                log.close(failed=True)
+                if log.restored:  # cli.main adds this to its one line
+                    args._restored = str(log.out)
+                raise
+            log.close()
         if ctx.is_main:
             shown = ", ".join(f"{k} {result[k]:.2f}" + ("%" if "accuracy" in k else "")
                               for k in ("test_accuracy", "mte") if isinstance(result.get(k), float))
@@ -83,6 +108,53 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
         return 0
 
     return Command(name, help, add_arguments, main, description or help)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """`lr,student_lr` -> the config field names (dashes as underscores)."""
+    return tuple(n.strip().replace("-", "_") for n in text.split(",") if n.strip())
+
+
+def add_threads_argument(parser) -> None:
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for PyTorch (default: one per core, fixed for the run, "
+                        "recorded in environment.json; the thread count can change a CPU run's rounding)")
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply `--threads`: a fixed count, whatever the machine's load (docs/decisions.md)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ZsktError(f"--threads {threads}: expected a positive number of threads")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+_OS_FIXES = {
+    errno.EACCES: "permission denied; check its permissions or choose another path",
+    errno.EPERM: "operation not permitted; check its permissions or choose another path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+    errno.ENOENT: "no such file or folder (or it cannot be created there); check the path",
+    errno.ENOSPC: "no space left on the device; free some space and rerun (an unfinished run keeps its last "
+    "checkpoint: add --resume)",
+    errno.EDQUOT: "disk quota exceeded; free some space and rerun (an unfinished run keeps its last "
+    "checkpoint: add --resume)",
+    errno.EROFS: "read-only file system; choose a path on a writable one",
+    errno.EISDIR: "it is a folder, a file was expected; check the path",
+    errno.EEXIST: "it already exists; choose another path",
+    errno.ENAMETOOLONG: "the name is too long; choose a shorter path",
+    errno.EMFILE: "too many open files; raise the limit (ulimit -n) and rerun",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """An OSError as the one line the CLI prints: the path, what went wrong, and the fix."""
+    path = e.filename if e.filename is not None else None
+    reason = _OS_FIXES.get(e.errno) or f"{(e.strerror or str(e)).lower()}; check the path and rerun"
+    where = f"{path}" + (f" -> {e.filename2}" if e.filename2 is not None else "") if path is not None else ""
+    return f"{where}: {reason}" if where else reason
 
 
 # Subcommands in the order `zskt --help` lists them: name -> module that defines `COMMAND`.
@@ -136,14 +208,29 @@ def main(argv: list[str] | None = None) -> int:
         return args._command.main(args) or 0
     except PeerError:
         return 2
-    except ZsktError as e:
+    except (ZsktError, OSError, MemoryError) as e:
+        # Expected failures, one line each: the user's mistake (ZsktError), the file system's refusal
+        # (OSError: permission, not a folder, no space, read-only), host memory running out.
+        if isinstance(e, ZsktError):
+            message = str(e)
+        elif isinstance(e, OSError):
+            message = describe_os_error(e)
+        else:
+            message = "out of host memory; lower --batch-size or --eval-batch-size, or free memory, and rerun"
+        restored = getattr(args, "_restored", None)
+        if restored:
+            message += f"; the run that --overwrite replaced in {restored} was put back intact"
         rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
         where = f" (rank {rank})" if rank not in (None, "0") else ""
-        print(f"zskt {args.command}: error{where}: {e}", file=sys.stderr, flush=True)
+        print(f"zskt {args.command}: error{where}: {message}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
-        hint = "; continue with the same command and --resume" if out else ""
+        restored = getattr(args, "_restored", None)
+        if restored:
+            hint = f"; the run that --overwrite replaced in {restored} was put back intact"
+        else:
+            hint = "; continue with the same command and --resume" if out else ""
         print(f"zskt {args.command}: interrupted{hint}", file=sys.stderr, flush=True)
         return 130
 
