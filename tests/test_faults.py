@@ -33,7 +33,7 @@ from zskt.runlog import RunLog, aside_path, held_by, is_finished, lock_path
 
 SRC = str(Path(zskt.__file__).resolve().parents[1])
 ENV = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-# A train run of a few seconds: 3 epochs of WRN-16-1 on 20 digits per class, a checkpoint after epochs 1 and 2.
+# A train run of seconds: 3 epochs of WRN-16-1 on 20 digits per class, a checkpoint after epochs 1 and 2.
 TINY = ["train", "--dataset", "digits", "--model", "wrn-16-1", "--images-per-class", "20", "--epochs", "3",
         "--eval-every", "1", "--batch-size", "32", "--device", "cpu", "--quiet"]
 
@@ -105,7 +105,7 @@ def test_overwrite_commits_at_the_first_checkpoint_and_rolls_back_before(tmp_pat
     assert json.loads((out / "config.json").read_text())["lr"] == 0.2
 
 
-def test_overwrite_killed_before_its_first_checkpoint_is_rolled_back_by_the_next_start(finished_run, tmp_path):
+def test_overwrite_killed_before_its_first_checkpoint_is_undone_at_the_next_start(finished_run, tmp_path):
     out = copy_of(finished_run, tmp_path)
     before = files(out)
     # A process that starts an overwrite and dies (SIGKILL) before the new run's first checkpoint.
@@ -136,7 +136,8 @@ HOLD = textwrap.dedent("""
 
 
 def hold_lock(out: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], env=ENV, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], env=ENV, stdout=subprocess.PIPE,
+                            text=True)
     assert proc.stdout.readline().strip() == "holding"
     return proc
 
@@ -296,7 +297,8 @@ def test_the_cli_refuses_an_untrusted_teacher_in_one_line(tmp_path):
     marker = tmp_path / "the-pickle-ran"
     path = malicious_file(tmp_path / "teacher.pt", marker, WideResNet(16, 1, num_classes=10).state_dict())
     failed = zskt_cli("kd-at", "--dataset", "digits", "--teacher", str(path), "--student", "wrn-16-1",
-                      "--images-per-class", "2", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "kd"))
+                      "--images-per-class", "2", "--epochs", "1", "--device", "cpu",
+                      "--out", str(tmp_path / "kd"))
     assert failed.returncode == 2 and "--trust-checkpoint" in one_line(failed.stderr)
     assert not marker.exists()
 
@@ -372,7 +374,8 @@ def test_kill_during_a_run_then_resume_gives_the_uninterrupted_result(tmp_path):
     proc.wait()
     if is_finished(out):
         pytest.skip("the run finished before it could be killed")
-    resumed = zskt_cli(*TINY, "--out", str(out), "--resume" if (out / "checkpoint.pt").is_file() else "--overwrite")
+    how = "--resume" if (out / "checkpoint.pt").is_file() else "--overwrite"
+    resumed = zskt_cli(*TINY, "--out", str(out), how)
     assert resumed.returncode == 0, resumed.stderr
     a = json.loads((tmp_path / "straight" / "result.json").read_text())["test_accuracy"]
     b = json.loads((out / "result.json").read_text())["test_accuracy"]
