@@ -71,6 +71,10 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
         cfg = config_from_args(config_cls, args)
         if prepare is not None:
             prepare(cfg)
+        if getattr(cfg, "sync_bn", False) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from zskt.distributed import check_sync_batchnorm
+
+            check_sync_batchnorm(True, resolve_device(cfg.device))  # every rank, before any collective
         with RunContext(cfg.device) as ctx:
             device = ctx.device or resolve_device(cfg.device)
             # Under torchrun only rank 0 checks and writes the run folder; its verdict reaches every rank, so a
