@@ -165,9 +165,9 @@ def _train_seconds(run: Run, info, costs: UnitCosts) -> float:
 
 
 def _zero_shot_seconds(run: Run, info, costs: UnitCosts) -> float:
-    from zskt.methods.zero_shot import ITERATIONS
+    from zskt.data import preset
 
-    iterations = run.options.get("iterations") or ITERATIONS[info.name]
+    iterations = run.options.get("iterations") or preset(info.name, "zero-shot", "iterations", "--iterations")
     evaluations = min(iterations, 100)  # every iterations/100 pseudo batches (the command's default)
     student = run.options.get("student", "wrn-16-1")
     return iterations * costs.zero_shot_per_batch + evaluations * info.n_test * costs.per_image(student) / 3
@@ -263,6 +263,12 @@ class ThreadPolicy:
         threads = 1 if others is not None and others > 0.3 else self.default
         torch.set_num_threads(threads)
         return f" [1 thread: other processes use {others:.1f} cores]" if threads < self.default else ""
+
+
+def _build_report(out: Path) -> Path:
+    from zskt.reports import report
+
+    return report(out)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -370,6 +376,7 @@ def main(args: argparse.Namespace) -> int:
         outcome, report_path = reproduce(experiment, spec, out, list_only=args.list_only,
                                          executor=EXECUTORS[args.executor], common=common, echo=args.verbose,
                                          printer=printer, estimate=lambda run: estimate_seconds(run, costs),
+                                         report=_build_report,
                                          before_run=threads if args.executor == "inprocess" else None)
     except KeyboardInterrupt:
         print(f"zskt demo: interrupted; run the same command again to continue ({out})", file=sys.stderr,

@@ -8,30 +8,27 @@ same subsets, same student initialisation, same schedule, same data order, only 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from zskt.config import check, field
-from zskt.data import DATASETS, ImageData
+from zskt.data import ImageData, get_info, preset
 from zskt.errors import ZsktError
-from zskt.evaluate import evaluate_accuracy
 from zskt.losses import kd_at_loss
 from zskt.methods.schedule import Schedule, milestones_at
-from zskt.methods.train import SupervisedRecipe, choose_subset, fit_supervised, load_data, schedule_record
+from zskt.methods.train import (
+    SupervisedRecipe,
+    choose_subset,
+    fit_supervised,
+    load_data,
+    schedule_record,
+    supervised_scaffold,
+)
 from zskt.models import MODELS, build_model, load_model_for, save_model
-from zskt.models.frozen import frozen_copy
 from zskt.runlog import RunLog
-from zskt.runtime import resolve_device, resolve_precision, seed_everything
-
-# Attention weight per layer (SPEC §4): FSKT's AT_beta = 1000, rescaled by 3/len(acts), is 1000 on each of
-# the three layers at the paper's 32x32 images. The attention term is a mean over the H·W positions of unit-norm
-# maps, so at equal β it grows as 1/(H·W): the preset rescales β by (side/32)² to keep the paper's balance of
-# terms. That is the paper's 1000 for CIFAR-10, SVHN and Fashion-MNIST (32x32 after padding), and 250 for the
-# 16x16 digits, where it was also the best of β = 0 ... 1000 measured at M = 5 over 3 seeds (89.2 % against
-# 77.3 % at β = 1000 and 70.1 % without a teacher; docs/kd_at.md).
-PAPER_BETA = 1000.0
+from zskt.runtime import seed_everything
 
 
 @dataclass(frozen=True)
@@ -39,15 +36,16 @@ class KDATConfig(SupervisedRecipe):
     """A student distilled with KD+AT on M images per class (the authors' FSKT scripts' values, SPEC §4); with
     `init` a zero-shot student fine-tuned the same way. The SGD recipe and schedule fields are `train`'s."""
 
-    images_per_class: int = field(-1, "M (required): train on M images per class, chosen per seed (SPEC §4); "
+    images_per_class: int = field(-1, "M (required): train on M images per class, chosen per seed (docs/kd_at.md); "
                                       "-1 = the full train split")
     teacher: str = field("", "teacher checkpoint (required): a model.pt from `zskt train`, an authors' "
                              "last.pth.tar or a Ferles *-dict.pth")
     student: str = field("wrn-16-1", "student network: wrn-16-1, wrn-16-2, wrn-40-1 or wrn-40-2 (paper: wrn-16-1)")
     alpha: float = field(0.9, "α: loss = (1 - α)·CE + 2·α·T²·KL + β·Σ attention (FSKT scripts: 0.9)")
     temperature: float = field(4.0, "T, softmax temperature of the KD term (FSKT scripts: 4)")
-    beta: float | None = field(None, "attention weight per layer, 3 layers; 0 = KD only; default: FSKT's 1000 "
-                                     "rescaled by (image side/32)²: 1000 at 32x32, 250 for 16x16 digits")
+    beta: float | None = field(None, "attention weight per layer, 3 layers; 0 = KD only; default: the data set's "
+                                     "preset, FSKT's 1000 rescaled by (image side/32)²: 1000 at 32x32, 250 for 16x16 "
+                                     "digits (docs/kd_at.md)")
     kl_reduction: str = field("mean", "KL reduction: mean (authors' code: ÷ B·C) or batchmean (÷ B)")
     kd_factor: float = field(2.0, "the KL weight's leading factor (FSKT keeps the older AT code's 2: 2·α·T² = "
                                   "28.8; the current AT code uses 1 with batchmean)")
@@ -74,8 +72,8 @@ class KDATConfig(SupervisedRecipe):
         """β per layer: `beta`, or the preset 1000·(side/32)² for this data set's image side."""
         if self.beta is not None:
             return self.beta
-        side = self.image_size or DATASETS[self.dataset].image_size
-        return PAPER_BETA * (side / 32) ** 2
+        record_side = get_info(self.dataset).image_size
+        return preset(self.dataset, "kd-at", "beta", "--beta") * ((self.image_size or record_side) / record_side) ** 2
 
     def schedule(self, n_train: int, num_classes: int = 10) -> Schedule:
         """The authors' KD+AT schedule (SPEC §4); with `init` and `finetune_epochs`, that many epochs of the same
@@ -85,6 +83,13 @@ class KDATConfig(SupervisedRecipe):
             return full
         return Schedule(epochs=self.finetune_epochs, milestones=milestones_at(self.finetune_epochs),
                         batches_per_epoch=full.batches_per_epoch)
+
+
+def check_files(cfg: KDATConfig) -> None:
+    """Fail before the run folder is made when a named file is not there."""
+    for role, path in (("teacher", cfg.teacher), ("init", cfg.init)):
+        if path and not Path(path).is_file():
+            raise ZsktError(f"--{role} {path} not found; expected a model file (e.g. a run folder's model.pt)")
 
 
 def load_network(path: str, role: str, data: ImageData, dataset: str, device: torch.device,
@@ -119,42 +124,37 @@ def kd_at(cfg: KDATConfig, log: RunLog, data: ImageData | None = None) -> dict:
         raise ZsktError("no teacher given; pass --teacher PATH (a model.pt from `zskt train` or an authors' file)")
     data = data or load_data(cfg)
     info = data.info
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
     schedule = cfg.schedule(len(data.train.labels), info.num_classes)
+    run = supervised_scaffold(cfg, log, schedule, f"kd-at {cfg.dataset}")
     beta = cfg.attention_beta
 
-    # Frozen, in eval mode, batch norms folded: the same function, less memory traffic (models/frozen.py).
-    teacher = frozen_copy(precision.prepare(load_network(cfg.teacher, "teacher", data, cfg.dataset, device)))
+    teacher = run.frozen_module(load_network(cfg.teacher, "teacher", data, cfg.dataset, run.device))
     teacher_name = teacher.arch()["name"] or "teacher"
     what = f"{cfg.student} from {cfg.init}" if cfg.init else cfg.student
     images = "all" if cfg.images_per_class < 0 else f"M = {cfg.images_per_class}"
     log.print(f"kd-at {teacher_name} -> {what} on {info.title}, {images}, seed {cfg.seed}: α {cfg.alpha}, "
-              f"T {cfg.temperature}, β {beta:g}/layer; {device}, {precision.name}")
+              f"T {cfg.temperature}, β {beta:g}/layer; {run.device}, {run.precision.name}")
     log.print(f"schedule: {schedule.describe()}")
     log.record_resolved(schedule=schedule_record(schedule), beta=beta)
 
     # The same order of seeded steps as `train`, so the no-teacher baseline of a seed starts from the same student.
     seed_everything(cfg.seed)
     indices = choose_subset(cfg, data, log)
-    student = build_model(cfg.student, info.num_classes, info.in_channels).to(device)
-    test = data.test.to(device)
-    extra = {"teacher_test_accuracy": evaluate_accuracy(teacher, test, data.mean, data.std, precision=precision)}
+    student = build_model(cfg.student, info.num_classes, info.in_channels)
+    run.evaluate_on(teacher, data.test, data.mean, data.std)
+    extra = {"teacher_test_accuracy": run.evaluate(teacher)}
     if cfg.init:
-        student = load_network(cfg.init, "init", data, cfg.dataset, device, arch=cfg.student)
-        extra["init_test_accuracy"] = evaluate_accuracy(student, test, data.mean, data.std, precision=precision)
+        student = load_network(cfg.init, "init", data, cfg.dataset, run.device, arch=cfg.student)
+        extra["init_test_accuracy"] = run.evaluate(student)
     log.print(f"teacher test accuracy {extra['teacher_test_accuracy']:.2f}%" + (
         f", student before fine-tuning {extra['init_test_accuracy']:.2f}%" if cfg.init else ""))
-    student = precision.prepare(student)
 
-    t0 = time.perf_counter()
-    result = fit_supervised(student, data, cfg, log, loss_fn=kd_at_loss_fn(teacher, cfg), precision=precision,
-                            schedule=schedule, indices=indices, extra_result=extra)
-    result["train_seconds"] = time.perf_counter() - t0
+    student = fit_supervised(run, student, data, cfg, loss_fn=kd_at_loss_fn(teacher, cfg), schedule=schedule,
+                             indices=indices)
     if log.enabled:
-        save_model(student, log.out / "model.pt", dataset=cfg.dataset, test_accuracy=result["test_accuracy"],
+        save_model(student, log.out / "model.pt", dataset=cfg.dataset, test_accuracy=run.accuracy,
                    command=log.command, image_size=int(data.train.images.shape[-1]))
-    return log.finish({**result, **precision.describe(), "model": cfg.student, "student": cfg.student,
-                       "teacher": cfg.teacher, "init": cfg.init, "dataset": cfg.dataset, "seed": cfg.seed,
-                       "images_per_class": cfg.images_per_class, "alpha": cfg.alpha,
-                       "temperature": cfg.temperature, "beta": beta, "lr": cfg.lr})
+    return run.finish(epochs=schedule.epochs, iterations=schedule.iterations, **extra, model=cfg.student,
+                      student=cfg.student, teacher=cfg.teacher, init=cfg.init, dataset=cfg.dataset, seed=cfg.seed,
+                      images_per_class=cfg.images_per_class, alpha=cfg.alpha, temperature=cfg.temperature,
+                      beta=beta, lr=cfg.lr)
