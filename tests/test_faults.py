@@ -335,6 +335,48 @@ def test_a_changed_config_is_refused_on_resume_unless_named(tmp_path, monkeypatc
     assert is_finished(out)
 
 
+@pytest.mark.parametrize("schedule", ["multistep", "lambda"])
+def test_a_changed_learning_rate_continues_as_if_started_with_it(tmp_path, schedule):
+    def make(lr):
+        w = torch.nn.Parameter(torch.ones(3))
+        opt = torch.optim.SGD([w], lr=lr, momentum=0.9)
+        sched = (torch.optim.lr_scheduler.MultiStepLR(opt, [2, 4], 0.2) if schedule == "multistep"
+                 else torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 / (1 + step)))
+        return w, opt, sched
+
+    def steps(w, opt, sched, n):
+        for _ in range(n):
+            opt.zero_grad()
+            w.square().sum().backward()
+            opt.step()
+            sched.step()
+
+    out = tmp_path / "run"
+    log = RunLog(out, command="x", config={"lr": 0.1}, quiet=True)
+    w, opt, sched = make(0.1)
+    steps(w, opt, sched, 3)
+    log.save_checkpoint({"step": 3, "opt": opt.state_dict(), "sched": sched.state_dict()})
+    log.close()
+    log = RunLog(out, command="x", config={"lr": 0.05}, resume=True, allow_change=("lr",), quiet=True)
+    state = log.load_checkpoint()
+    w2, opt2, sched2 = make(0.05)
+    opt2.load_state_dict(state["opt"])
+    sched2.load_state_dict(state["sched"])
+    assert opt2.param_groups[0]["lr"] != pytest.approx(_lr_at(0.05, schedule, 3))  # restored: the old rate
+    assert log.apply_lr_change("lr", opt2, sched2)
+    assert opt2.param_groups[0]["lr"] == pytest.approx(_lr_at(0.05, schedule, 3))
+    lrs = []
+    for _ in range(3):
+        steps(w2, opt2, sched2, 1)
+        lrs.append(opt2.param_groups[0]["lr"])
+    assert lrs == pytest.approx([_lr_at(0.05, schedule, k) for k in (4, 5, 6)])
+    assert not log.apply_lr_change("momentum", opt2)
+
+
+def _lr_at(lr: float, schedule: str, step: int) -> float:
+    return lr * 0.2 ** sum(step >= m for m in (2, 4)) if schedule == "multistep" else lr / (1 + step)
+
+
 def test_allow_config_change_needs_resume_and_real_option_names(tmp_path, capsys):
     assert main([*TINY, "--out", str(tmp_path / "a"), "--allow-config-change", "lr"]) == 2
     assert "--resume" in one_line(capsys.readouterr().err)

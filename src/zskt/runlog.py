@@ -61,14 +61,14 @@ def read_json(path: Path) -> dict:
 
 def aside_path(out: Path) -> Path:
     """Where `--overwrite` keeps the run it replaces until the new run's checkpoint (`.NAME.previous`)."""
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # "run/", "./run" and "." name the folder itself
     return out.parent / f".{out.name}.previous"
 
 
 def lock_path(out: Path) -> Path:
     """The lock file of run folder `out`: `.NAME.lock` beside it, so that setting the folder aside (an
     overwrite) or deleting it never drops the lock of the process writing it."""
-    out = Path(out)
+    out = Path(os.path.abspath(out))
     return out.parent / f".{out.name}.lock"
 
 
@@ -125,6 +125,10 @@ class RunLog:
         has_checkpoint = (self.out / CHECKPOINT).is_file()
         if overwrite:
             if self.out.is_dir() and any(self.out.iterdir()):
+                here = Path.cwd().resolve()
+                if self.out.resolve() in (here, *here.parents):
+                    raise ZsktError(f"--overwrite {self.out} would replace the folder this command runs in; "
+                                    "run it from another folder")
                 # Set the old run aside in one rename (same parent, so the same file system): it comes back
                 # intact if the new run fails before its first checkpoint.
                 self._aside = aside_path(self.out)
@@ -188,6 +192,28 @@ class RunLog:
         if self.resolved:
             record[RESOLVED] = self.resolved
         return record
+
+    def apply_lr_change(self, name: str, optimizer: Any, *schedules: Any) -> bool:
+        """After `optimizer` and its `schedules` were restored from the checkpoint: when config field `name`
+        (a learning rate) was changed on this resume (`--allow-config-change`), scale the restored learning
+        rates and the schedules' base rates by new/old, so the run continues exactly as if it had been
+        started with the new rate (every schedule here is a factor of its base rate). True if it did."""
+        if name not in self.config_changes:
+            return False
+        old, new = self.config_changes[name]
+        if not (isinstance(old, (int, float)) and isinstance(new, (int, float)) and old > 0):
+            raise ZsktError(f"--allow-config-change {name}: cannot rescale a learning rate of {old!r} to "
+                            f"{new!r}")
+        factor = new / old
+        for group in optimizer.param_groups:
+            group["lr"] *= factor
+            if "initial_lr" in group:
+                group["initial_lr"] *= factor
+        for schedule in schedules:
+            schedule.base_lrs = [lr * factor for lr in schedule.base_lrs]
+            if hasattr(schedule, "_last_lr"):
+                schedule._last_lr = [group["lr"] for group in optimizer.param_groups]
+        return True
 
     def record_resolved(self, **values: Any) -> None:
         """Add derived values (e.g. `schedule={...}`) to config.json under "resolved", after the config."""
