@@ -335,6 +335,17 @@ def test_a_changed_config_is_refused_on_resume_unless_named(tmp_path, monkeypatc
     assert is_finished(out)
 
 
+def test_a_run_started_again_without_a_checkpoint_does_not_double_its_metrics(tmp_path):
+    out = tmp_path / "run"
+    RunLog(out, command="x", config={}, quiet=True).metrics({"step": 1, "loss": 1.0})  # then killed
+    for resume in (True, False):
+        log = RunLog(out, command="x", config={}, resume=resume, quiet=True)
+        assert log.load_checkpoint() is None
+        log.metrics({"step": 1, "loss": 0.5})
+        log.close()
+        assert [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0.5]
+
+
 @pytest.mark.parametrize("schedule", ["multistep", "lambda"])
 def test_a_changed_learning_rate_continues_as_if_started_with_it(tmp_path, schedule):
     def make(lr):

@@ -138,6 +138,9 @@ class RunLog:
         elif has_checkpoint:
             raise ZsktError(f"{self.out} holds an unfinished run; pass --resume to continue it, "
                             "or --overwrite to start again")
+        if not (resume and has_checkpoint):
+            # A run killed before its first checkpoint starts again from step 0: its rows would be doubled.
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out / "config.json", self._config_record())
