@@ -7,7 +7,6 @@ and turns any user-fixable problem into a one-line `zskt: error: ...` with exit 
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import os
 import sys
@@ -15,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from zskt.config import add_config_arguments, config_from_args, to_dict
-from zskt.errors import PeerError, ZsktError
+from zskt.errors import PeerError, ZsktError, describe_os_error
 
 
 class Parser(argparse.ArgumentParser):
@@ -134,31 +133,6 @@ def set_threads(threads: int | None) -> None:
     import torch
 
     torch.set_num_threads(threads)
-
-
-_OS_FIXES = {
-    errno.EACCES: "permission denied; check its permissions or choose another path",
-    errno.EPERM: "operation not permitted; check its permissions or choose another path",
-    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
-    errno.ENOENT: "no such file or folder (or it cannot be created there); check the path",
-    errno.ENOSPC: "no space left on the device; free some space and rerun (an unfinished run keeps its last "
-    "checkpoint: add --resume)",
-    errno.EDQUOT: "disk quota exceeded; free some space and rerun (an unfinished run keeps its last "
-    "checkpoint: add --resume)",
-    errno.EROFS: "read-only file system; choose a path on a writable one",
-    errno.EISDIR: "it is a folder, a file was expected; check the path",
-    errno.EEXIST: "it already exists; choose another path",
-    errno.ENAMETOOLONG: "the name is too long; choose a shorter path",
-    errno.EMFILE: "too many open files; raise the limit (ulimit -n) and rerun",
-}
-
-
-def describe_os_error(e: OSError) -> str:
-    """An OSError as the one line the CLI prints: the path, what went wrong, and the fix."""
-    path = e.filename if e.filename is not None else None
-    reason = _OS_FIXES.get(e.errno) or f"{(e.strerror or str(e)).lower()}; check the path and rerun"
-    where = f"{path}" + (f" -> {e.filename2}" if e.filename2 is not None else "") if path is not None else ""
-    return f"{where}: {reason}" if where else reason
 
 
 # The subcommands that are not training methods: name -> module that defines `COMMAND`. The training methods'

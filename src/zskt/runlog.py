@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from zskt.errors import ZsktError
+from zskt.errors import ZsktError, describe_os_error
 from zskt.io import atomic_torch_save, atomic_write_json, atomic_write_text
 
 RESULT = "result.json"
@@ -105,7 +105,10 @@ class RunLog:
                             f"choose among {', '.join(sorted(config))}")
         if self.out.exists() and not self.out.is_dir():
             raise ZsktError(f"--out {self.out} exists and is not a folder; choose another --out")
-        self._lock = RunLock(self.out, command)
+        try:
+            self._lock = RunLock(self.out, command)
+        except OSError as e:  # e.g. under /proc, or under a regular file
+            raise ZsktError(f"--out {self.out} cannot be made: {describe_os_error(e)}") from None
         if self._lock.stale:
             held = self._lock.stale
             self.print(f"{self.out}: took over the lock of process {held.get('pid', '?')} on "
