@@ -23,6 +23,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -403,7 +404,7 @@ class RunLock:
         for _ in range(5):  # retry when the file was replaced between our open and our lock
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _flock_waiting_for_exit(fd, fcntl.LOCK_EX)
             except BlockingIOError:
                 holder = _read_lock(fd)
                 os.close(fd)
@@ -466,7 +467,7 @@ def held_by(out: str | Path) -> dict | None:
         return None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            _flock_waiting_for_exit(fd, fcntl.LOCK_SH)
         except BlockingIOError:
             return _read_lock(fd) or {"pid": "?"}
         except OSError:
@@ -476,6 +477,47 @@ def held_by(out: str | Path) -> dict | None:
         return None
     finally:
         os.close(fd)
+
+
+EXIT_GRACE = 30.0  # seconds to wait for a killed holder to finish exiting (its memory is freed first)
+
+
+def _flock_waiting_for_exit(fd: int, kind: int) -> None:
+    """`flock(kind | LOCK_NB)`; while the holder (on this host) is a process that is exiting, e.g. killed
+    with SIGKILL a moment ago and still freeing its memory before the kernel closes its files, retry until it
+    is gone (at most EXIT_GRACE seconds). Raises BlockingIOError when a live process holds the lock."""
+    import fcntl
+
+    deadline = time.monotonic() + EXIT_GRACE
+    while True:
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            holder = _read_lock(fd)
+            if time.monotonic() > deadline or not _exiting(holder):
+                raise
+            time.sleep(0.05)
+
+
+def _exiting(holder: dict) -> bool:
+    """Whether the lock's recorded process, on this host, is gone, a zombie, or has SIGKILL pending."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        status = Path(f"/proc/{holder['pid']}/status").read_text()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if fields.get("State", "").strip()[:1] in ("Z", "X"):
+        return True
+    sigkill = 1 << (signal.SIGKILL - 1)
+    try:
+        return any(int(fields.get(key, "0").strip(), 16) & sigkill for key in ("SigPnd", "ShdPnd"))
+    except ValueError:
+        return False
 
 
 def _write_lock(fd: int, info: dict) -> None:
