@@ -7,13 +7,14 @@ and turns any user-fixable problem into a one-line `zskt: error: ...` with exit 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from zskt.config import add_config_arguments, config_from_args, to_dict
+from zskt.config import add_config_arguments, config_from_args, option_name, replay_values, to_dict
 from zskt.errors import PeerError, ZsktError, describe_os_error
 
 
@@ -36,10 +37,12 @@ class Command:
 def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *, description: str = "",
                        required: tuple[str, ...] = (), aliases: dict | None = None,
                        prepare: Callable | None = None, out_required: bool = True) -> Command:
-    """A training command: config options + `--out/--resume/--overwrite/--quiet` (and `--allow-config-change`,
-    `--trust-checkpoint`, `--threads`), run folder, result line. `out_required=False` leaves checking `--out`
-    to the caller (a command that can also just print). The run folder's lock is released however the run
-    ends; a run that fails before its first checkpoint puts back the run an `--overwrite` set aside."""
+    """A training command: config options + `--out/--resume/--overwrite/--quiet/--config/--tensorboard` (and
+    `--allow-config-change`, `--trust-checkpoint`, `--threads`), run folder, result line. `out_required=False`
+    leaves checking `--out` to the caller (a command that can also just print). The `required` config fields
+    are checked after parsing (`command_config`), so that `--config RUN/config.json` can supply them. The run
+    folder's lock is released however the run ends; a run that fails before its first checkpoint puts back
+    the run an `--overwrite` set aside."""
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         run_opts = parser.add_argument_group("run folder")
@@ -49,25 +52,32 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
                               help="continue the unfinished run in --out from its last checkpoint")
         run_opts.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out")
         run_opts.add_argument("--quiet", action="store_true", help="print nothing but errors and the result line")
+        run_opts.add_argument("--config", metavar="FILE", default=None,
+                              help="replay a run: take every config field from its config.json (or run "
+                              "folder); options given here override them")
+        run_opts.add_argument("--tensorboard", action="store_true",
+                              help="also write TensorBoard event files to OUT/tensorboard (needs the "
+                              "tensorboard extra: pip install 'zskt[tensorboard]')")
         run_opts.add_argument("--allow-config-change", type=_names, default=(), metavar="NAME,...",
                               help="with --resume: continue from the checkpoint with these options changed "
                               "(e.g. lr after a divergence); the change is recorded in config.json")
-        run_opts.add_argument("--trust-checkpoint", action="store_true",
-                              help="read checkpoint files that need a full unpickle (which can run any "
-                              "code); only for files whose origin you trust")
+        if "trust_checkpoint" not in {f.name for f in dataclasses.fields(config_cls)}:  # else a config field
+            run_opts.add_argument("--trust-checkpoint", action="store_true",
+                                  help="read checkpoint files that need a full unpickle (which can run any "
+                                  "code); only for files whose origin you trust")
         add_threads_argument(run_opts)
-        add_config_arguments(parser, config_cls, required=required, aliases=aliases)
+        add_config_arguments(parser, config_cls, required_later=required, aliases=aliases)
 
     def main(args: argparse.Namespace) -> int:
         from zskt.distributed import RunContext
         from zskt.models.checkpoints import trusting_checkpoints
         from zskt.runlog import RunLog
-        from zskt.runtime import environment, resolve_device
+        from zskt.runtime import environment, resolve_device, resolve_precision
 
         set_threads(args.threads)
         if args.allow_config_change and not args.resume:
             raise ZsktError("--allow-config-change applies to --resume only; add --resume or drop it")
-        cfg = config_from_args(config_cls, args)
+        cfg = command_config(name, config_cls, args, required)
         if prepare is not None:
             prepare(cfg)
         if getattr(cfg, "sync_bn", False) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -82,11 +92,17 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
             try:
                 log = RunLog(args.out, command=name, config=to_dict(cfg), environment=environment(device),
                              resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
-                             enabled=ctx.is_main, allow_change=args.allow_config_change)
+                             enabled=ctx.is_main, tensorboard=args.tensorboard,
+                             allow_change=args.allow_config_change)
+                precision = getattr(cfg, "precision", None)
+                log.record_runtime(device=device, precision=resolve_precision(precision, device).name
+                                   if isinstance(precision, str) else None)
             except ZsktError as e:
                 error = str(e)
             except OSError as e:  # e.g. an --out that cannot be created: one line, on every rank
                 error = describe_os_error(e)
+            if error and log is not None:
+                log.close(failed=True)
             if ctx.distributed:
                 from zskt.distributed import broadcast_object
 
@@ -96,7 +112,7 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
             if error:
                 raise ZsktError(error)
             try:
-                with trusting_checkpoints(args.trust_checkpoint):
+                with trusting_checkpoints(bool(getattr(args, "trust_checkpoint", False))):
                     result = run(cfg, log)
             except BaseException:
                 log.close(failed=True)
@@ -111,6 +127,18 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
         return 0
 
     return Command(name, help, add_arguments, main, description or help)
+
+
+def command_config(name: str, config_cls: type, args: argparse.Namespace, required: tuple[str, ...] = ()):
+    """The config of a run-folder command: `--config FILE`'s fields if given, then the options on the command
+    line over them; a `required` field that neither gives is a one-line error."""
+    base = replay_values(args.config, name) if getattr(args, "config", None) else {}
+    missing = [option_name(f) for f in required
+               if getattr(args, f, None) is None and base.get(f) in (None, "")]
+    if missing:
+        raise ZsktError(f"{', '.join(missing)} required (or --config RUN/config.json to replay a run's "
+                        "options)")
+    return config_from_args(config_cls, args, base=base)
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -142,6 +170,7 @@ COMMANDS = {
     "belief": "zskt.evaluate.belief_cli",
     "reproduce": "zskt.commands.reproduce",
     "report": "zskt.reports.cli",
+    "plot": "zskt.reports.plot_cli",
     "list": "zskt.listing",
     "download": "zskt.data.cli",
 }

@@ -12,7 +12,7 @@ import torch
 from zskt.io import atomic_write_bytes
 
 
-def save_image_grid(images: torch.Tensor, mean, std, path: Path, n: int = 64) -> None:
+def save_image_grid(images: torch.Tensor, mean, std, path: Path, n: int = 64):
     """A PNG of up to n images (pseudo or synthesized), un-normalised with the data set's mean/std and clipped to [0, 1]."""
     import matplotlib.image
 
@@ -32,3 +32,5 @@ def save_image_grid(images: torch.Tensor, mean, std, path: Path, n: int = 64) ->
     buffer = io.BytesIO()
     matplotlib.image.imsave(buffer, array, cmap="gray" if c == 1 else None, vmin=0, vmax=1, format="png")
     atomic_write_bytes(path, buffer.getvalue())
+    # The grid itself (H×W grey or H×W×C, in [0, 1]), e.g. for `log.image("pseudo", grid, step)`.
+    return array

@@ -33,18 +33,28 @@ from typing import Any
 import torch
 
 from zskt.errors import ZsktError, describe_os_error
-from zskt.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from zskt.io import atomic_torch_save, atomic_write_json, atomic_write_text, file_record
 
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"
 # Options that may differ between an interrupted run and its resumption without changing the result.
-RESUME_FREE = frozenset({"device", "data_dir", "download", "quiet"})
-# config.json's record of the options changed on a resume with --allow-config-change (a list, one entry per
-# resume: {"step": None or the checkpoint's step, "changed": {name: [before, after]}}).
-CONFIG_CHANGES = "config_changes"
+RESUME_FREE = frozenset({"device", "data_dir", "download", "quiet", "trust_checkpoint"})
 # config.json's entry for what a method derives from the config before training (the schedule, a preset):
 # written by `record_resolved`, for reading; a resume does not compare it, since it follows from the config.
 RESOLVED = "resolved"
+# config.json's record of the options changed on a resume with --allow-config-change (a list, one entry per
+# resume: {"step": None or the checkpoint's step, "changed": {name: [before, after]}}).
+CONFIG_CHANGES = "config_changes"
+# Config fields that name input files: a run records each one's absolute path and sha256 (`io.file_record`).
+INPUT_FIELDS = ("teacher", "student", "init")
+# Without a terminal, a progress row at least this often (seconds), so a job under a scheduler shows it is
+# alive; the environment variable ZSKT_PROGRESS_SECONDS changes it (e.g. 600 for quieter logs).
+PROGRESS_SECONDS = 60.0
+
+
+def now_iso() -> str:
+    """The wall-clock time as ISO 8601 with the UTC offset, to the second (started/finished of a run)."""
+    return datetime.datetime.now(datetime.UTC).astimezone().isoformat(timespec="seconds")
 
 
 def is_finished(out: Path) -> bool:
@@ -79,10 +89,18 @@ class RunLog:
     failed: an overwrite not yet committed is rolled back); the CLI does.
 
     `allow_change` names config fields that a `resume` may change (e.g. learning rates after a divergence);
-    what changed is recorded in config.json under "config_changes" and kept in `config_changes`."""
+    what changed is recorded in config.json under "config_changes" and kept in `config_changes`.
+
+    Provenance: `started` (first start, kept across --resume) and `finished` go to environment.json and
+    result.json; config fields named in INPUT_FIELDS that are files get `inputs` records (absolute path,
+    sha256) there and in config.json's "resolved"; `record_runtime` adds the resolved device and precision.
+    Every metrics row gets `time` (unix seconds) and `elapsed` (seconds of the run, continued over --resume).
+    `tensorboard=True` mirrors metrics rows and `image` calls to TensorBoard event files in OUT/tensorboard.
+    """
 
     def __init__(self, out: str | Path, *, command: str, config: dict, environment: dict | None = None,
                  resume: bool = False, overwrite: bool = False, quiet: bool = False, enabled: bool = True,
+                 tensorboard: bool = False, progress_every: float | None = None,
                  allow_change: tuple[str, ...] | frozenset[str] = ()):
         self.out = Path(out)
         self.command = command
@@ -91,9 +109,17 @@ class RunLog:
         self.enabled = enabled
         self.resumed_from: dict | None = None
         self.resolved: dict = {}
+        self.progress_every = progress_seconds() if progress_every is None else progress_every
+        self.started = now_iso()
+        self.inputs: dict = {}
+        self.runtime: dict = {}
+        self._t0 = time.monotonic()
+        self._elapsed_before = 0.0  # seconds of the run before this process (from metrics.jsonl on --resume)
+        self._bar = None
+        self._writer = None
+        self.environment: dict | None = None
         self.config_changes: dict[str, list] = {}
         self._history: list = []
-        self._bar = None
         self._lock: RunLock | None = None
         self._aside: Path | None = None
         self.restored = False  # set by close(failed=True) when it put back the run an overwrite had set aside
@@ -115,44 +141,66 @@ class RunLog:
             self.print(f"{self.out}: took over the lock of process {held.get('pid', '?')} on "
                        f"{held.get('host', '?')}, which is no longer running")
         try:
-            self._open(resume, overwrite, frozenset(allow_change), environment)
+            self._open(resume, overwrite, frozenset(allow_change), environment, tensorboard)
         except BaseException:
+            self.close_tensorboard()
             self._lock.release()
             raise
 
-    def _open(self, resume: bool, overwrite: bool, allow_change: frozenset[str],
-              environment: dict | None) -> None:
+    def _open(self, resume: bool, overwrite: bool, allow_change: frozenset[str], environment: dict | None,
+              tensorboard: bool) -> None:
         self._recover_overwrite()
         if is_finished(self.out) and not overwrite:
             raise ZsktError(f"{self.out} already holds a finished run ({RESULT}); choose another --out, "
                             "or pass --overwrite to replace it")
         has_checkpoint = (self.out / CHECKPOINT).is_file()
         if overwrite:
-            if self.out.is_dir() and any(self.out.iterdir()):
-                here = Path.cwd().resolve()
-                if self.out.resolve() in (here, *here.parents):
-                    raise ZsktError(f"--overwrite {self.out} would replace the folder this command runs in; "
-                                    "run it from another folder")
-                # Set the old run aside in one rename (same parent, so the same file system): it comes back
-                # intact if the new run fails before its first checkpoint.
-                self._aside = aside_path(self.out)
-                os.replace(self.out, self._aside)
+            has_checkpoint = False
         elif resume and has_checkpoint:
             self._check_same_config(allow_change)
         elif has_checkpoint:
             raise ZsktError(f"{self.out} holds an unfinished run; pass --resume to continue it, "
                             "or --overwrite to start again")
+        if resume and has_checkpoint:
+            self.started = self._first_start() or self.started
+        self.inputs = input_records(self.config)
+        if self.inputs:
+            self.resolved["inputs"] = self.inputs
+        if overwrite and self.out.is_dir() and any(self.out.iterdir()):
+            here = Path.cwd().resolve()
+            if self.out.resolve() in (here, *here.parents):
+                raise ZsktError(f"--overwrite {self.out} would replace the folder this command runs in; "
+                                "run it from another folder")
+            # Set the old run aside in one rename (same parent, so the same file system): it comes back
+            # intact if the new run fails before its first checkpoint.
+            self._aside = aside_path(self.out)
+            os.replace(self.out, self._aside)
         if not (resume and has_checkpoint):
             # A run killed before its first checkpoint starts again from step 0: its rows would be doubled.
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        created = not self.out.exists()
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.out / "config.json", self._config_record())
+            if tensorboard:  # after the set-aside, so the event files go to the new run
+                self._writer = tensorboard_writer(self.out / "tensorboard")
+            self._write_config()
             if environment is not None:
-                atomic_write_json(self.out / "environment.json", environment)
-        except BaseException:
+                self.environment = {**environment, "started": self.started,
+                                    **({"inputs": self.inputs} if self.inputs else {})}
+                atomic_write_json(self.out / "environment.json", self.environment)
+        except BaseException:  # e.g. no tensorboard package: nothing left behind, the old run back
+            self.close_tensorboard()
+            if created:
+                shutil.rmtree(self.out, ignore_errors=True)
             self._rollback()
             raise
+
+    def _first_start(self) -> str | None:
+        """When the run in this folder first started (environment.json of an earlier process), if known."""
+        try:
+            return json.loads((self.out / "environment.json").read_text()).get("started")
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def _recover_overwrite(self) -> None:
         """Finish an overwrite that a killed process left half done (we hold the lock: no one else writes).
@@ -167,6 +215,12 @@ class RunLog:
             shutil.rmtree(self.out)
         os.replace(aside, self.out)
         self.print(f"{self.out}: restored the run that an interrupted --overwrite had set aside")
+
+    def _write_config(self) -> None:
+        changes = {CONFIG_CHANGES: self._history} if self._history else {}
+        resolved = {RESOLVED: self.resolved} if self.resolved else {}
+        atomic_write_json(self.out / "config.json",
+                          {"command": self.command, **self.config, **changes, **resolved})
 
     def _check_same_config(self, allow_change: frozenset[str]) -> None:
         path = self.out / "config.json"
@@ -191,14 +245,6 @@ class RunLog:
             self._history.append({"step": step, "changed": self.config_changes})
             self.print("resuming with changed options: " + ", ".join(
                 f"{k} {a!r} -> {b!r}" for k, (a, b) in self.config_changes.items()))
-
-    def _config_record(self) -> dict:
-        record = {"command": self.command, **self.config}
-        if self._history:
-            record[CONFIG_CHANGES] = self._history
-        if self.resolved:
-            record[RESOLVED] = self.resolved
-        return record
 
     def apply_lr_change(self, name: str, optimizer: Any, *schedules: Any) -> bool:
         """After `optimizer` and its `schedules` were restored from the checkpoint: when config field `name`
@@ -226,7 +272,15 @@ class RunLog:
         """Add derived values (e.g. `schedule={...}`) to config.json under "resolved", after the config."""
         self.resolved.update({k: _plain(v) for k, v in values.items()})
         if self.enabled:
-            atomic_write_json(self.out / "config.json", self._config_record())
+            self._write_config()
+
+    def record_runtime(self, device: Any = None, precision: Any = None, **more: Any) -> None:
+        """Record what "auto" resolved to (device, precision name, ...) in config.json's "resolved" and in
+        result.json. Accepts a torch.device and a runtime.Precision (its `name`) as well as strings."""
+        values = {"device": device, "precision": getattr(precision, "name", precision), **more}
+        self.runtime.update({k: str(v) if isinstance(v, torch.device) else _plain(v)
+                             for k, v in values.items() if v is not None})
+        self.record_resolved(runtime=self.runtime)
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
@@ -282,16 +336,44 @@ class RunLog:
                 continue  # a row cut by the interruption
             if row.get("step", -1) <= step:
                 keep.append(line)
+                if isinstance(row.get("elapsed"), (int, float)):
+                    self._elapsed_before = float(row["elapsed"])
+                    self._t0 = time.monotonic()
         atomic_write_text(path, "".join(line + "\n" for line in keep))
 
     # -- metrics and printing ----------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        """Seconds of this run so far: this process's, plus those before a --resume (from the kept rows)."""
+        return self._elapsed_before + time.monotonic() - self._t0
+
     def metrics(self, row: dict) -> None:
-        """Append one row to metrics.jsonl (flushed: a crash loses at most the row being written)."""
+        """Append one row to metrics.jsonl (flushed: a crash loses at most the row being written), with its
+        wall-clock `time` (unix seconds) and `elapsed` seconds; mirrored to TensorBoard when asked for."""
         if not self.enabled:
             return
         clean = {k: _plain(v) for k, v in row.items()}
+        wall = time.time()
+        clean.setdefault("time", round(wall, 3))
+        clean.setdefault("elapsed", round(self.elapsed(), 3))
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(clean) + "\n")
+        if self._writer is not None:
+            step = clean.get("step")
+            for key, value in clean.items():
+                if key not in ("step", "time") and _number(value):
+                    self._writer.add_scalar(key, value, global_step=step, walltime=wall)
+            self._writer.flush()
+
+    def image(self, tag: str, array: Any, step: int) -> None:
+        """Mirror an image (H×W grey or H×W×C, values in [0, 1]; numpy or tensor) to TensorBoard, e.g. the
+        zero-shot pseudo-image grid at a log point. A no-op unless the run was started with --tensorboard."""
+        if not self.enabled or self._writer is None:
+            return
+        x = torch.as_tensor(array).detach().float().cpu()
+        if x.dim() == 2:
+            x = x.unsqueeze(-1)
+        self._writer.add_image(tag, x.clamp(0, 1), global_step=step, dataformats="HWC")
+        self._writer.flush()
 
     def print(self, message: str) -> None:
         if not self.enabled or self.quiet:
@@ -309,6 +391,8 @@ class RunLog:
 
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
                              smoothing=0.1)
+        elif self.enabled and not self.quiet:
+            self._bar = _RowBar(total, initial, desc, unit, self.progress_every)
         else:
             self._bar = _NoBar()
         return self._bar
@@ -327,11 +411,27 @@ class RunLog:
         """Write result.json (last, atomically), commit an `--overwrite`, remove the resume checkpoint."""
         self.close_progress()
         result = {"command": self.command, **{k: _plain(v) for k, v in result.items()}}
+        for key, value in self.runtime.items():
+            result.setdefault(key, value)
+        if self.inputs:
+            result.setdefault("inputs", self.inputs)
+        result.setdefault("started", self.started)
+        result.setdefault("finished", now_iso())
+        result.setdefault("elapsed", round(self.elapsed(), 3))
         if self.enabled:
+            if self.environment is not None:
+                atomic_write_json(self.out / "environment.json", {**self.environment,
+                                                                  "finished": result["finished"]})
+            self.close_tensorboard()
             atomic_write_json(self.out / RESULT, result)
             self.commit_overwrite()
             (self.out / CHECKPOINT).unlink(missing_ok=True)
         return result
+
+    def close_tensorboard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     # -- overwrite and lock ------------------------------------------------------------------------------
     def commit_overwrite(self) -> None:
@@ -353,6 +453,7 @@ class RunLog:
         """End the run: with `failed`, put back the run an uncommitted `--overwrite` set aside (then
         `restored` is True); release the lock. Safe to call twice."""
         self.close_progress()
+        self.close_tensorboard()
         if failed and self.enabled:
             self.restored = self._rollback()
         if self._lock is not None:
@@ -571,6 +672,40 @@ def _held_message(out: Path, holder: dict, path: Path) -> str:
             f"gone, delete {path})")
 
 
+def progress_seconds() -> float:
+    """PROGRESS_SECONDS, or ZSKT_PROGRESS_SECONDS when set (a positive number of seconds)."""
+    text = os.environ.get("ZSKT_PROGRESS_SECONDS", "")
+    if not text:
+        return PROGRESS_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ZsktError(f"ZSKT_PROGRESS_SECONDS={text!r}: expected a positive number of seconds (default 60)")
+    return value
+
+
+def input_records(config: dict) -> dict:
+    """`io.file_record` of each INPUT_FIELDS value of `config` that names a file (not a model name)."""
+    records = {}
+    for name in INPUT_FIELDS:
+        value = config.get(name)
+        if isinstance(value, str) and value and Path(value).is_file():
+            records[name] = file_record(value)
+    return records
+
+
+def tensorboard_writer(logdir: Path):
+    """A TensorBoard SummaryWriter for `logdir` (the `tensorboard` extra); a one-line error without it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ZsktError("--tensorboard needs the tensorboard package: pip install 'zskt[tensorboard]' "
+                        "(or pip install tensorboard)") from None
+    return SummaryWriter(log_dir=str(logdir))
+
+
 class _NoBar:
     def update(self, n: int = 1) -> None:
         pass
@@ -583,6 +718,48 @@ class _NoBar:
 
     def close(self) -> None:
         pass
+
+
+class _RowBar(_NoBar):
+    """The progress bar without a terminal (a log file, a scheduler's job): a row with step/total, rate, ETA
+    and the latest `set_postfix_str` text at most every `every` seconds, checked at each `update`."""
+
+    def __init__(self, total: int, initial: int, desc: str, unit: str, every: float):
+        self.total, self.n, self.desc, self.unit, self.every = total, initial, desc, unit, every
+        self.postfix = ""
+        self._start_n = initial
+        self._t0 = self._last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self._last >= self.every and self.n < self.total:
+            self._last = now
+            print(self.row(now), flush=True)
+
+    def row(self, now: float) -> str:
+        rate = (self.n - self._start_n) / max(now - self._t0, 1e-9)
+        eta = _clock((self.total - self.n) / rate) if rate > 0 else "?"
+        shown = (f"{rate:.3g} {self.unit}/s" if rate >= 1 else f"{1 / rate:.3g} s/{self.unit}" if rate > 0
+                 else "-")
+        text = f"{self.desc + ' ' if self.desc else ''}{self.n}/{self.total} {self.unit}  {shown}  " \
+               f"elapsed {_clock(now - self._t0)}  eta {eta}"
+        return text + (f"  {self.postfix}" if self.postfix else "")
+
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+        self.postfix = s
+
+
+def _clock(seconds: float) -> str:
+    """Seconds as H:MM:SS (or M:SS under an hour)."""
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _plain(v: Any) -> Any:

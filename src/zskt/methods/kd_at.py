@@ -17,6 +17,7 @@ from zskt.config import check, field
 from zskt.data import ImageData, get_info, preset
 from zskt.errors import ZsktError
 from zskt.losses import kd_at_loss
+from zskt.methods.common import build_student, check_network_spec, load_teacher
 from zskt.methods.schedule import Schedule, milestones_at
 from zskt.methods.train import (
     SupervisedRecipe,
@@ -26,7 +27,7 @@ from zskt.methods.train import (
     schedule_record,
     supervised_scaffold,
 )
-from zskt.models import MODELS, build_model, load_model_for, save_model
+from zskt.models import load_model_for, network_label, save_model
 from zskt.runlog import RunLog
 from zskt.runtime import seed_everything
 
@@ -38,9 +39,14 @@ class KDATConfig(SupervisedRecipe):
 
     images_per_class: int = field(-1, "M (required): train on M images per class, chosen per seed (docs/kd_at.md); "
                                       "-1 = the full train split")
-    teacher: str = field("", "teacher checkpoint (required): a model.pt from `zskt train`, an authors' "
-                             "last.pth.tar or a Ferles *-dict.pth")
-    student: str = field("wrn-16-1", "student network: wrn-16-1, wrn-16-2, wrn-40-1 or wrn-40-2 (paper: wrn-16-1)")
+    teacher: str = field("", "teacher file (required): a model.pt from `zskt train`, an authors' last.pth.tar, "
+                             "a Ferles *-dict.pth or a zju-vipa DataFree teacher")
+    student: str = field("wrn-16-1", "student network: a name (`zskt list`; paper: wrn-16-1), module:callable, "
+                                     "file.py:callable or timm:NAME")
+    teacher_layers: str | None = field(None, "teacher layers whose outputs are the attention maps; unset: the "
+                                             "family's defaults")
+    student_layers: str | None = field(None, "student layers for the attention maps; unset: the family's defaults")
+    trust_checkpoint: bool = field(False, "allow network files that need a full unpickle (they can run code)")
     alpha: float = field(0.9, "α: loss = (1 - α)·CE + 2·α·T²·KL + β·Σ attention (FSKT scripts: 0.9)")
     temperature: float = field(4.0, "T, softmax temperature of the KD term (FSKT scripts: 4)")
     beta: float | None = field(None, "attention weight per layer, 3 layers; 0 = KD only; default: the data set's "
@@ -57,7 +63,7 @@ class KDATConfig(SupervisedRecipe):
 
     def __post_init__(self):
         super().__post_init__()
-        check(self.student.lower() in MODELS, f"unknown student {self.student!r}; choose one of {', '.join(MODELS)}")
+        check_network_spec(self.student, "--student")
         check(0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")
         check(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
         check(self.beta is None or self.beta >= 0, f"beta must be >= 0, got {self.beta}")
@@ -128,8 +134,9 @@ def kd_at(cfg: KDATConfig, log: RunLog, data: ImageData | None = None) -> dict:
     run = supervised_scaffold(cfg, log, schedule, f"kd-at {cfg.dataset}")
     beta = cfg.attention_beta
 
-    teacher = run.frozen_module(load_network(cfg.teacher, "teacher", data, cfg.dataset, run.device))
-    teacher_name = teacher.arch()["name"] or "teacher"
+    size = int(data.train.images.shape[-1])
+    teacher = run.frozen_module(load_teacher(cfg, info, size))
+    teacher_name = network_label(teacher, cfg.teacher)
     what = f"{cfg.student} from {cfg.init}" if cfg.init else cfg.student
     images = "all" if cfg.images_per_class < 0 else f"M = {cfg.images_per_class}"
     log.print(f"kd-at {teacher_name} -> {what} on {info.title}, {images}, seed {cfg.seed}: α {cfg.alpha}, "
@@ -140,7 +147,7 @@ def kd_at(cfg: KDATConfig, log: RunLog, data: ImageData | None = None) -> dict:
     # The same order of seeded steps as `train`, so the no-teacher baseline of a seed starts from the same student.
     seed_everything(cfg.seed)
     indices = choose_subset(cfg, data, log)
-    student = build_model(cfg.student, info.num_classes, info.in_channels)
+    student = build_student(cfg, info, size, teacher, beta)
     run.evaluate_on(teacher, data.test, data.mean, data.std)
     extra = {"teacher_test_accuracy": run.evaluate(teacher)}
     if cfg.init:
@@ -152,7 +159,7 @@ def kd_at(cfg: KDATConfig, log: RunLog, data: ImageData | None = None) -> dict:
     student = fit_supervised(run, student, data, cfg, loss_fn=kd_at_loss_fn(teacher, cfg), schedule=schedule,
                              indices=indices)
     if log.enabled:
-        save_model(student, log.out / "model.pt", dataset=cfg.dataset, test_accuracy=run.accuracy,
+        save_model(student, log.out / "model.pt", spec=cfg.student, dataset=cfg.dataset, test_accuracy=run.accuracy,
                    command=log.command, image_size=int(data.train.images.shape[-1]))
     return run.finish(epochs=schedule.epochs, iterations=schedule.iterations, **extra, model=cfg.student,
                       student=cfg.student, teacher=cfg.teacher, init=cfg.init, dataset=cfg.dataset, seed=cfg.seed,

@@ -91,15 +91,20 @@ def check_inputs(method: Method, cfg: Any) -> None:
     the data set: a wrong network is one line now, not a half-made run folder later), and the method's own
     checks. Each failure is a one-line ZsktError."""
     from zskt.data import check_files, get_info
-    from zskt.models import load_model_for
+    from zskt.methods.common import load_teacher
 
     teacher = getattr(cfg, "teacher", None)
     if teacher:  # the teacher first: a wrong file is reported before any data is read or downloaded
         if not Path(teacher).is_file():
             raise ZsktError(f"--teacher {teacher} not found; expected a model file (e.g. a run folder's model.pt)")
+        load_teacher(cfg, get_info(cfg.dataset))
+    student = getattr(cfg, "student", None)
+    if isinstance(student, str) and ":" in student:  # an import or timm: fail now, not in a half-made run
+        from zskt.models import resolve_network
+
         info = get_info(cfg.dataset)
-        load_model_for(teacher, role="--teacher", dataset=cfg.dataset, num_classes=info.num_classes,
-                       in_channels=info.in_channels, image_size=None)
+        resolve_network(student, role="--student", num_classes=info.num_classes, in_channels=info.in_channels,
+                        trust=getattr(cfg, "trust_checkpoint", False))
     check_files(cfg.dataset, getattr(cfg, "data_dir", None), splits=method.reads,
                 download=getattr(cfg, "download", False))
     if method.check is not None:

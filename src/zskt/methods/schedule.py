@@ -103,11 +103,10 @@ def schedule_command(name: str, help: str, config_cls: type, run, *, required: t
                      **kwargs):
     """`run_folder_command` plus `--print-schedule [M,...]`, which needs neither --out nor the `required`
     fields (checked here instead of by argparse, so the printout can go without them)."""
-    from zskt.cli import Command, run_folder_command
-    from zskt.config import config_from_args, option_name
+    from zskt.cli import Command, command_config, run_folder_command
 
     # --out is required for a run, not for the printout: checked in main below.
-    base = run_folder_command(name, help, config_cls, run, out_required=False, **kwargs)
+    base = run_folder_command(name, help, config_cls, run, out_required=False, required=required, **kwargs)
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         base.add_arguments(parser)
@@ -118,11 +117,10 @@ def schedule_command(name: str, help: str, config_cls: type, run, *, required: t
 
     def main(args: argparse.Namespace) -> int:
         if args.print_schedule is None:
-            missing = [option_name(f) for f in ("out", *required) if getattr(args, f, None) is None]
-            if missing:
-                raise ZsktError(f"{', '.join(missing)} required (or --print-schedule to only print the schedule)")
+            if args.out is None:  # the required fields are checked by base.main, after a --config replay
+                raise ZsktError("--out required (or --print-schedule to only print the schedule)")
             return base.main(args)
-        cfg = config_from_args(config_cls, args)
+        cfg = command_config(name, config_cls, args)
         try:
             values = [int(m) for m in args.print_schedule.split(",") if m.strip()] or [cfg.images_per_class]
         except ValueError:

@@ -18,7 +18,7 @@ from zskt.data import DeviceLoader, ImageData, dataset_name, load_dataset, selec
 from zskt.distributed import Shard
 from zskt.methods.scaffold import Scaffold
 from zskt.methods.schedule import Schedule, make_schedule, step_lr
-from zskt.models import MODELS, build_model, save_model
+from zskt.models import FeatureModel, WideResNet, build_model, is_model_name, model_names_hint, save_model
 from zskt.runlog import RunLog
 from zskt.runtime import PRECISIONS, seed_everything
 
@@ -74,11 +74,12 @@ class TrainConfig(SupervisedRecipe):
     """A teacher or scratch student trained with cross-entropy (the paper's teacher recipe, SPEC §5); with
     `images_per_class` M it is the few-shot "no teacher" baseline (SPEC §4, α = 0)."""
 
-    model: str = field("wrn-16-2", "network to train: wrn-16-1, wrn-16-2, wrn-40-1 or wrn-40-2")
+    model: str = field("wrn-16-2", "network to train: a registered name (zskt list: wrn-16-2, resnet-18, "
+                                   "vgg-11, ...) or any wrn-DEPTH-WIDTH")
 
     def __post_init__(self):
         super().__post_init__()
-        check(self.model.lower() in MODELS, f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        check(is_model_name(self.model), f"unknown model {self.model!r}; choose one of {model_names_hint()}")
 
 
 def load_data(cfg) -> ImageData:
@@ -164,6 +165,8 @@ def train(cfg: TrainConfig, log: RunLog, data: ImageData | None = None) -> dict:
     seed_everything(cfg.seed)
     indices = choose_subset(cfg, data, log)
     model = build_model(cfg.model, data.info.num_classes, data.info.in_channels)
+    if not isinstance(model, WideResNet):  # the loop unpacks (logits, maps); no maps needed here
+        model = FeatureModel(model, ())
     model = fit_supervised(run, model, data, cfg, schedule=schedule, indices=indices)
     if log.enabled:
         save_model(model, log.out / "model.pt", dataset=cfg.dataset, test_accuracy=run.accuracy,

@@ -20,17 +20,10 @@ from zskt.distributed import Shard
 from zskt.errors import ZsktError
 from zskt.images import save_image_grid
 from zskt.losses import attention_map, zero_shot_generator_loss, zero_shot_student_loss
+from zskt.methods.common import build_student, check_network_spec, load_teacher
 from zskt.methods.optim import adam, clip
 from zskt.methods.scaffold import Scaffold
-from zskt.models import (
-    MODELS,
-    Generator,
-    build_model,
-    check_image_size,
-    load_model_for,
-    save_generator,
-    save_model,
-)
+from zskt.models import Generator, network_label, save_generator, save_model
 from zskt.runlog import RunLog
 from zskt.runtime import PRECISIONS, Precision, seed_everything
 
@@ -39,8 +32,16 @@ from zskt.runtime import PRECISIONS, Precision, seed_everything
 class ZeroShotConfig:
     """Zero-shot transfer from a teacher file into a fresh student; defaults are the authors' scripts' values."""
 
-    teacher: str = field("", "teacher checkpoint: a project model.pt, an authors' last.pth.tar, a Ferles *-dict.pth")
-    student: str = field("wrn-16-1", "student network, e.g. wrn-16-1 (`zskt list` shows the names)")
+    teacher: str = field("", "teacher file: a project model.pt, an authors' last.pth.tar, a Ferles *-dict.pth, a "
+                             "zju-vipa DataFree teacher (docs/own_models_and_data.md)")
+    student: str = field("wrn-16-1", "student network: a name (`zskt list`), module:callable, file.py:callable "
+                                     "or timm:NAME")
+    teacher_layers: str | None = field(None, "teacher layers whose outputs are the attention maps, e.g. "
+                                             "layer2,layer3,layer4; unset: the family's defaults")
+    student_layers: str | None = field(None, "student layers for the attention maps; unset: the family's defaults")
+    trust_checkpoint: bool = field(False, "allow network files that need a full unpickle (a whole saved model, "
+                                          "an external network's record): they can run code; only for files "
+                                          "you trust")
     dataset: str = field("digits", "data set the teacher was trained on (its test split scores the student; "
                                    "its image shape sizes the generator)")
     iterations: int | None = field(None, "N, pseudo batches; default: the data set's preset (cifar10 80000, "
@@ -78,8 +79,7 @@ class ZeroShotConfig:
 
     def __post_init__(self):
         dataset_name(self.dataset)  # a one-line error for an unknown name, before any file is read
-        check(self.student.lower() in MODELS,
-              f"unknown student {self.student!r}; choose one of {', '.join(MODELS)}")
+        check_network_spec(self.student, "--student")
         check(self.iterations is None or self.iterations > 0, f"iterations must be positive, got {self.iterations}")
         # Train-mode BN needs more than one value per channel; the generator's BNs see the whole batch.
         check(self.batch_size >= 2, f"batch_size must be at least 2 (batch-norm statistics), got {self.batch_size}")
@@ -258,7 +258,7 @@ def zero_shot(cfg: ZeroShotConfig, log: RunLog, teacher: torch.nn.Module, studen
     `model.pt` and `generator.pt`; the result's `test_accuracy` is the final one (the paper's number).
     """
     n = cfg.total_iterations
-    run = Scaffold(cfg, log, total=n, interval=cfg.eval_interval, unit="batch", desc="zero-shot",
+    run = Scaffold(cfg, log, total=n, interval=cfg.eval_interval, unit="pseudo batch", desc="zero-shot",
                    batch_size=cfg.batch_size)
     channels, size = int(test_split.images.shape[1]), int(test_split.images.shape[-1])
     generator = generator or Generator(cfg.z_dim, image_size=size, out_channels=channels,
@@ -279,7 +279,8 @@ def zero_shot(cfg: ZeroShotConfig, log: RunLog, teacher: torch.nn.Module, studen
 
     def at_log_point(step: int) -> dict:
         if log.enabled and last.get("pseudo") is not None:
-            save_image_grid(last["pseudo"], mean, std, log.out / "pseudo" / f"iter_{step:06d}.png")
+            grid = save_image_grid(last["pseudo"], mean, std, log.out / "pseudo" / f"iter_{step:06d}.png")
+            log.image("pseudo", grid, step)
         factor = 0.5 * (1.0 + math.cos(math.pi * (step - 1) / n))  # the rates used during this pseudo batch
         return {"generator_lr": cfg.generator_lr * factor, "student_lr": cfg.student_lr * factor}
 
@@ -292,13 +293,13 @@ def zero_shot(cfg: ZeroShotConfig, log: RunLog, teacher: torch.nn.Module, studen
         last["pseudo"] = zero_shot_steps(teacher, loop_state, cfg, (step,), precision=run.precision,
                                          part=run.part, record=run.add)
     if log.enabled:
-        save_model(state.student, log.out / "model.pt", dataset=cfg.dataset, image_size=size,
+        save_model(state.student, log.out / "model.pt", spec=cfg.student, dataset=cfg.dataset, image_size=size,
                    test_accuracy=run.accuracy, command=log.command, teacher=cfg.teacher)
         save_generator(state.generator, log.out / "generator.pt", dataset=cfg.dataset, image_size=size,
                        command=log.command)
     return run.finish(
         teacher_test_accuracy=teacher_accuracy, iterations=n, teacher=cfg.teacher,
-        teacher_arch=getattr(teacher, "arch", dict)().get("name"), student=cfg.student, dataset=cfg.dataset,
+        teacher_arch=network_label(teacher, cfg.teacher), student=cfg.student, dataset=cfg.dataset,
         seed=cfg.seed, batch_size=cfg.batch_size, beta=cfg.attention_beta,
         fresh_batch_per_student_step=cfg.fresh_batch_per_student_step, compile=cfg.compile)
 
@@ -308,15 +309,13 @@ def run_zero_shot(cfg: ZeroShotConfig, log: RunLog) -> dict:
     if not cfg.teacher:
         raise ZsktError("no teacher given; pass --teacher PATH (a model.pt from `zskt train` or an authors' file)")
     info = get_info(cfg.dataset)
-    teacher = load_model_for(cfg.teacher, role="--teacher", dataset=cfg.dataset, num_classes=info.num_classes,
-                             in_channels=info.in_channels, image_size=None, map_location="cpu")
     data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size,
                         splits=("test",))  # never the training images
     test, mean, std = data.test, data.mean, data.std
     size = int(test.images.shape[-1])
-    check_image_size(teacher, "--teacher", cfg.teacher, size)
+    teacher = load_teacher(cfg, info, size)
     seed_everything(cfg.seed)
-    student = build_model(cfg.student, info.num_classes, info.in_channels)
+    student = build_student(cfg, info, size, teacher, cfg.attention_beta)
     generator = Generator(cfg.z_dim, image_size=size, out_channels=info.in_channels,
                           final_bn_affine=cfg.final_bn_affine)
     return zero_shot(cfg, log, teacher, student, test, mean, std, generator=generator)
