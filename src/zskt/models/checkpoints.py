@@ -507,7 +507,8 @@ def check_image_size(model: nn.Module, role: str, path: str | os.PathLike, image
 # ---------------------------------------------------------------------------------------------- generators
 
 
-def load_generator(path: str | os.PathLike, map_location: Any = "cpu", *, trust: bool | None = None) -> Generator:
+def load_generator(path: str | os.PathLike, map_location: Any = "cpu", *,
+                   trust: bool | None = None) -> Generator:
     """Rebuild a Generator from a ``zskt-generator`` file or an authors' zero-shot file, loaded strictly.
 
     From an authors' file the weights are ``generator_state_dict`` with the LearnableLoader's ``generator.``
