@@ -166,7 +166,7 @@ def set_threads(threads: int | None) -> None:
 # The subcommands that are not training methods: name -> module that defines `COMMAND`. The training methods'
 # subcommands are built from the method registry (zskt.methods.registry.METHODS) and listed after `demo`.
 COMMANDS = {
-    "demo": "zskt.experiments.demo",
+    "demo": "zskt.commands.demo",
     "belief": "zskt.evaluate.belief_cli",
     "reproduce": "zskt.commands.reproduce",
     "report": "zskt.reports.cli",

@@ -270,6 +270,8 @@ def zero_shot(cfg: ZeroShotConfig, log: RunLog, teacher: torch.nn.Module, studen
     # The generator is always in train mode (batch statistics), as the authors'.
     state = ZeroShotState.build(run.train_module(student), run.train_module(generator), cfg, run.device)
     run.track(**state.checkpointed())
+    run.learning_rate("student_lr", state.student_optimiser, state.student_schedule)
+    run.learning_rate("generator_lr", state.generator_optimiser, state.generator_schedule)
     run.evaluate_on(state.student, test_split, mean, std, cfg.eval_batch_size)
     teacher_accuracy = run.evaluate(teacher)
     log.print(f"zero-shot {n} pseudo batches of {cfg.batch_size} ({cfg.n_generator_steps} generator + "
