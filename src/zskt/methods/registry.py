@@ -12,11 +12,11 @@ from typing import Any
 from zskt.data import preset
 from zskt.errors import ZsktError
 from zskt.methods.cmi import CMIConfig, run_cmi
-from zskt.methods.deepinversion import DeepInversionConfig, run_deepinversion
-from zskt.methods.fast import FastConfig, run_fast
 from zskt.methods.dafl import DAFLConfig, run_dafl
+from zskt.methods.deepinversion import DeepInversionConfig, run_deepinversion
 from zskt.methods.dfad import DFADConfig, run_dfad
 from zskt.methods.dfq import DFQConfig, run_dfq
+from zskt.methods.fast import FastConfig, run_fast
 from zskt.methods.kd_at import KDATConfig, check_files, kd_at
 from zskt.methods.schedule import make_schedule, schedule_command
 from zskt.methods.train import TrainConfig, train
