@@ -17,22 +17,38 @@ KLReduction = Literal["mean", "batchmean"]
 
 def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
                   reduction: KLReduction = "mean") -> torch.Tensor:
-    """Forward KL(teacher ‖ student) on softened outputs, `F.kl_div(log_softmax(s/T), softmax(t/T))`.
+    """Forward KL(teacher ‖ student) on softened outputs: the authors' `F.kl_div(log_softmax(s/T), softmax(t/T))`.
+
+    Computed from log-probabilities on both sides (`log_target=True`): Σ p_t·(log p_t − log p_s) with
+    p_t = exp(log_softmax(t/T)). The value is the authors' up to rounding, but where a teacher probability
+    underflows to exactly 0 (a logit gap above ~100 in float32: a random or very confident teacher) the
+    authors' form back-propagates 0·log(0) = NaN into the teacher's logits, i.e. into the generator step;
+    this form's gradient there is 0, as the mathematics says.
 
     reduction="mean" is the authors' code (PyTorch 1.0's default): the sum over batch and classes divided by
     B·C, i.e. the per-sample KL divided by the number of classes (SPEC §3, §9.4). "batchmean" divides by B
-    only: the mathematical per-sample KL of the paper's Eq. (2)/(3). No T² factor.
+    only: the mathematical per-sample KL of the paper's Eq. (2)/(3). No T² factor. In float32 at least
+    (bf16 autocast logits are promoted), float64 stays float64.
     # (B, C), (B, C) -> ()
     """
-    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
-    p_teacher = F.softmax(teacher_logits.float() / temperature, dim=1)
-    total = F.kl_div(log_p_student, p_teacher, reduction="sum")
+    dtype = _at_least_float32(student_logits.dtype, teacher_logits.dtype)
+    log_p_student = F.log_softmax(student_logits.to(dtype) / temperature, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=1)
+    total = F.kl_div(log_p_student, log_p_teacher, reduction="sum", log_target=True)
     # Spelled out rather than reduction="mean", whose meaning PyTorch has announced it will change.
     if reduction == "mean":
         return total / student_logits.numel()
     if reduction == "batchmean":
         return total / student_logits.shape[0]
     raise ValueError(f"unknown KL reduction {reduction!r}; use 'mean' (authors) or 'batchmean'")
+
+
+def _at_least_float32(*dtypes: torch.dtype) -> torch.dtype:
+    """float32 for bf16/fp16 (autocast) inputs, float64 for float64 ones: losses never lose precision."""
+    dtype = torch.float32
+    for d in dtypes:
+        dtype = torch.promote_types(dtype, d)
+    return dtype
 
 
 class _ChannelMeanSquare(torch.autograd.Function):
@@ -49,7 +65,7 @@ class _ChannelMeanSquare(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
-        return x.permute(0, 2, 3, 1).to(torch.promote_types(x.dtype, torch.float32)).pow(2).mean(dim=-1)
+        return x.permute(0, 2, 3, 1).to(_at_least_float32(x.dtype)).pow(2).mean(dim=-1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -123,7 +139,7 @@ def kd_at_loss(student_logits: torch.Tensor, student_acts: Sequence[torch.Tensor
     keeps: KL weight 28.8 with the element-mean KL). With no teacher (or α = 0 and β = 0) it is plain
     cross-entropy: the "no teacher" baseline.
     """
-    loss = F.cross_entropy(student_logits.float(), labels)
+    loss = F.cross_entropy(student_logits.to(_at_least_float32(student_logits.dtype)), labels)
     if teacher_logits is None:
         return loss
     loss = (1.0 - alpha) * loss

@@ -45,8 +45,10 @@ def _scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError("a BatchNorm2d without running statistics has no fixed affine map")
     weight = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
     bias = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
-    scale = (weight / torch.sqrt(bn.running_var + bn.eps)).detach().float()
-    return scale.clone(), (bias - bn.running_mean * scale).detach().float().clone()
+    # float32 at least, in the statistics' dtype when wider: a float64 network folds in float64.
+    dtype = torch.promote_types(bn.running_var.dtype, torch.float32)
+    scale = (weight.to(dtype) / torch.sqrt(bn.running_var.to(dtype) + bn.eps)).detach()
+    return scale.clone(), (bias.to(dtype) - bn.running_mean.to(dtype) * scale).detach().clone()
 
 
 @torch.no_grad()
