@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from zskt.runtime import cpu_has_native_bf16
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Peak FLOP/s of the development machine: 2 cores of an AMD EPYC (CPU family 26, Zen 5: full-width AVX-512 and
@@ -65,7 +67,7 @@ def machine(device: torch.device) -> dict:
     info = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "torch": torch.__version__, "python": platform.python_version(), "device": str(device),
             "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average": load_average()}
+            "cpu_native_bf16": cpu_has_native_bf16(), "load_average": load_average()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
@@ -73,8 +75,41 @@ def machine(device: torch.device) -> dict:
 
 
 def describe_machine(info: dict) -> str:
-    where = info.get("gpu") or f"{info['cpu']}, {info['cpu_count']} CPUs, {info['torch_threads']} torch threads"
+    where = info.get("gpu") or (f"{info['cpu']}, {info['cpu_count']} CPUs, {info['torch_threads']} torch threads, "
+                                f"native bf16 {'yes' if info['cpu_native_bf16'] else 'NO (bf16 is emulated)'}")
     return f"{info['date']}  {where}  torch {info['torch']}  load average {info['load_average']}"
+
+
+def require_finite(what: str, *values) -> None:
+    """Stop the benchmark if a loss it computed is NaN or infinite: timing NaN arithmetic measures nothing
+    (and can be faster or slower than the real thing)."""
+    for v in values:
+        v = torch.as_tensor(v)
+        if not bool(torch.isfinite(v).all()):
+            raise RuntimeError(f"{what}: non-finite value {v.flatten()[:4].tolist()}; the benchmark's networks "
+                               "produce NaN or inf, so its timings would not be of real arithmetic")
+
+
+@torch.no_grad()
+def temper_logits(teacher: torch.nn.Module, inputs: torch.Tensor, spread: float = 4.0) -> torch.nn.Module:
+    """Scale a randomly initialised network's classifier so that its logits on `inputs` spread by about
+    `spread` per sample (max − min), as a trained teacher's do (mean max-probability ~0.5-0.9).
+
+    A random WRN-40-2's logits spread by 70-90 on generator output: its softmax is then one-hot, a few steps of
+    the adversarial generator push the gap past ~100, the teacher's probabilities underflow to 0 in float32,
+    and the authors' KL back-propagates NaN. The tempered network does the same arithmetic, on finite numbers.
+    Returns `teacher` (changed in place); its mode is left as it was.
+    """
+    was_training = teacher.training
+    logits, _ = teacher.eval()(inputs)
+    teacher.train(was_training)
+    gap = (logits.amax(1) - logits.amin(1)).mean().item()
+    fc = teacher.fc
+    factor = spread / max(gap, 1e-6)
+    fc.weight.mul_(factor)
+    if fc.bias is not None:
+        fc.bias.mul_(factor)
+    return teacher
 
 
 def measure_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.5, n: int = 2048) -> float:

@@ -60,21 +60,26 @@ def main(argv=None) -> dict:
 
     def authors():
         t0 = common.now(device)
-        authors_transition_curves(student, teacher, images[:args.authors_images], sources[:args.authors_images],
-                                  steps=args.authors_steps)
-        return (common.now(device) - t0) / (args.authors_images * 9 * args.authors_steps)
+        curves = authors_transition_curves(student, teacher, images[:args.authors_images],
+                                           sources[:args.authors_images], steps=args.authors_steps)
+        seconds = common.now(device) - t0
+        common.require_finite("authors' loop: transition curves", *curves)
+        return seconds / (args.authors_images * 9 * args.authors_steps)
 
     cases = {"authors": authors}
     precisions = {}
     for name in [x for x in args.precisions.split(",") if x]:
-        precision = resolve_precision(name, device)
+        precision = resolve_precision(name, device, allow_emulated_bf16=True)
         precisions[name] = precision
         s, t = frozen_copy(precision.prepare(student)), frozen_copy(precision.prepare(teacher))  # as run_belief
 
         def batched(precision=precision, s=s, t=t):
             t0 = common.now(device)
-            transition_curves(s, t, images, targets, steps=args.steps, chunk_size=n_pairs, precision=precision)
-            return (common.now(device) - t0) / (n_images * 9 * args.steps)
+            curves = transition_curves(s, t, images, targets, steps=args.steps, chunk_size=n_pairs,
+                                       precision=precision)
+            seconds = common.now(device) - t0
+            common.require_finite("zskt: transition curves", *curves)
+            return seconds / (n_images * 9 * args.steps)
 
         transition_curves(s, t, images[:2], targets[:2], steps=1, precision=precision)  # warm-up
         cases[f"zskt-{name}"] = batched

@@ -78,12 +78,12 @@ class AuthorsStep:
             s_logits, s_acts = self.model(self.x)
             if self.case == "teacher":
                 loss = F.cross_entropy(s_logits, self.y)
-                float(loss)
+                common.require_finite("authors' step: loss", float(loss))
             else:
                 t_logits, t_acts = self.teacher(self.x)
                 loss = _kd_at_loss(self.y, s_logits, s_acts, t_logits, t_acts)
                 float((s_logits.argmax(1) == self.y).float().mean())
-                float(loss)
+                common.require_finite("authors' step: loss", float(loss))
             self.opt.zero_grad()
             loss.backward()
             self.opt.step()
@@ -103,7 +103,7 @@ class ZsktStep:
     train` / `zskt kd-at` set it up; returns its own seconds_per_iteration over epochs 2..3."""
 
     def __init__(self, case, model, teacher, batch_size, precision_name, device, steps):
-        self.precision = resolve_precision(precision_name, device)
+        self.precision = resolve_precision(precision_name, device, allow_emulated_bf16=True)
         self.model = self.precision.prepare(model)
         if case == "teacher":
             self.cfg = TrainConfig(dataset="cifar10", batch_size=batch_size, eval_every=10**6)
@@ -114,13 +114,21 @@ class ZsktStep:
             self.loss_fn = kd_at_loss_fn(teacher, self.cfg)
         self.data = synthetic_data(steps * batch_size, device)
         self.steps = steps
+        self.finite = torch.ones((), dtype=torch.bool, device=device)
+
+    def _checked_loss(self, model, images, labels):
+        # Every step's loss checked on the device (one tiny op, no host sync), read after the run.
+        loss = self.loss_fn(model, images, labels)
+        self.finite &= torch.isfinite(loss.detach())
+        return loss
 
     def run(self, epochs: int = 3) -> float:
         with tempfile.TemporaryDirectory() as tmp:
             log = RunLog(Path(tmp) / "run", command="bench", config={}, enabled=False, quiet=True)
             schedule = Schedule(epochs=epochs, milestones=(), batches_per_epoch=self.steps)
-            result = fit_supervised(self.model, self.data, self.cfg, log, loss_fn=self.loss_fn,
+            result = fit_supervised(self.model, self.data, self.cfg, log, loss_fn=self._checked_loss,
                                     precision=self.precision, schedule=schedule, indices=None)
+        common.require_finite("zskt step: every loss", self.finite)
         return result["seconds_per_iteration"]
 
 
