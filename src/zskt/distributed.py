@@ -81,10 +81,6 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def is_main_process() -> bool:
-    return world()[0] == 0
-
-
 def shard(batch_size: int, rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
     """[start, stop) of this rank's part of a global batch: the first `batch_size % world_size` ranks take one
     sample more, so parts differ by at most one and cover the batch exactly once."""
@@ -180,11 +176,6 @@ def all_sum(tensor: torch.Tensor) -> torch.Tensor:
     if world()[1] > 1:
         dist.all_reduce(tensor)
     return tensor
-
-
-def barrier() -> None:
-    if world()[1] > 1:
-        dist.barrier()
 
 
 def broadcast_object(obj):

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from zskt.config import check, field
-from zskt.data import DATASETS, ImageData, ImageSplit, load_dataset, normalize
+from zskt.data import DATASETS, ImageData, load_dataset, normalize
 from zskt.distributed import shard, world
 from zskt.errors import ZsktError
+from zskt.evaluate.accuracy import predict
 from zskt.io import atomic_write_bytes
 from zskt.models.frozen import frozen_copy
 from zskt.runlog import RunLog, Timer
@@ -42,7 +43,6 @@ logger = logging.getLogger(__name__)
 # WRN-16-1; a WRN-40-2 student would need ~110 GB, so lower it then) hold the paper's 1000 x 9 = 9000 pairs
 # at once.
 DEFAULT_CHUNK = {"cpu": 128, "cuda": 16384}
-FIGURE_STEPS = 30  # Figure 4 plots the first 30 steps (SPEC §6)
 
 
 # ---------------------------------------------------------------------------------------------- procedure
@@ -83,37 +83,15 @@ def _layout(precision: Precision | None, images: torch.Tensor) -> torch.Tensor:
     return precision.layout(images) if precision is not None else images
 
 
-@torch.no_grad()
-def predict(model: nn.Module, split: ImageSplit, mean, std, *, batch_size: int = 500,
-            precision: Precision | None = None) -> torch.Tensor:
-    """argmax of `model` on every image of `split`, in eval mode: int64 (N,) on the CPU."""
-    device = _device_of(model)
-    out = []
-    with _frozen_eval(model), _autocast(precision):
-        for start in range(0, len(split), batch_size):
-            images = normalize(split.images[start:start + batch_size].to(device), mean, std)
-            logits, _ = model(_layout(precision, images))
-            out.append(logits.argmax(1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
-
-
-def select_agreeing(student: nn.Module, teacher: nn.Module, split: ImageSplit, mean, std, n_images: int,
-                    seed: int = 0, *, batch_size: int = 500,
-                    precision: Precision | None = None) -> torch.Tensor:
-    """Indices into `split` of `n_images` images on which both networks predict the same class (SPEC §6).
+def shuffle_and_collect(agree: torch.Tensor, n_images: int, seed: int) -> torch.Tensor:
+    """Indices into the test split of `n_images` images on which both networks predict the same class (SPEC §6):
+    the first `n_images` indices i with agree[i] ((N,) bool) along a permutation seeded by `seed`.
 
     The authors shuffle the test set and walk it one image at a time, keeping agreeing images until n are
-    collected; here the predictions are computed in batches and the same walk is taken over a permutation
-    seeded by `seed`. Agreement is all that counts: both may be wrong. If fewer than n agree, all that do are
-    used (the authors stop with an error) and a warning is logged.
+    collected; here the predictions are computed in batches beforehand and the same walk is taken over a
+    permutation seeded by `seed`. Agreement is all that counts: both may be wrong. If fewer than n agree, all
+    that do are used (the authors stop with an error) and a warning is logged.
     """
-    agree = predict(student, split, mean, std, batch_size=batch_size, precision=precision) == predict(
-        teacher, split, mean, std, batch_size=batch_size, precision=precision)
-    return shuffle_and_collect(agree, n_images, seed)
-
-
-def shuffle_and_collect(agree: torch.Tensor, n_images: int, seed: int) -> torch.Tensor:
-    """The first `n_images` indices i with agree[i] ((N,) bool) along a permutation seeded by `seed`."""
     order = torch.randperm(len(agree), generator=torch.Generator().manual_seed(seed))
     chosen = order[agree[order]]
     if len(chosen) < n_images:
@@ -339,9 +317,9 @@ def run_belief(cfg: BeliefConfig, log: RunLog, data: ImageData | None = None) ->
     num_classes = data.info.num_classes
     test = data.test
 
-    student_pred = predict(student, test, data.mean, data.std, precision=precision)
-    teacher_pred = predict(teacher, test, data.mean, data.std, precision=precision)
-    # select_agreeing's walk, on the predictions already made (they also give both accuracies).
+    # Predictions on the whole test split: they choose the images and give both accuracies.
+    student_pred = predict(student, test, data.mean, data.std, precision=precision).cpu()
+    teacher_pred = predict(teacher, test, data.mean, data.std, precision=precision).cpu()
     indices = shuffle_and_collect(student_pred == teacher_pred, cfg.images, cfg.seed)
     if len(indices) == 0:
         raise ZsktError(f"the two networks agree on none of the {len(test)} {data.info.title} test images; "
@@ -381,10 +359,8 @@ def run_belief(cfg: BeliefConfig, log: RunLog, data: ImageData | None = None) ->
                      labels=labels.numpy(), predictions=predictions.numpy(), sources=sources.numpy(),
                      targets=targets.numpy(), mte_per_step=parts.per_step, mte_per_pair=parts.per_pair,
                      pair_counts=parts.pair_counts)
-        _plot(log, p_student, p_teacher, parts.per_step, cfg, mte, data.info.title)
     curves = n * (num_classes - 1)
-    log.print(f"MTE (first {cfg.mte_steps} steps) {mte:.4f} over {curves} curves; {seconds:.1f} s")
-    return log.finish({
+    result = {
         "mte": mte,
         "images": n,
         "images_asked": cfg.images,
@@ -411,7 +387,11 @@ def run_belief(cfg: BeliefConfig, log: RunLog, data: ImageData | None = None) ->
         "seconds": seconds,
         "pair_steps_per_second": curves * cfg.steps / max(seconds, 1e-9),
         **precision.describe(),
-    })
+    }
+    if log.enabled:
+        _plot(log, result, cfg, data.info.title)
+    log.print(f"MTE (first {cfg.mte_steps} steps) {mte:.4f} over {curves} curves; {seconds:.1f} s")
+    return log.finish(result)
 
 
 def _gather_curves(p_student: torch.Tensor, p_teacher: torch.Tensor,
@@ -453,31 +433,20 @@ def _save_curves(log: RunLog, **arrays: np.ndarray) -> None:
     atomic_write_bytes(log.out / "curves.npz", buffer.getvalue())
 
 
-def _plot(log: RunLog, p_student: torch.Tensor, p_teacher: torch.Tensor, per_step: np.ndarray,
-          cfg: BeliefConfig, mte: float, title: str) -> None:
-    """Figure 4's form (mean curves of both networks, +-2 standard errors, first 30 steps) and the per-step
+def _plot(log: RunLog, result: dict, cfg: BeliefConfig, title: str) -> None:
+    """The report's Figure 4 panel for this run (`reports.plots.draw_transition_curves`) and the per-step
     |difference| whose first K steps average to the MTE."""
-    import matplotlib
+    from zskt.reports.plots import _pyplot, draw_transition_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shown = min(FIGURE_STEPS, cfg.steps)
-    steps = np.arange(shown)
+    plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    networks = ((p_student, "student (attacked)", "tab:blue"), (p_teacher, "teacher", "tab:red"))
-    for curves, label, colour in networks:
-        mean = curves.double().mean((0, 1)).numpy()[:shown]
-        band = 2 * _sem(curves).numpy()[:shown]
-        left.plot(steps, mean, color=colour, label=label)
-        left.fill_between(steps, mean - band, mean + band, color=colour, alpha=0.25, linewidth=0)
-    left.set(xlabel="adversarial step", ylabel="mean $p_j$", ylim=(0, 1),
-             title=f"{title}: transition curves ({p_student.shape[0]}x{p_student.shape[1]})")
-    left.legend(loc="upper left")
+    draw_transition_curves(left, [result], "", "")
+    left.set_title(f"{title}: transition curves ({result['images']}x{result['targets_per_image']})")
+    per_step = result["mte_per_step"]
     right.plot(np.arange(len(per_step)), per_step, color="black")
     right.axvline(cfg.mte_steps - 1, color="grey", linestyle="--", linewidth=1)
     right.set(xlabel="adversarial step", ylabel="mean $|p_j^T - p_j^S|$", ylim=(0, 1),
-              title=f"MTE over first {cfg.mte_steps} steps = {mte:.3f}")
+              title=f"MTE over first {cfg.mte_steps} steps = {result['mte']:.3f}")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)

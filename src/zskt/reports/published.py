@@ -139,10 +139,6 @@ REFERENCE_LINES = {
 }
 OTHER_POINTS = {"cifar10": {"VID (Ahn et al.), M = 100": 81.59}}  # PAPER §4.2
 
-# Zero-shot WRN-40-2 -> WRN-16-1 as stated in text (PAPER; SPEC §9.7 notes NB-ACC's 94.37 for SVHN).
-ZERO_SHOT_TEXT = {"PAPER": {"svhn": (94.06, 0.27), "cifar10": (83.69, 0.58)},
-                  "COMP6248": {"svhn": (92.6, None), "cifar10": (81.86, None)}}
-
 # ---------------------------------------------------------------------------------- Table 2 (MTE, K = 100)
 # source -> dataset -> {"zero-shot": mte, "kd-at": mte}. The KD+AT student's M: not stated by the paper;
 # both reproductions used M = 200.

@@ -62,7 +62,7 @@ def our_ms(results: Results, dataset: str, teacher: str, student: str) -> list[i
 
 def figure2_section(results: Results, dataset: str, teacher: str, student: str, root: Path) -> list[str]:
     ms = our_ms(results, dataset, teacher, student)
-    nc = num_classes(results, dataset)
+    nc = num_classes(dataset)
     published_here = (teacher, student) == FIGURE_PAIR and dataset in published.FIGURE2["NB-ACC"]
     columns = sorted({0, *ms, *(published.FIGURE2["NB-ACC"]["cifar10"]["kd-at"] if published_here else ())})
     lines = [f"### Accuracy against M (Figure 2): {arch(teacher)} → {arch(student)}", ""]
