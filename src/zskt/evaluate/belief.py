@@ -270,8 +270,8 @@ class BeliefConfig:
                                          "16384 on CUDA (memory ~1.2 MB per pair for WRN-16-1 at 32x32)")
     seed: int = field(0, "seed of the shuffle that picks the images (authors: 0)")
     device: str = field("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
-    precision: str = field("fp32", "fp32 (the curves are a measurement), bf16 autocast, or auto "
-                                   "(fp32 on CPU, bf16 on CUDA)")
+    precision: str = field("fp32", "fp32 (the curves are a measurement), bf16 autocast, or auto (fp32; "
+                                   "docs/decisions.md)")
     image_size: int | None = field(None, "digits only: side of the resized images (default 16); must match "
                                          "what the networks were trained on")
     data_dir: str | None = field(None, "data root (default: $ZSKT_DATA or ~/.cache/zskt/data)")
