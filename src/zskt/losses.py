@@ -17,7 +17,7 @@ KLReduction = Literal["mean", "batchmean"]
 
 def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
                   reduction: KLReduction = "mean") -> torch.Tensor:
-    """Forward KL(teacher ‖ student) on softened outputs: the authors' `F.kl_div(log_softmax(s/T), softmax(t/T))`.
+    """KL(teacher ‖ student) of softened outputs, as the authors' `F.kl_div(log_softmax(s/T), softmax(t/T))`.
 
     Computed from log-probabilities on both sides (`log_target=True`): Σ p_t·(log p_t − log p_s) with
     p_t = exp(log_softmax(t/T)). The value is the authors' up to rounding, but where a teacher probability
@@ -55,11 +55,10 @@ class _ChannelMeanSquare(torch.autograd.Function):
     """(B, C, H, W) -> (B, H, W): the mean over channels of the squared activation, with a one-pass backward.
 
     Computed in float32 at least (float64 stays float64), as `x.float().permute(0, 2, 3, 1).pow(2).mean(-1)`.
-    Autograd's backward for that chain materialises the broadcast of the mean's gradient, divides it, multiplies
-    twice for the power and casts back: about 8 ms for a (128, 16, 32, 32) activation on the 2-core CPU, against
-    0.2 ms for the one multiply `x * (2/C * grad)` written here (a WRN-16-1 zero-shot student step went from 94
-    to 88 ms in float32 and from 74 to 61 ms in bf16; docs/benchmarks.md). The gradient keeps the activation's
-    dtype and memory format (channels_last stays channels_last).
+    Autograd's backward for that chain materialises the broadcast of the mean's gradient, divides it,
+    multiplies twice for the power and casts back; the one multiply `x * (2/C * grad)` written here does the
+    same in one pass (timings in docs/benchmarks.md). The gradient keeps the activation's dtype and memory
+    format (channels_last stays channels_last).
     """
 
     @staticmethod
@@ -81,11 +80,10 @@ def attention_map(activation: torch.Tensor) -> torch.Tensor:
     (B, C, H, W) -> (B, H*W) in float32 (float64 for float64 input), positions in row-major (h, w) order.
 
     The channel mean is taken over the last axis of the (B, H, W, C) view: for a channels_last activation that
-    view is contiguous, and the gradient flowing back stays channels_last. Reducing dim 1 of the NCHW view gave
-    the same numbers but an NCHW gradient, which then met the residual branch's channels_last gradient in a
-    mixed-layout add (15x slower than a same-layout add in bf16) and a layout copy in every convolution's
-    backward: 13 % of a bf16 zero-shot pseudo batch (docs/benchmarks.md). The mean of squares has its own
-    backward (`_ChannelMeanSquare`).
+    view is contiguous, and the gradient flowing back stays channels_last. Reducing dim 1 of the NCHW view
+    gave the same numbers but an NCHW gradient, which then met the residual branch's channels_last gradient in
+    a slow mixed-layout add and a layout copy in every convolution's backward (docs/benchmarks.md). The mean
+    of squares has its own backward (`_ChannelMeanSquare`).
     """
     return F.normalize(_ChannelMeanSquare.apply(activation).flatten(1), dim=1, eps=1e-12)
 
@@ -95,8 +93,8 @@ def attention_diff(student_act: torch.Tensor, teacher_act: torch.Tensor) -> torc
 
     The paper's Eq. (1) writes the L2 norm of the difference instead; the code's mean-square form is what
     produced the published numbers (SPEC §9.3). Channel counts may differ; spatial sizes must match.
-    `teacher_act` may also be the teacher's attention map already computed, (B, H*W): the zero-shot loop computes
-    it once per pseudo batch for its n_S student steps.
+    `teacher_act` may also be the teacher's attention map already computed, (B, H*W): the zero-shot loop
+    computes it once per pseudo batch for its n_S student steps.
     # (B, Cs, H, W), (B, Ct, H, W) or (B, H*W) -> ()
     """
     teacher_map = teacher_act if teacher_act.dim() == 2 else attention_map(teacher_act)

@@ -1,8 +1,8 @@
 """Devices, seeds, the precision and layout policy, and the environment a run records.
 
-Policy (docs/decisions.md): float32 is the default everywhere (with TF32 matmuls and convolutions on CUDA) until
-a CIFAR-10 run shows bf16 equal within noise; bf16 autocast is one flag away (`--precision bf16`). On a CPU
-without native bf16 arithmetic that flag is refused unless forced (`cpu_has_native_bf16`). channels_last
+Policy (docs/decisions.md): float32 is the default everywhere (with TF32 matmuls and convolutions on CUDA)
+until a CIFAR-10 run shows bf16 equal within noise; bf16 autocast is one flag away (`--precision bf16`). On a
+CPU without native bf16 arithmetic that flag is refused unless forced (`cpu_has_native_bf16`). channels_last
 everywhere.
 """
 
@@ -85,9 +85,10 @@ def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device, *, allow_emulated_bf16: bool = False) -> Precision:
-    """`auto` is float32 on every device (TF32 on CUDA): the paper's experiments run in float32 until a CIFAR-10
-    run shows bf16 equal within noise (docs/decisions.md). bf16 on a CPU without native bf16 is refused with a
-    one-line error unless `allow_emulated_bf16` or $ZSKT_FORCE_BF16=1 (benchmarks time it on purpose)."""
+    """`auto` is float32 on every device (TF32 on CUDA): the paper's experiments run in float32 until a
+    CIFAR-10 run shows bf16 equal within noise (docs/decisions.md). bf16 on a CPU without native bf16 is
+    refused with a one-line error unless `allow_emulated_bf16` or $ZSKT_FORCE_BF16=1 (benchmarks time it on
+    purpose)."""
     if precision not in PRECISIONS:
         raise ZsktError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     name = "fp32" if precision == "auto" else precision
@@ -100,8 +101,8 @@ def resolve_precision(precision: str, device: torch.device, *, allow_emulated_bf
         raise ZsktError("this CPU has no native bf16 (no AVX-512 BF16 or AMX): bf16 autocast would be emulated, "
                         f"about 16x slower than float32; use --precision fp32 (or set {FORCE_BF16_ENV}=1 to run "
                         "it anyway)")
-    # channels_last on every device and precision: cuDNN and oneDNN's CPU kernels, float32 included, are faster
-    # in NHWC (docs/benchmarks.md). A layout changes rounding only, never the function computed
+    # channels_last on every device and precision: cuDNN and oneDNN's CPU kernels, float32 included, are
+    # faster in NHWC (docs/benchmarks.md). A layout changes rounding only, never the function computed
     # (tests/test_models.py::test_channels_last_gives_same_output); it is recorded with every result.
     return Precision(name=name, device_type=device.type, channels_last=True)
 
@@ -128,10 +129,11 @@ def keep_freed_host_memory() -> str:
 
     By default glibc serves blocks over its mmap threshold (at most 32 MiB) with a fresh mmap and trims the
     heap's free top, so a training loop on the CPU gets new pages from the kernel for its large activations
-    on every step: 20-70 thousand page faults per zero-shot pseudo batch here, ~1 µs each (docs/benchmarks.md).
-    With mmap off (M_MMAP_MAX 0) and no trimming, freed blocks are reused; the process keeps its peak memory
-    until it exits, as PyTorch's CUDA caching allocator does on a GPU. Results do not change. Called once by
-    the `zskt` executable (`cli.entry`; not on import, not by `cli.main`); ZSKT_MALLOC=system skips it. Returns what is in force, which runs record.
+    on every step: tens of thousands of page faults per zero-shot pseudo batch (docs/benchmarks.md). With
+    mmap off (M_MMAP_MAX 0) and no trimming, freed blocks are reused; the process keeps its peak memory until
+    it exits, as PyTorch's CUDA caching allocator does on a GPU. Results do not change. Called once by the
+    `zskt` executable (`cli.entry`; not on import, not by `cli.main`); ZSKT_MALLOC=system skips it. Returns
+    what is in force, which runs record.
     """
     if _HOST_ALLOCATOR["setting"] != "system default" or os.environ.get("ZSKT_MALLOC", "") == "system":
         return _HOST_ALLOCATOR["setting"]

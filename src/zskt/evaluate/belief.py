@@ -34,14 +34,10 @@ from zskt.runtime import PRECISIONS, Precision, resolve_device, resolve_precisio
 logger = logging.getLogger(__name__)
 
 # Pairs stepped together when --chunk-size is not given. Memory is set by what the student's backward keeps
-# per pair (saved activations, fp32, measured with saved_tensors_hooks): WRN-16-1 1.15 MB at 32x32 and 0.35 MB
-# at 16x16; WRN-16-2 2.3 MB; WRN-40-2 6.8 MB at 32x32. The teacher runs under no_grad and keeps nothing.
-# CPU: small chunks stay in the caches. On the idle 2-core CPU (benchmarks/bench_belief.py, WRN-16-1 attacked,
-# WRN-40-2 reference, 32x32), pair-steps per second: fp32 348 / 336 / 352 / 249 / 212 / 137 at 32 / 64 / 128 /
-# 256 / 512 / 2048 pairs, bf16 696 / 778 / 615-750 / 752 at 32 / 64 / 128 / 256; on digits (16x16, WRN-16-2)
-# 64 / 256 / 2048 pairs gave 3427 / 3502 / 3057. 128 it is (~150 MB). CUDA: 16384 pairs (~19 GB for a
-# WRN-16-1; a WRN-40-2 student would need ~110 GB, so lower it then) hold the paper's 1000 x 9 = 9000 pairs
-# at once.
+# per pair (its saved activations; the teacher runs under no_grad and keeps nothing): about 1.2 MB for a
+# WRN-16-1 at 32x32, 7 MB for a WRN-40-2. CPU: small chunks stay in the caches, and 128 pairs (~150 MB) were
+# as fast as any (docs/benchmarks.md). CUDA: 16384 pairs (~19 GB for a WRN-16-1; lower it for a bigger
+# student) hold the paper's 1000 x 9 = 9000 pairs at once.
 DEFAULT_CHUNK = {"cpu": 128, "cuda": 16384}
 
 
@@ -84,8 +80,8 @@ def _layout(precision: Precision | None, images: torch.Tensor) -> torch.Tensor:
 
 
 def shuffle_and_collect(agree: torch.Tensor, n_images: int, seed: int) -> torch.Tensor:
-    """Indices into the test split of `n_images` images on which both networks predict the same class (SPEC §6):
-    the first `n_images` indices i with agree[i] ((N,) bool) along a permutation seeded by `seed`.
+    """Indices into the test split of `n_images` images on which both networks predict the same class (SPEC
+    §6): the first `n_images` indices i with agree[i] ((N,) bool) along a permutation seeded by `seed`.
 
     The authors shuffle the test set and walk it one image at a time, keeping agreeing images until n are
     collected; here the predictions are computed in batches beforehand and the same walk is taken over a
