@@ -1,13 +1,14 @@
-"""Throughput of adversarial belief matching (transition curves, MTE): zskt's batched `transition_curves` beside
-the authors' one-image-one-target loop (`authors_transition_curves`), WRN-16-1 attacked vs a WRN-40-2 reference
-at 32x32, in (image, target, step) triples per second.
+"""Throughput of adversarial belief matching (transition curves, MTE): zskt's batched `transition_curves`
+beside the authors' one-image-one-target loop (`authors_transition_curves`), WRN-16-1 attacked vs a WRN-40-2
+reference at 32x32, in (image, target, step) triples per second.
 
-    python benchmarks/bench_belief.py                       # 128 pairs x 2 steps batched; authors' 1 image x 9 targets x 3 steps
+    python benchmarks/bench_belief.py   # 128 pairs x 2 steps batched; authors' 1 image x 9 targets x 3 steps
     python benchmarks/bench_belief.py --pairs 9000 --steps 3 --device cuda
 
-The paper's measurement is 1000 images x 9 targets x 200 steps = 1.8 M triples; the authors' loop is timed on a
-few triples only and the full run's time is extrapolated linearly (its cost per triple does not depend on n).
-FLOPs per triple: FlopCounterMode on one step of each loop (student forward + input gradient, teacher forward).
+The paper's measurement is 1000 images x 9 targets x 200 steps = 1.8 M triples; the authors' loop is timed on
+a few triples only and the full run's time is extrapolated linearly (its cost per triple does not depend on
+n). FLOPs per triple: FlopCounterMode on one step of each loop (student forward + input gradient, teacher
+forward).
 """
 
 from __future__ import annotations

@@ -5,11 +5,12 @@ interleaved in one process.
     python benchmarks/bench_train.py                      # batch 128, 32x32, CPU: teacher step and KD+AT step
     python benchmarks/bench_train.py --cases teacher --repeats 5 --memory
 
-zskt's numbers are `fit_supervised` itself (the loop `zskt train` and `zskt kd-at` run, including the on-device
-pad-crop-flip augmentation and the loss accumulated on the device), on a synthetic CIFAR-10-shaped split of
-`--steps` batches: each repeat runs one warm-up epoch and two timed epochs and reports fit_supervised's own
-`seconds_per_iteration`. The authors' loops get a ready normalised batch (no data loading at all), so they are
-if anything flattered. FLOPs: FlopCounterMode on one step at batch 8, scaled to the batch.
+zskt's numbers are `fit_supervised` itself (the loop `zskt train` and `zskt kd-at` run, including the
+on-device pad-crop-flip augmentation and the loss accumulated on the device), on a synthetic CIFAR-10-shaped
+split of `--steps` batches: each repeat runs one warm-up epoch and two timed epochs and reports
+fit_supervised's own `seconds_per_iteration`. The authors' loops get a ready normalised batch (no data loading
+at all), so they are if anything flattered. FLOPs: FlopCounterMode on one step at batch 8, scaled to the
+batch.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ CASES = ("teacher", "kd-at")
 LOOPS = ("authors", "zskt-fp32", "zskt-bf16")
 
 
-# ------------------------------------------------------------------------------ the authors' loops, written out
+# ------------------------------------------------------------------------------ the authors' loops, written
+# out
 
 
 def _attention(a):
@@ -53,7 +55,7 @@ def _kd_at_loss(y, s_logits, s_acts, t_logits, t_acts, alpha=0.9, temperature=4.
     kl = F.kl_div(F.log_softmax(s_logits / temperature, 1), F.softmax(t_logits / temperature, 1),
                   reduction="sum") / s_logits.numel()
     loss = (1 - alpha) * ce + 2 * alpha * temperature**2 * kl
-    for s, t in zip(s_acts, t_acts):
+    for s, t in zip(s_acts, t_acts, strict=True):
         loss = loss + beta * (_attention(s) - _attention(t)).pow(2).mean()
     return loss
 
@@ -62,7 +64,8 @@ class AuthorsStep:
     """Eager float32, default layout. teacher case: model(x), CE, zero_grad, backward, SGD step, float(loss).
     kd-at case (FSKT `FewShotKTSolver.train`): student and teacher forwards both with a graph (the teacher in
     eval mode but with requires_grad=True, so the backward also runs through it and fills its unused parameter
-    gradients), the KD+AT loss, float() of accuracy and loss every step (host syncs), zero_grad, backward, SGD."""
+    gradients), the KD+AT loss, float() of accuracy and loss every step (host syncs), zero_grad, backward,
+    SGD."""
 
     def __init__(self, case, model, teacher, batch_size, device):
         self.case, self.model, self.teacher = case, model.train(), teacher

@@ -1,5 +1,5 @@
-"""Seconds per pseudo batch of the zero-shot loop: the authors' loop (written out below, SPEC §3) beside zskt's
-`zero_shot_steps` in float32 and with the bf16 option, measured interleaved in one process.
+"""Seconds per pseudo batch of the zero-shot loop: the authors' loop (written out below, SPEC §3) beside
+zskt's `zero_shot_steps` in float32 and with the bf16 option, measured interleaved in one process.
 
     python benchmarks/bench_zero_shot.py                      # both pairs, batch 128, 32x32, CPU
     python benchmarks/bench_zero_shot.py --pairs wrn-40-2:wrn-16-1 --iterations 2 --repeats 5
@@ -7,10 +7,11 @@
     python benchmarks/bench_zero_shot.py --device cuda --loops authors,zskt-fp32,zskt-bf16,zskt-bf16-compile
 
 One pseudo batch = 1 generator step + 10 student steps at batch 128 (the authors' scripts). Each case runs
-`--iterations` pseudo batches per repeat after one warm-up pseudo batch; cases are interleaved (A B C A B C ...)
-and the table gives medians over `--repeats`. FLOPs are counted with torch.utils.flop_counter.FlopCounterMode
-(convolutions and matmuls, forward and backward, as each loop executes them) on one pseudo batch at a small
-batch and scaled linearly to the benchmark's batch (exact: every counted op is per-sample).
+`--iterations` pseudo batches per repeat after one warm-up pseudo batch; cases are interleaved (A B C A B C
+...) and the table gives medians over `--repeats`. FLOPs are counted with
+torch.utils.flop_counter.FlopCounterMode (convolutions and matmuls, forward and backward, as each loop
+executes them) on one pseudo batch at a small batch and scaled linearly to the benchmark's batch (exact: every
+counted op is per-sample).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ ALL_LOOPS = LOOPS + ("zskt-fp32-compile", "zskt-bf16-compile")
 DEFAULT_PAIRS = "wrn-40-2:wrn-16-1,wrn-16-2:wrn-16-1"
 
 
-# ------------------------------------------------------------------------------ the authors' loop, written out
+# ------------------------------------------------------------------------------ the authors' loop, written
+# out
 
 
 def _kl(student_logits, teacher_logits):
@@ -55,7 +57,7 @@ def _attention(a):
 
 def _student_loss(s_logits, s_acts, t_logits, t_acts, beta=250.0):
     at = 0
-    for s, t in zip(s_acts, t_acts):
+    for s, t in zip(s_acts, t_acts, strict=True):
         at = at + beta * (_attention(s) - _attention(t)).pow(2).mean()
     return _kl(s_logits, t_logits) + at
 
@@ -124,8 +126,8 @@ class AuthorsLoop:
 
 
 class ZsktLoop:
-    """zskt's `zero_shot_steps`, set up as `zero_shot` sets it up (frozen teacher, precision policy, stats on the
-    device); `compile` wraps the student in torch.compile (CUDA: mode="reduce-overhead")."""
+    """zskt's `zero_shot_steps`, set up as `zero_shot` sets it up (frozen teacher, precision policy, stats on
+    the device); `compile` wraps the student in torch.compile (CUDA: mode="reduce-overhead")."""
 
     def __init__(self, teacher, student, generator, batch_size, precision_name, device, total=80_000,
                  compile=False, seed=0):
@@ -182,15 +184,17 @@ def count_flops(name: str, pair: str, batch_size: int, device, flop_batch: int =
 
 def spec_flops(pair: str, batch_size: int) -> dict:
     """FLOPs per pseudo batch from SPEC §1/§2's per-image forward costs, with backward = 2x forward
-    (weight + input gradients) and 1x where only one of them is needed. `spec_done_once` is the floor the issue
-    quotes (the generator's literal layers, 231.7 MFLOP per image); `..._fused_generator` counts the generator as
-    zskt runs it (each upsample-conv pair a transposed convolution: 105.8 MFLOP per image at 32x32)."""
+    (weight + input gradients) and 1x where only one of them is needed. `spec_done_once` is the floor the
+    issue quotes (the generator's literal layers, 231.7 MFLOP per image); `..._fused_generator` counts the
+    generator as zskt runs it (each upsample-conv pair a transposed convolution: 105.8 MFLOP per image at
+    32x32)."""
     fwd = {"wrn-16-1": 53.3e6, "wrn-16-2": 202.2e6, "wrn-40-1": 166.6e6, "wrn-40-2": 655.2e6}
     t, s = (fwd[n] for n in pair.split(":"))
     out = {}
     for key, g in (("spec_done_once", 231.7e6), ("spec_done_once_fused_generator", 105.8e6)):
-        # zskt: G fwd+bwd(weights, input not needed past the Linear) ~3G; S fwd + input-grad bwd; T fwd + input
-        # bwd; pseudo batch: G fwd + T fwd; 10 student steps: S fwd + bwd(weights + input grads inside) = 3S each.
+        # zskt: G fwd+bwd(weights, input not needed past the Linear) ~3G; S fwd + input-grad bwd; T fwd +
+        # input bwd; pseudo batch: G fwd + T fwd; 10 student steps: S fwd + bwd(weights + input grads inside)
+        # = 3S each.
         done_once = (3 * g + 2 * s + 2 * t) + (g + t) + 10 * 3 * s
         out[key] = done_once * batch_size
     return out
@@ -200,9 +204,9 @@ def check_authors_loop(pair: str = "wrn-16-2:wrn-16-1", batch_size: int = 16, n:
     """Largest parameter difference between this file's `AuthorsLoop` and zskt's `reference_zero_shot_steps`
     after `n` pseudo batches from the same networks and z sequence: both are the authors' loop, written twice,
     with the authors' plain Adam on both sides. They agree to rounding only: this file's KL is the authors'
-    `F.kl_div(log_softmax(s), softmax(t))`, zskt's is computed from log-probabilities on both sides (finite for
-    a confident teacher), and Adam amplifies that float32 rounding to ~2e-2 after 2 pseudo batches at batch 16
-    (with zskt's KL here they agree exactly, 0.0)."""
+    `F.kl_div(log_softmax(s), softmax(t))`, zskt's is computed from log-probabilities on both sides (finite
+    for a confident teacher), and Adam amplifies that float32 rounding to ~2e-2 after 2 pseudo batches at
+    batch 16 (with zskt's KL here they agree exactly, 0.0)."""
     from zskt.methods.zero_shot import CosineFactor, reference_zero_shot_steps
 
     device = torch.device("cpu")
@@ -217,8 +221,8 @@ def check_authors_loop(pair: str = "wrn-16-2:wrn-16-1", batch_size: int = 16, n:
     lam = torch.optim.lr_scheduler.LambdaLR
     opt = Optimisers(gen, stu, lam(gen, CosineFactor(cfg.total_iterations)), lam(stu, CosineFactor(cfg.total_iterations)))
     reference_zero_shot_steps(teacher.eval(), student, generator, opt, torch.Generator().manual_seed(0), n, cfg)
-    pairs = [*zip(ours.student.parameters(), student.parameters()),
-             *zip(ours.generator.parameters(), generator.parameters())]
+    pairs = [*zip(ours.student.parameters(), student.parameters(), strict=True),
+             *zip(ours.generator.parameters(), generator.parameters(), strict=True)]
     return max((a - b).abs().max().item() for a, b in pairs)
 
 

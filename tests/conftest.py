@@ -4,7 +4,8 @@
 - `random_wrn(seed, arch="wrn-16-1", num_classes=10, in_channels=1)`: a randomly initialised Wide ResNet in
   eval mode whose batch norms have non-trivial running statistics and scales, as a trained network's have
   (with PyTorch's initial statistics a BN layer is the identity and folding it tests nothing).
-- `digits_teacher`: a WRN-16-1 trained on `digits8` (6 epochs of SGD, about 97 % test accuracy, a few seconds);
+- `digits_teacher`: a WRN-16-1 trained on `digits8` (6 epochs of SGD, about 97 % test accuracy, a few
+seconds);
   `digits_teacher_file`: it, saved as `zskt train` saves a model (dataset digits, image size 8).
 - `toy_network_files`: random networks saved as model files: "teacher" (WRN-16-2) and "student" (WRN-16-1)
   for digits at 8x8, plus misfits for the error paths: "rgb" (3 channels), "svhn" (an SVHN network at 32x32)
@@ -24,8 +25,8 @@ from zskt.data import load_dataset, normalize
 from zskt.models import build_model, save_model
 from zskt.runtime import FORCE_BF16_ENV
 
-# bf16 runs at toy sizes on any CPU, also where it is only emulated (slow, but toy-sized): the refusal zskt makes
-# there has its own tests (test_runtime.py), which unset this. Subprocesses (torchrun tests) inherit it.
+# bf16 runs at toy sizes on any CPU, also where it is only emulated (slow, but toy-sized): the refusal zskt
+# makes there has its own tests (test_runtime.py), which unset this. Subprocesses (torchrun tests) inherit it.
 os.environ.setdefault(FORCE_BF16_ENV, "1")
 
 TOY_SIZE = 8  # digits at their native 8x8: the WRN maps are 8, 4, 2 and the generator's seed map is 2x2

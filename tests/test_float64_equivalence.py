@@ -29,7 +29,8 @@ SIZE = 8  # the WRN's maps are 8, 4, 2: all three attention maps are compared
 
 @pytest.fixture
 def float64_default():
-    """torch's default dtype float64 for the test (the generator draws z in the default dtype), then restored."""
+    """torch's default dtype float64 for the test (the generator draws z in the default dtype), then
+    restored."""
     saved = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
@@ -60,7 +61,9 @@ def _relative_gap(a: torch.nn.Module, b: torch.nn.Module) -> float:
 @pytest.mark.parametrize("beta", [250.0, 0.0])
 def test_production_loop_equals_authors_loop_in_float64(float64_default, random_wrn, beta):
     # Two generator and three student steps per pseudo batch, clipping on, the authors' KL reduction.
-    cfg = ZeroShotConfig(iterations=10, batch_size=8, n_generator_steps=2, n_student_steps=3, beta=beta, device="cpu")
+    cfg = ZeroShotConfig(
+        iterations=10, batch_size=8, n_generator_steps=2, n_student_steps=3, beta=beta, device="cpu"
+    )
     teacher, student, generator = _networks(random_wrn)
     ref_student, ref_generator = copy.deepcopy(student), copy.deepcopy(generator)
     start = copy.deepcopy(student)

@@ -48,7 +48,7 @@ def test_zero_shot_losses_weights():
     sa = [torch.randn(8, 4, 6, 6), torch.randn(8, 8, 3, 3)]
     ta = [torch.randn(8, 16, 6, 6), torch.randn(8, 32, 3, 3)]
     kl = losses.kl_divergence(s, t)
-    at = sum(losses.attention_diff(x, y) for x, y in zip(sa, ta))
+    at = sum(losses.attention_diff(x, y) for x, y in zip(sa, ta, strict=True))
     got = losses.zero_shot_student_loss(s, sa, t, ta, beta=250.0)
     assert torch.allclose(got, kl + 250.0 * at)
     assert torch.allclose(losses.zero_shot_student_loss(s, sa, t, ta, beta=0.0), kl)
@@ -84,8 +84,8 @@ def test_attention_map_gradient_is_autograds(layout):
 
 
 def test_attention_map_gradient_in_bfloat16_matches_the_float32_chain():
-    # A bf16 activation (the bf16 option's autocast) gets a bf16 gradient equal, to bf16 rounding, to the plain
-    # autograd chain x.float().pow(2).mean(channels) computed in float32.
+    # A bf16 activation (the bf16 option's autocast) gets a bf16 gradient equal, to bf16 rounding, to the
+    # plain autograd chain x.float().pow(2).mean(channels) computed in float32.
     torch.manual_seed(5)
     x32 = torch.randn(4, 16, 8, 8).contiguous(memory_format=torch.channels_last)
     x16 = x32.to(torch.bfloat16).requires_grad_()

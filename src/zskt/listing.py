@@ -1,4 +1,5 @@
-"""`zskt list`: the registered models (with parameter counts) and data sets (with whether their files are here)."""
+"""`zskt list`: the registered models (with parameter counts) and data sets (with whether their files are
+here)."""
 
 from __future__ import annotations
 

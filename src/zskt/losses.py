@@ -15,8 +15,12 @@ import torch.nn.functional as F
 KLReduction = Literal["mean", "batchmean"]
 
 
-def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
-                  reduction: KLReduction = "mean") -> torch.Tensor:
+def kl_divergence(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    reduction: KLReduction = "mean",
+) -> torch.Tensor:
     """KL(teacher ‖ student) of softened outputs, as the authors' `F.kl_div(log_softmax(s/T), softmax(t/T))`.
 
     Computed from log-probabilities on both sides (`log_target=True`): Σ p_t·(log p_t − log p_s) with
@@ -101,17 +105,24 @@ def attention_diff(student_act: torch.Tensor, teacher_act: torch.Tensor) -> torc
     return (attention_map(student_act) - teacher_map).pow(2).mean()
 
 
-def attention_loss(student_acts: Sequence[torch.Tensor], teacher_acts: Sequence[torch.Tensor],
-                   beta: float) -> torch.Tensor:
+def attention_loss(
+    student_acts: Sequence[torch.Tensor], teacher_acts: Sequence[torch.Tensor], beta: float
+) -> torch.Tensor:
     """β · Σ_l attention_diff over the layers: β per layer with no division by the layer count (SPEC §3)."""
     total = sum(attention_diff(s, t) for s, t in zip(student_acts, teacher_acts, strict=True))
     return beta * total
 
 
-def zero_shot_student_loss(student_logits: torch.Tensor, student_acts: Sequence[torch.Tensor],
-                           teacher_logits: torch.Tensor, teacher_acts: Sequence[torch.Tensor], *,
-                           beta: float = 250.0, temperature: float = 1.0,
-                           reduction: KLReduction = "mean") -> torch.Tensor:
+def zero_shot_student_loss(
+    student_logits: torch.Tensor,
+    student_acts: Sequence[torch.Tensor],
+    teacher_logits: torch.Tensor,
+    teacher_acts: Sequence[torch.Tensor],
+    *,
+    beta: float = 250.0,
+    temperature: float = 1.0,
+    reduction: KLReduction = "mean",
+) -> torch.Tensor:
     """`KT_loss_student`: KL(teacher ‖ student) + β · Σ_{l=1..3} attention_diff_l, β = 250 (SPEC §3)."""
     loss = kl_divergence(student_logits, teacher_logits, temperature, reduction)
     if beta:
@@ -119,16 +130,30 @@ def zero_shot_student_loss(student_logits: torch.Tensor, student_acts: Sequence[
     return loss
 
 
-def zero_shot_generator_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
-                             temperature: float = 1.0, reduction: KLReduction = "mean") -> torch.Tensor:
+def zero_shot_generator_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    reduction: KLReduction = "mean",
+) -> torch.Tensor:
     """`KT_loss_generator`: −KL(teacher ‖ student); the generator maximises the disagreement (SPEC §3)."""
     return -kl_divergence(student_logits, teacher_logits, temperature, reduction)
 
 
-def kd_at_loss(student_logits: torch.Tensor, student_acts: Sequence[torch.Tensor], labels: torch.Tensor,
-               teacher_logits: torch.Tensor | None, teacher_acts: Sequence[torch.Tensor] | None, *,
-               alpha: float = 0.9, temperature: float = 4.0, beta: float = 1000.0,
-               kl_reduction: KLReduction = "mean", kd_factor: float = 2.0) -> torch.Tensor:
+def kd_at_loss(
+    student_logits: torch.Tensor,
+    student_acts: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    teacher_acts: Sequence[torch.Tensor] | None,
+    *,
+    alpha: float = 0.9,
+    temperature: float = 4.0,
+    beta: float = 1000.0,
+    kl_reduction: KLReduction = "mean",
+    kd_factor: float = 2.0,
+) -> torch.Tensor:
     """The few-shot KD+AT loss of the authors' FSKT code (SPEC §4):
 
         (1 − α)·CE(s, y) + kd_factor·α·T²·KL_mean(s/T ‖ t/T) + β·Σ_l attention_diff_l

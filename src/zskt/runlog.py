@@ -42,7 +42,8 @@ def read_json(path: Path) -> dict:
 
 
 class RunLog:
-    """Writes one run folder. Pass `enabled=False` on non-zero ranks of a distributed run: nothing is written."""
+    """Writes one run folder. Pass `enabled=False` on non-zero ranks of a distributed run: nothing is
+    written."""
 
     def __init__(self, out: str | Path, *, command: str, config: dict, environment: dict | None = None,
                  resume: bool = False, overwrite: bool = False, quiet: bool = False, enabled: bool = True):
@@ -91,7 +92,8 @@ class RunLog:
                             "rerun with the original options or use another --out")
 
     def record_resolved(self, **values: Any) -> None:
-        """Add derived values (e.g. `schedule={...}`) to config.json under "resolved", after the config fields."""
+        """Add derived values (e.g. `schedule={...}`) to config.json under "resolved", after the config
+        fields."""
         self.resolved.update({k: _plain(v) for k, v in values.items()})
         if self.enabled:
             atomic_write_json(self.out / "config.json", {"command": self.command, **self.config,

@@ -65,8 +65,11 @@ class Precision:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def describe(self) -> dict:
-        return {"precision": self.name, "channels_last": self.channels_last,
-                "tf32": self.device_type == "cuda" and torch.backends.cuda.matmul.allow_tf32}
+        return {
+            "precision": self.name,
+            "channels_last": self.channels_last,
+            "tf32": self.device_type == "cuda" and torch.backends.cuda.matmul.allow_tf32,
+        }
 
 
 def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
@@ -79,12 +82,16 @@ def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
         return False
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features") and {"avx512_bf16", "amx_bf16", "bf16"} & set(value.split()):
+        if key.strip().lower() in ("flags", "features") and {"avx512_bf16", "amx_bf16", "bf16"} & set(
+            value.split()
+        ):
             return True
     return False
 
 
-def resolve_precision(precision: str, device: torch.device, *, allow_emulated_bf16: bool = False) -> Precision:
+def resolve_precision(
+    precision: str, device: torch.device, *, allow_emulated_bf16: bool = False
+) -> Precision:
     """`auto` is float32 on every device (TF32 on CUDA): the paper's experiments run in float32 until a
     CIFAR-10 run shows bf16 equal within noise (docs/decisions.md). bf16 on a CPU without native bf16 is
     refused with a one-line error unless `allow_emulated_bf16` or $ZSKT_FORCE_BF16=1 (benchmarks time it on
@@ -98,9 +105,11 @@ def resolve_precision(precision: str, device: torch.device, *, allow_emulated_bf
         torch.backends.cudnn.benchmark = True
     forced = allow_emulated_bf16 or os.environ.get(FORCE_BF16_ENV, "") not in ("", "0")
     if name == "bf16" and device.type == "cpu" and not forced and not cpu_has_native_bf16():
-        raise ZsktError("this CPU has no native bf16 (no AVX-512 BF16 or AMX): bf16 autocast would be emulated, "
-                        f"about 16x slower than float32; use --precision fp32 (or set {FORCE_BF16_ENV}=1 to run "
-                        "it anyway)")
+        raise ZsktError(
+            "this CPU has no native bf16 (no AVX-512 BF16 or AMX): bf16 autocast would be emulated, "
+            f"about 16x slower than float32; use --precision fp32 (or set {FORCE_BF16_ENV}=1 to run "
+            "it anyway)"
+        )
     # channels_last on every device and precision: cuDNN and oneDNN's CPU kernels, float32 included, are
     # faster in NHWC (docs/benchmarks.md). A layout changes rounding only, never the function computed
     # (tests/test_models.py::test_channels_last_gives_same_output); it is recorded with every result.
@@ -110,12 +119,19 @@ def resolve_precision(precision: str, device: torch.device, *, allow_emulated_bf
 def git_revision() -> str | None:
     try:
         root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5,
-                             check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=False
+        )
         if out.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5, check=False).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None

@@ -1,4 +1,5 @@
-"""load_dataset: a registered data set's train and test splits as uint8 tensors, downloading missing files on request."""
+"""load_dataset: a registered data set's train and test splits as uint8 tensors, downloading missing files on
+request."""
 
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ def load_dataset(
         return ImageData(info, train, test, mean, std)
     if image_size is not None and image_size != info.image_size:
         raise ZsktError(
-            f"{info.title} images are {info.image_size}x{info.image_size}; image_size={image_size} only applies "
-            "to digits: leave it unset"
+            f"{info.title} images are {info.image_size}x{info.image_size}; image_size={image_size} only "
+            "applies to digits: leave it unset"
         )
     root = data_root(root)
     if download and not files_present(info.name, root):

@@ -86,7 +86,8 @@ def fetch(url: str, dest: Path, md5: str, *, progress: bool = True) -> Path:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     # Not zskt.io's atomic writers: they take the whole content in memory, and SVHN's train file is 182 MB.
-    # Same idea: a temporary file in the same folder (so os.replace is an atomic rename), removed on any failure.
+    # Same idea: a temporary file in the same folder (so os.replace is an atomic rename), removed on any
+    # failure.
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
@@ -127,8 +128,8 @@ def fetch(url: str, dest: Path, md5: str, *, progress: bool = True) -> Path:
         got = digest.hexdigest()
         if got != md5:
             raise ZsktError(
-                f"download of {url} has md5 {got}, expected {md5}; it was discarded: try again, or put a good "
-                f"copy at {dest} yourself"
+                f"download of {url} has md5 {got}, expected {md5}; it was discarded: try again, or put a "
+                f"good copy at {dest} yourself"
             )
         os.replace(tmp, dest)
     except BaseException:
@@ -162,7 +163,8 @@ def _extract(info: DatasetInfo, archive: Path, root: Path, roles: tuple[str, ...
             if not target.exists():
                 os.replace(scratch / folder, target)
                 continue
-            # A partial copy is already there (say the user deleted one damaged batch): refill it file by file.
+            # A partial copy is already there (say the user deleted one damaged batch): refill it file by
+            # file.
             for source in sorted((scratch / folder).rglob("*")):
                 if source.is_file():
                     destination = target / source.relative_to(scratch / folder)
@@ -183,7 +185,8 @@ def download_dataset(name: str, root: str | Path | None = None, *, progress: boo
         root.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ZsktError(
-            f"cannot create the data root {root} ({error}); point --data-dir or ZSKT_DATA at a writable folder"
+            f"cannot create the data root {root} ({error}); point --data-dir or ZSKT_DATA at a writable "
+            "folder"
         ) from error
     if not os.access(root, os.W_OK):
         raise ZsktError(f"the data root {root} is not writable; point --data-dir or ZSKT_DATA at a writable folder")

@@ -1,5 +1,6 @@
-"""Batches from device-resident uint8 images: seeded per-epoch shuffling, normalisation and batched pad-crop-flip
-augmentation on the device (no DataLoader workers), and the "M images per class" subsets of SPEC §4."""
+"""Batches from device-resident uint8 images: seeded per-epoch shuffling, normalisation and batched
+pad-crop-flip augmentation on the device (no DataLoader workers), and the "M images per class" subsets of SPEC
+§4."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ PAD = 4  # RandomCrop(32, padding=4) in the authors' CIFAR-10 transform (SPEC §
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float32 (x / 255 - mean) / std per channel, on the images' device (ToTensor + Normalize)."""
+    """uint8 (B, C, H, W) -> float32 (x / 255 - mean) / std per channel, on the images' device (ToTensor +
+    Normalize)."""
     mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     if mean.shape[1] != images.shape[1] or std.shape[1] != images.shape[1]:
@@ -44,8 +46,9 @@ def pad_crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tens
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    # SeedSequence mixes (seed, epoch) into one well-spread 64-bit seed, so (seed 0, epoch 1) and (seed 1, epoch 0)
-    # get unrelated streams, and any epoch can be replayed from its number alone (resume needs no RNG state).
+    # SeedSequence mixes (seed, epoch) into one well-spread 64-bit seed, so (seed 0, epoch 1) and (seed 1,
+    # epoch 0) get unrelated streams, and any epoch can be replayed from its number alone (resume needs no RNG
+    # state).
     state = np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0]
     return torch.Generator(device="cpu").manual_seed(int(state))
 
@@ -152,7 +155,8 @@ def select_per_class(
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     visited = labels[order]
     # Rank of each visited image among earlier visits of its class: a stable sort groups the classes while
-    # keeping visit order, and subtracting each class's start gives the rank. Rank < M = "first M of its class".
+    # keeping visit order, and subtracting each class's start gives the rank. Rank < M = "first M of its
+    # class".
     by_class = torch.sort(visited, stable=True).indices
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(len(labels)) - starts[visited[by_class]]

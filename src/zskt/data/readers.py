@@ -1,4 +1,5 @@
-"""Readers for the canonical data files (SPEC §10, torchvision's folder layout reused as is) and the embedded digits.
+"""Readers for the canonical data files (SPEC §10, torchvision's folder layout reused as is) and the embedded
+digits.
 
 Each reader returns (train, test) ImageSplits of uint8 (N, C, H, W) on the CPU. A missing or malformed file
 becomes a ZsktError that names the file and the fix, never an exception from deep inside pickle or scipy.
@@ -117,7 +118,8 @@ class _ArrayUnpickler(pickle.Unpickler):
 def _read_cifar_batch(info: DatasetInfo, path: Path) -> ImageSplit:
     try:
         with open(path, "rb") as f:
-            # The batches were pickled by Python 2: latin1 turns their str keys into str and keeps bytes intact.
+            # The batches were pickled by Python 2: latin1 turns their str keys into str and keeps bytes
+            # intact.
             batch = _ArrayUnpickler(f, encoding="latin1").load()
     except Exception as error:  # a damaged pickle can raise almost anything (EOFError, ValueError, ...)
         raise _corrupt(info, path, f"cannot unpickle: {type(error).__name__}: {error}") from error
@@ -177,7 +179,8 @@ _IDX_IMAGES, _IDX_LABELS = 2051, 2049  # magic numbers: 0x0803 (uint8, 3 dims), 
 
 
 def _read_idx(info: DatasetInfo, path: Path, magic: int) -> np.ndarray:
-    """An uncompressed or gzipped IDX file: big-endian int32 magic, one int32 per dimension, then uint8 data."""
+    """An uncompressed or gzipped IDX file: big-endian int32 magic, one int32 per dimension, then uint8
+    data."""
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, zlib.error) as error:  # BadGzipFile is an OSError; truncation gives EOFError

@@ -1,4 +1,5 @@
-"""What each data set is (one literal registry), the tensor containers the readers fill, and where files live."""
+"""What each data set is (one literal registry), the tensor containers the readers fill, and where files
+live."""
 
 from __future__ import annotations
 
@@ -92,7 +93,8 @@ class ImageData:
 
 
 def data_root(root: str | Path | None = None) -> Path:
-    """Folder holding the data files: explicit argument > $ZSKT_DATA > $XDG_CACHE_HOME/zskt/data > ~/.cache/zskt/data."""
+    """Folder holding the data files: explicit argument > $ZSKT_DATA > $XDG_CACHE_HOME/zskt/data >
+    ~/.cache/zskt/data."""
     if root is not None and str(root) != "":
         return Path(root).expanduser()
     if os.environ.get("ZSKT_DATA"):

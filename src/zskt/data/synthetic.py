@@ -1,6 +1,6 @@
 """Tiny data sets written in the exact canonical file formats (SPEC §10), for tests and smoke runs on machines
-that cannot download the real ones: point --data-dir (or ZSKT_DATA) at the folder and the readers take it as is.
-Images are a per-class pattern plus noise, so a toy model can learn them."""
+that cannot download the real ones: point --data-dir (or ZSKT_DATA) at the folder and the readers take it as
+is. Images are a per-class pattern plus noise, so a toy model can learn them."""
 
 from __future__ import annotations
 

@@ -12,8 +12,16 @@ from zskt.distributed import all_sum, shard
 
 
 @torch.no_grad()
-def predict(model: nn.Module, split: ImageSplit, mean, std, *, batch_size: int = 500, precision=None,
-            rows: tuple[int, int] | None = None) -> torch.Tensor:
+def predict(
+    model: nn.Module,
+    split: ImageSplit,
+    mean,
+    std,
+    *,
+    batch_size: int = 500,
+    precision=None,
+    rows: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """argmax of `model` on the images `rows` = [first, last) of `split` (default: all), int64 on the model's
     device, in eval mode (BN running statistics, as `test()` in the authors' solver, SPEC §3); the model's
     previous train/eval mode is restored. `precision` (a runtime.Precision) sets autocast and layout."""
@@ -27,7 +35,7 @@ def predict(model: nn.Module, split: ImageSplit, mean, std, *, batch_size: int =
     try:
         with autocast:
             for start in range(first, last, batch_size):
-                images = normalize(split.images[start:min(start + batch_size, last)].to(device), mean, std)
+                images = normalize(split.images[start : min(start + batch_size, last)].to(device), mean, std)
                 logits, _ = model(precision.layout(images) if precision is not None else images)
                 out.append(logits.argmax(1))
     finally:
@@ -35,12 +43,15 @@ def predict(model: nn.Module, split: ImageSplit, mean, std, *, batch_size: int =
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=device)
 
 
-def evaluate_accuracy(model: nn.Module, split: ImageSplit, mean, std, *, batch_size: int = 500,
-                      precision=None) -> float:
+def evaluate_accuracy(
+    model: nn.Module, split: ImageSplit, mean, std, *, batch_size: int = 500, precision=None
+) -> float:
     """Percent correct on `split` (`predict`). Under torchrun each rank predicts its contiguous part of the
     split and the counts are summed: every rank gets the same accuracy for a fraction of the work (all ranks
     must call this together). No host sync until the end."""
     first, last = shard(len(split.labels))
-    predicted = predict(model, split, mean, std, batch_size=batch_size, precision=precision, rows=(first, last))
+    predicted = predict(
+        model, split, mean, std, batch_size=batch_size, precision=precision, rows=(first, last)
+    )
     correct = (predicted == split.labels[first:last].to(predicted.device)).sum()
     return 100.0 * all_sum(correct).item() / max(1, len(split.labels))

@@ -33,7 +33,8 @@ MODELS = {
 
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> WideResNet:
-    """A freshly initialised registered Wide ResNet; the name is case-insensitive (the authors write "WRN-40-2")."""
+    """A freshly initialised registered Wide ResNet; the name is case-insensitive (the authors write
+    "WRN-40-2")."""
     key = str(name).strip().lower()
     if key not in MODELS:
         raise ZsktError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")

@@ -32,7 +32,8 @@ FORMAT_VERSION = 1
 # network as `self.generator`, so their generator_state_dict keys read "generator.layers.0.weight".
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
-# Ferles et al. name the same modules differently; their files map one to one onto the authors' keys (SPEC §7).
+# Ferles et al. name the same modules differently; their files map one to one onto the authors' keys (SPEC
+# §7).
 _FERLES_RENAMES = (
     (re.compile(r"^(block\d+)\.nblockLayer\."), r"\1.layer."),
     (re.compile(r"^batch_norm\."), "bn1."),
@@ -50,7 +51,8 @@ _LEGACY_MAGIC = b"l\xfc\x9cF\xf9 j\xa8P\x19"
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, **meta: Any) -> None:
-    """Write a Wide ResNet atomically as a self-describing ``zskt-model`` file; ``meta`` is stored as given."""
+    """Write a Wide ResNet atomically as a self-describing ``zskt-model`` file; ``meta`` is stored as
+    given."""
     model = _unwrap(model)
     if not isinstance(model, WideResNet):
         raise TypeError(f"save_model expects a WideResNet, got {type(model).__name__}")
@@ -58,7 +60,8 @@ def save_model(model: nn.Module, path: str | os.PathLike, **meta: Any) -> None:
 
 
 def save_generator(generator: nn.Module, path: str | os.PathLike, **meta: Any) -> None:
-    """Write a Generator atomically as a self-describing ``zskt-generator`` file; ``meta`` is stored as given."""
+    """Write a Generator atomically as a self-describing ``zskt-generator`` file; ``meta`` is stored as
+    given."""
     generator = _unwrap(generator)
     if not isinstance(generator, Generator):
         raise TypeError(f"save_generator expects a Generator, got {type(generator).__name__}")
@@ -80,7 +83,8 @@ def _record(fmt: str, module: nn.Module, meta: dict) -> dict:
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
-    # DataParallel keeps the network as .module, torch.compile as ._orig_mod; the file should hold the network.
+    # DataParallel keeps the network as .module, torch.compile as ._orig_mod; the file should hold the
+    # network.
     while isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)) or hasattr(
         module, "_orig_mod"
     ):
@@ -223,7 +227,8 @@ def _model_from(obj: Any, path: Path, arch: str | Mapping | None, *, num_classes
 
 
 def infer_wrn_arch(state_dict: Mapping[str, torch.Tensor], source: Any = "state_dict") -> dict:
-    """depth, widen_factor, num_classes and in_channels of the Wide ResNet whose (authors'-named) weights these are.
+    """depth, widen_factor, num_classes and in_channels of the Wide ResNet whose (authors'-named) weights
+    these are.
 
     depth = 6n+4 with n the number of ``block1.layer.i`` blocks; the widen factor is block3's width / 64;
     the class count is fc's output size and the input channels are conv1's.
@@ -276,7 +281,8 @@ def _unpack(obj: Any, path: Path, *, own: str, other: str, other_is: str, keys: 
 
 def _wrn_weights(obj: Any, path: Path) -> tuple[dict, Mapping | None]:
     """(state_dict with the authors' key names, recorded arch or None) from whatever the file holds:
-    `state_dict` (authors' teachers, FSKT KD+AT students), `student_state_dict` (authors' zero-shot students)."""
+    `state_dict` (authors' teachers, FSKT KD+AT students), `student_state_dict` (authors' zero-shot
+    students)."""
     state, recorded = _unpack(obj, path, own=MODEL_FORMAT, other=GENERATOR_FORMAT,
                               other_is="a generator, expected a Wide ResNet (use load_generator)",
                               keys=("state_dict", "student_state_dict"), what="network")

@@ -11,7 +11,8 @@ from zskt.experiments.grid import FIGURE_PAIR
 from zskt.reports import published
 from zskt.reports.collect import Results
 
-SERIES = (  # (method at M > 0, label, colour); M = 0 is chance for the baselines and the zero-shot run for ours
+# (method at M > 0, label, colour); M = 0 is chance for the baselines and the zero-shot run for ours.
+SERIES = (
     ("no-teacher", "no teacher", "tab:gray"),
     ("kd-at", "KD+AT", "tab:blue"),
     ("finetune", "zero-shot (M = 0), fine-tuned (M > 0)", "tab:red"),
@@ -65,8 +66,9 @@ def num_classes(dataset: str) -> int:
 
 def plot_accuracy_vs_m(results: Results, dataset: str, teacher: str, student: str, ms: list[int],
                        path: Path) -> Path:
-    """Figure 2's form: the three methods (mean ± population std over seeds), chance at M = 0 for the baselines,
-    our teacher and scratch student as reference lines, and the published curves where they exist."""
+    """Figure 2's form: the three methods (mean ± population std over seeds), chance at M = 0 for the
+    baselines, our teacher and scratch student as reference lines, and the published curves where they
+    exist."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, label, colour in SERIES:
@@ -128,8 +130,8 @@ def pooled_curves(results: list[dict], which: str) -> tuple[np.ndarray, np.ndarr
 
 
 def draw_transition_curves(ax, runs: list[dict], student: str, teacher: str) -> None:
-    """Figure 4's form on one axis: the mean probability of the target class along the first 30 adversarial steps
-    for the attacked student and its teacher, ±2 standard errors, pooled over `runs` (belief result.json
+    """Figure 4's form on one axis: the mean probability of the target class along the first 30 adversarial
+    steps for the attacked student and its teacher, ±2 standard errors, pooled over `runs` (belief result.json
     values: `mean_p_*`, `sem_p_*`). `zskt belief` draws one run with it, the report each group of seeds."""
     labels = {"student": " ".join(["student", student, "(attacked)"]).replace("  ", " "),
               "teacher": f"teacher {teacher}".strip()}

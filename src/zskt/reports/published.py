@@ -1,6 +1,6 @@
-"""The published numbers our reports stand beside: the paper's and the two reproductions' (SPEC §8), as literal
-dicts. Accuracies in %, (mean, std) with the std None where a single run was reported; seeds 0, 1, 2 unless
-said. Every table names its source tag (SPEC "Sources used"):
+"""The published numbers our reports stand beside: the paper's and the two reproductions' (SPEC §8), as
+literal dicts. Accuracies in %, (mean, std) with the std None where a single run was reported; seeds 0, 1, 2
+unless said. Every table names its source tag (SPEC "Sources used"):
 
 PAPER     arXiv v3 text and tables          NB-ACC    the authors' notebook behind Figure 2
 NB-MTE    the authors' MTE notebook         FERLES    the ReScience reproduction (3 seeds)
@@ -22,8 +22,8 @@ SOURCE_NOTES = {  # the report's footnote
     "PAPER": "Micaelli & Storkey, NeurIPS 2019 (arXiv:1905.09768v3), text and tables",
     "NB-ACC": "the authors' notebooks/accuracy_plots.ipynb, the numbers behind Figure 2 (3-seed means)",
     "NB-MTE": "the authors' notebooks/transition_curves_and_error.ipynb, printed MTE values",
-    "FERLES": "Ferles et al., [Re] Zero-Shot Knowledge Transfer via Adversarial Belief Matching, ReScience 2020 "
-              "(3 seeds; Figure 2 points: mean ± population std of their per-seed tables)",
+    "FERLES": "Ferles et al., [Re] Zero-Shot Knowledge Transfer via Adversarial Belief Matching, "
+              "ReScience 2020 (3 seeds; Figure 2 points: mean ± population std of their per-seed tables)",
     "COMP6248": "COMP6248 reproducibility report, University of Southampton (KD+AT and zero-shot: one seed)",
 }
 
@@ -82,10 +82,11 @@ TABLE1 = {
 }
 TABLE1_DATASET = "cifar10"
 
-# ---------------------------------------------------------------------------------- Figure 2 (WRN-40-2 -> WRN-16-1)
+# ---------------------------------------------------------------------------- Figure 2 (WRN-40-2 -> WRN-16-1)
 # dataset -> series -> M -> (mean, std). Series: no-teacher, kd-at, zero-shot (M = 0; fine-tuned for M > 0).
 # NB-ACC gives 3-seed means only (std only at the last zero-shot point); its M = 0 values of 10 for the two
-# baselines are chance, plotted by the authors. FERLES: mean ± population std of their per-seed appendix tables.
+# baselines are chance, plotted by the authors. FERLES: mean ± population std of their per-seed appendix
+# tables.
 _FERLES_SEEDS = {
     "cifar10": {
         "no-teacher": {10: (23.7, 21.68, 25.86), 25: (34.4, 38.0, 36.07), 50: (41.69, 44.2, 45.27),

@@ -109,7 +109,8 @@ def reference_lines(results: Results, dataset: str, teacher: str, student: str, 
 
 
 def figure2_context() -> list[str]:
-    """The published Figure 2 numbers (CIFAR-10, SVHN), for a data set or pair the paper has no numbers for."""
+    """The published Figure 2 numbers (CIFAR-10, SVHN), for a data set or pair the paper has no numbers
+    for."""
     columns = [0, 10, 25, 50, 75, 100]
     rows = []
     for method, label in SERIES:
@@ -189,10 +190,10 @@ def table2_section(results: Results, root: Path) -> list[str]:
                                                                          else 3 if source == "COMP6248" else 2),
                          pub(values["kd-at"], 4 if source == "NB-MTE" else 3 if source == "COMP6248" else 2), m])
     lines = ["## Mean transition error (Table 2) and transition curves (Figure 4)", "",
-             ("MTE: the mean |p_teacher − p_student| of the target class over the first K adversarial steps on "
-              "the student, over N agreeing test images × 9 target classes (the paper: K = 100, N = 1000; runs made "
-              "with --scale or by the demo use fewer, as each run's result.json records). Published values are "
-              "WRN-40-2 → WRN-16-1."), ""]
+             ("MTE: the mean |p_teacher − p_student| of the target class over the first K adversarial steps "
+              "on the student, over N agreeing test images × 9 target classes (the paper: K = 100, N = 1000; "
+              "runs made with --scale or by the demo use fewer, as each run's result.json records). Published "
+              "values are WRN-40-2 → WRN-16-1."), ""]
     lines += table(["data set", "source", "zero-shot", "KD+AT", "KD+AT student's M"], rows)
     return lines + [*(p + "\n" for p in plots)]
 
