@@ -154,3 +154,25 @@ def test_kl_of_bf16_logits_is_float32():
     assert losses.kl_divergence(s, t).dtype == torch.float32
     assert losses.kd_at_loss(s, [], torch.zeros(4, dtype=torch.long), None, None).dtype == torch.float32
     assert losses.kd_at_loss(s.double(), [], torch.zeros(4, dtype=torch.long), None, None).dtype == torch.float64
+
+
+def test_generator_step_gradient_is_finite_with_a_confident_teacher(random_wrn):
+    # The generator step differentiates the KL through the teacher's softmax. A teacher whose logits on some
+    # pseudo image are 100s apart (a random WRN-40-2, or a very confident trained one) has probabilities that
+    # are exactly 0 in float32; the generator's gradient must still be finite (it was NaN with the authors' form).
+    from zskt.models import Generator
+
+    teacher = random_wrn(0)
+    with torch.no_grad():
+        teacher.fc.weight.mul_(1000.0)
+    torch.manual_seed(1)
+    generator = Generator(16, image_size=8, out_channels=1).train()
+    student = random_wrn(2).train()
+    x = generator(generator.sample_z(8, generator=torch.Generator().manual_seed(0)))
+    teacher_logits, _ = teacher(x)
+    assert (F.softmax(teacher_logits, 1) == 0).any()  # the situation under test
+    loss = losses.zero_shot_generator_loss(student(x)[0], teacher_logits)
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in generator.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
