@@ -18,7 +18,11 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from zskt.runtime import cpu_has_native_bf16
+from zskt.runtime import FORCE_BF16_ENV, cpu_has_native_bf16
+
+# The benchmarks time bf16 on purpose, also on a CPU that only emulates it (the header says which): zskt would
+# otherwise refuse it there. Child processes (the `zskt` command, memory children) inherit this.
+os.environ.setdefault(FORCE_BF16_ENV, "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -70,7 +70,7 @@ def main(argv=None) -> dict:
     cases = {"authors": authors}
     precisions = {}
     for name in [x for x in args.precisions.split(",") if x]:
-        precision = resolve_precision(name, device, allow_emulated_bf16=True)
+        precision = resolve_precision(name, device)
         precisions[name] = precision
         s, t = frozen_copy(precision.prepare(student)), frozen_copy(precision.prepare(teacher))  # as run_belief
 

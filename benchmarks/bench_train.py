@@ -31,7 +31,7 @@ import _common as common
 from zskt.data import ImageData, ImageSplit, get_info
 from zskt.methods.kd_at import KDATConfig, kd_at_loss_fn
 from zskt.methods.schedule import Schedule
-from zskt.methods.train import TrainConfig, cross_entropy_loss, fit_supervised
+from zskt.methods.train import TrainConfig, cross_entropy_loss, fit_supervised, supervised_scaffold
 from zskt.models import build_model
 from zskt.models.frozen import frozen_copy
 from zskt.runlog import RunLog
@@ -106,14 +106,16 @@ class ZsktStep:
     train` / `zskt kd-at` set it up; returns its own seconds_per_iteration over epochs 2..3."""
 
     def __init__(self, case, model, teacher, batch_size, precision_name, device, steps):
-        self.precision = resolve_precision(precision_name, device, allow_emulated_bf16=True)
+        self.precision = resolve_precision(precision_name, device)
         self.model = self.precision.prepare(model)
+        where = {"device": str(device), "precision": precision_name}
         if case == "teacher":
-            self.cfg = TrainConfig(dataset="cifar10", batch_size=batch_size, eval_every=10**6)
+            self.cfg = TrainConfig(dataset="cifar10", batch_size=batch_size, eval_every=10**6, **where)
             self.loss_fn = cross_entropy_loss
         else:
             teacher = frozen_copy(self.precision.prepare(teacher))  # as kd_at() runs it
-            self.cfg = KDATConfig(dataset="cifar10", teacher="bench", batch_size=batch_size, eval_every=10**6)
+            self.cfg = KDATConfig(dataset="cifar10", teacher="bench", batch_size=batch_size, eval_every=10**6,
+                                  **where)
             self.loss_fn = kd_at_loss_fn(teacher, self.cfg)
         self.data = synthetic_data(steps * batch_size, device)
         self.steps = steps
@@ -129,8 +131,10 @@ class ZsktStep:
         with tempfile.TemporaryDirectory() as tmp:
             log = RunLog(Path(tmp) / "run", command="bench", config={}, enabled=False, quiet=True)
             schedule = Schedule(epochs=epochs, milestones=(), batches_per_epoch=self.steps)
-            result = fit_supervised(self.model, self.data, self.cfg, log, loss_fn=self._checked_loss,
-                                    precision=self.precision, schedule=schedule, indices=None)
+            run = supervised_scaffold(self.cfg, log, schedule, "bench")
+            fit_supervised(run, self.model, self.data, self.cfg, schedule=schedule, indices=None,
+                           loss_fn=self._checked_loss)
+            result = run.finish()
         common.require_finite("zskt step: every loss", self.finite)
         return result["seconds_per_iteration"]
 

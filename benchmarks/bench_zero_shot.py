@@ -1,5 +1,5 @@
-"""Seconds per pseudo batch of the zero-shot loop: the authors' loop (written out below, SPEC §3) beside
-zskt's `zero_shot_steps` in float32 and with the bf16 option, measured interleaved in one process.
+"""Seconds per pseudo batch of the zero-shot loop: the authors' loop (tests/reference_zero_shot.py, SPEC §3)
+beside zskt's `zero_shot_steps` in float32 and with the bf16 option, measured interleaved in one process.
 
     python benchmarks/bench_zero_shot.py                      # both pairs, batch 128, 32x32, CPU
     python benchmarks/bench_zero_shot.py --pairs wrn-40-2:wrn-16-1 --iterations 2 --repeats 5
@@ -26,130 +26,78 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the authors' loop, kept once there
 import _common as common
 
-from zskt.methods.zero_shot import Optimisers, PseudoStats, ZeroShotConfig, zero_shot_steps
+from zskt.methods.scaffold import Meter
+from zskt.methods.zero_shot import ZeroShotConfig, ZeroShotState, zero_shot_steps
 from zskt.models import Generator, build_model
 from zskt.models.frozen import frozen_copy
 from zskt.runtime import resolve_precision
+
+from reference_zero_shot import reference_zero_shot_steps
 
 LOOPS = ("authors", "zskt-fp32", "zskt-bf16")
 ALL_LOOPS = LOOPS + ("zskt-fp32-compile", "zskt-bf16-compile")
 DEFAULT_PAIRS = "wrn-40-2:wrn-16-1,wrn-16-2:wrn-16-1"
 
 
-# ------------------------------------------------------------------------------ the authors' loop, written
-# out
-
-
-def _kl(student_logits, teacher_logits):
-    # F.kl_div(log_softmax(s), softmax(t)) with PyTorch 1.0's default reduction 'mean': sum / (B*C) (SPEC §3).
-    total = F.kl_div(F.log_softmax(student_logits, 1), F.softmax(teacher_logits, 1), reduction="sum")
-    return total / student_logits.numel()
-
-
-def _attention(a):
-    return F.normalize(a.pow(2).mean(1).view(a.size(0), -1))
-
-
-def _student_loss(s_logits, s_acts, t_logits, t_acts, beta=250.0):
-    at = 0
-    for s, t in zip(s_acts, t_acts, strict=True):
-        at = at + beta * (_attention(s) - _attention(t)).pow(2).mean()
-    return _kl(s_logits, t_logits) + at
+# ------------------------------------------------------------------------------ the two loops
 
 
 class AuthorsLoop:
-    """`ZeroShotKTSolver.run` + `LearnableLoader` as the authors run them (SPEC §2-§3), eager float32:
+    """`ZeroShotKTSolver.run` + `LearnableLoader` as the authors run them (SPEC §2-§3), eager float32: the one
+    literal copy of their loop, tests/reference_zero_shot.py (every call re-runs the generator with a graph, the
+    teacher keeps requires_grad, student steps back-propagate into the generator), with the authors' plain Adam
+    and the generator's literal upsample-then-conv layers. (The authors also read four logged scalars per
+    pseudo batch with float(), a host sync that costs nothing measurable on the CPU; not done here.)"""
 
-    every one of the 11 calls per pseudo batch re-runs the generator on the same z *with* a graph; the teacher
-    keeps requires_grad=True and runs with a graph in the generator step (its parameter gradients are computed
-    and never used); the student's parameter gradients are computed in the generator step too; student steps
-    back-propagate through the non-detached pseudo batch into the generator; the teacher runs once per pseudo
-    batch under no_grad for the student phase; Adam, clip_grad_norm_(5) and CosineAnnealingLR with PyTorch's
-    defaults; at the end of each pseudo batch the four logged scalars are read with float() (host syncs).
-    """
-
-    def __init__(self, teacher, student, generator, batch_size, total=80_000, n_generator=1, n_student=10,
-                 seed=0):
-        self.teacher = teacher.eval().requires_grad_(True)
-        self.student = student.train()
-        self.generator = generator.train()
-        self.generator.fuse_upsample = False  # the authors' layers as written: nn.Upsample, then the 3x3 conv
-        self.n_generator, self.n_student = n_generator, n_student
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=1e-3)
-        self.opt_s = torch.optim.Adam(self.student.parameters(), lr=2e-3)
-        self.sched_g = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt_g, total)
-        self.sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt_s, total)
-        self.batch_size = batch_size
-        self.rng = torch.Generator(device=self.device).manual_seed(seed)
-        self.logged = []
-
-    @property
-    def device(self):
-        return next(self.generator.parameters()).device
+    def __init__(self, teacher, student, generator, batch_size, total=80_000, seed=0):
+        self.teacher = teacher.eval()
+        generator.fuse_upsample = False  # the authors' layers as written: nn.Upsample, then the 3x3 conv
+        self.cfg = ZeroShotConfig(dataset="cifar10", iterations=total, batch_size=batch_size, seed=seed)
+        device = next(generator.parameters()).device
+        state = ZeroShotState.build(student.train(), generator.train(), self.cfg, device)
+        # The authors' optimisers: torch.optim.Adam's default (not fused) implementation.
+        state.student_optimiser = torch.optim.Adam(student.parameters(), lr=self.cfg.student_lr)
+        state.generator_optimiser = torch.optim.Adam(generator.parameters(), lr=self.cfg.generator_lr)
+        cosine = state.student_schedule.lr_lambdas[0]
+        state.student_schedule = torch.optim.lr_scheduler.LambdaLR(state.student_optimiser, cosine)
+        state.generator_schedule = torch.optim.lr_scheduler.LambdaLR(state.generator_optimiser, cosine)
+        self.state = state
 
     def run(self, n_pseudo_batches: int) -> None:
-        n_repeat = self.n_generator + self.n_student
-        for _ in range(n_pseudo_batches):
-            z = torch.randn(self.batch_size, self.generator.z_dim, generator=self.rng, device=self.device)
-            for call in range(n_repeat):
-                x = self.generator(z)  # LearnableLoader.__next__: recomputed with grad on every call
-                if call < self.n_generator:
-                    s_logits, _ = self.student(x)
-                    t_logits, _ = self.teacher(x)
-                    g_loss = -_kl(s_logits, t_logits)
-                    self.opt_g.zero_grad()
-                    g_loss.backward()
-                    torch.nn.utils.clip_grad_norm_(self.generator.parameters(), 5)
-                    self.opt_g.step()
-                else:
-                    if call == self.n_generator:
-                        with torch.no_grad():
-                            t_logits, t_acts = self.teacher(x)
-                    s_logits, s_acts = self.student(x)
-                    s_loss = _student_loss(s_logits, s_acts, t_logits, t_acts)
-                    self.opt_s.zero_grad()
-                    s_loss.backward()
-                    torch.nn.utils.clip_grad_norm_(self.student.parameters(), 5)
-                    self.opt_s.step()
-            with torch.no_grad():
-                self.logged.append((float(g_loss), float(s_loss), float(t_logits.softmax(1).amax(1).mean()),
-                                    float(s_logits.softmax(1).amax(1).mean())))
-            self.sched_s.step()
-            self.sched_g.step()
-        common.require_finite("authors' loop: generator loss, student loss, max-probabilities", self.logged)
-        self.logged.clear()
+        pseudo = reference_zero_shot_steps(self.teacher, self.state, n_pseudo_batches, self.cfg)
+        # Non-finite losses would have turned the student's weights or the generator's output non-finite.
+        common.require_finite("authors' loop: pseudo batch and student weights", pseudo,
+                              *self.state.student.parameters())
 
 
 class ZsktLoop:
-    """zskt's `zero_shot_steps`, set up as `zero_shot` sets it up (frozen teacher, precision policy, stats on
-    the device); `compile` wraps the student in torch.compile (CUDA: mode="reduce-overhead")."""
+    """zskt's `zero_shot_steps`, set up as `zero_shot` sets it up (frozen teacher, precision policy, running
+    means on the device); `compile` wraps the student in torch.compile (CUDA: mode="reduce-overhead")."""
 
     def __init__(self, teacher, student, generator, batch_size, precision_name, device, total=80_000,
                  compile=False, seed=0):
-        self.precision = resolve_precision(precision_name, device, allow_emulated_bf16=True)
+        self.precision = resolve_precision(precision_name, device)
         self.teacher = frozen_copy(self.precision.prepare(teacher).eval().requires_grad_(False))  # as zero_shot()
-        self.student = self.precision.prepare(student).train()
-        self.generator = self.precision.prepare(generator).train()
-        self.cfg = ZeroShotConfig(dataset="cifar10", iterations=total, batch_size=batch_size)
-        self.opt = Optimisers.build(self.student, self.generator, self.cfg)
-        self.model = self.student
+        student = self.precision.prepare(student).train()
+        generator = self.precision.prepare(generator).train()
+        self.cfg = ZeroShotConfig(dataset="cifar10", iterations=total, batch_size=batch_size, seed=seed)
+        self.state = ZeroShotState.build(student, generator, self.cfg, device)
         if compile:
             mode = "reduce-overhead" if device.type == "cuda" else None
-            self.model = torch.compile(self.student, mode=mode)
-        self.rng = torch.Generator(device=device).manual_seed(seed)
-        self.stats = PseudoStats(device)
+            self.state.student = torch.compile(student, mode=mode)
+        self.meter = Meter(device)
 
     def run(self, n_pseudo_batches: int) -> None:
-        zero_shot_steps(self.teacher, self.model, self.generator, self.opt, self.rng, n_pseudo_batches, self.cfg,
-                        precision=self.precision, stats=self.stats)
-        stats = self.stats.read()  # one host sync, as at a log point
-        common.require_finite("zskt loop: generator and student losses", stats["generator_loss"],
-                              stats["student_loss"])
+        zero_shot_steps(self.teacher, self.state, self.cfg, range(n_pseudo_batches), precision=self.precision,
+                        record=lambda **values: self.meter.add(0, **values))
+        means, _ = self.meter.read()  # one host sync, as at a log point; a NaN anywhere makes its mean NaN
+        common.require_finite("zskt loop: generator and student losses", means["generator_loss"],
+                              means["student_loss"])
 
 
 def make_networks(pair: str, device, seed=0, image_size=32):
@@ -200,32 +148,6 @@ def spec_flops(pair: str, batch_size: int) -> dict:
     return out
 
 
-def check_authors_loop(pair: str = "wrn-16-2:wrn-16-1", batch_size: int = 16, n: int = 2) -> float:
-    """Largest parameter difference between this file's `AuthorsLoop` and zskt's `reference_zero_shot_steps`
-    after `n` pseudo batches from the same networks and z sequence: both are the authors' loop, written twice,
-    with the authors' plain Adam on both sides. They agree to rounding only: this file's KL is the authors'
-    `F.kl_div(log_softmax(s), softmax(t))`, zskt's is computed from log-probabilities on both sides (finite
-    for a confident teacher), and Adam amplifies that float32 rounding to ~2e-2 after 2 pseudo batches at
-    batch 16 (with zskt's KL here they agree exactly, 0.0)."""
-    from zskt.methods.zero_shot import CosineFactor, reference_zero_shot_steps
-
-    device = torch.device("cpu")
-    networks = make_networks(pair, device)
-    ours = AuthorsLoop(*(copy.deepcopy(m) for m in networks), batch_size)
-    ours.run(n)
-    teacher, student, generator = (copy.deepcopy(m) for m in networks)
-    generator.fuse_upsample = False  # as AuthorsLoop: the same arithmetic, so the same parameters exactly
-    cfg = ZeroShotConfig(dataset="cifar10", iterations=80_000, batch_size=batch_size)
-    gen = torch.optim.Adam(generator.train().parameters(), lr=cfg.generator_lr)
-    stu = torch.optim.Adam(student.train().parameters(), lr=cfg.student_lr)
-    lam = torch.optim.lr_scheduler.LambdaLR
-    opt = Optimisers(gen, stu, lam(gen, CosineFactor(cfg.total_iterations)), lam(stu, CosineFactor(cfg.total_iterations)))
-    reference_zero_shot_steps(teacher.eval(), student, generator, opt, torch.Generator().manual_seed(0), n, cfg)
-    pairs = [*zip(ours.student.parameters(), student.parameters(), strict=True),
-             *zip(ours.generator.parameters(), generator.parameters(), strict=True)]
-    return max((a - b).abs().max().item() for a, b in pairs)
-
-
 # ------------------------------------------------------------------------------ memory, in a child process
 
 
@@ -270,8 +192,7 @@ class CliCase:
         self.n += 1
         out = self.dir / f"run{self.n}"
         # The command runs with this process's torch thread count, so that both sides use the same cores.
-        # bf16 is timed on purpose, also where the CPU only emulates it (the header says which).
-        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "ZSKT_FORCE_BF16": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
         proc = subprocess.run([sys.executable, "-m", "zskt", *self.args, "--out", str(out)], check=False, capture_output=True,
                               text=True, env=env)
         if proc.returncode != 0:
@@ -298,18 +219,12 @@ def main(argv=None) -> dict:
     p.add_argument("--memory", action="store_true", help="peak memory per configuration, each in a fresh process")
     p.add_argument("--cli", action="store_true", help="also time `zskt zero-shot` (6 pseudo batches, eval every 3) "
                                                       "in fp32 and bf16 for the first pair, interleaved")
-    p.add_argument("--check", action="store_true", help="only compare this file's authors' loop with zskt's "
-                                                        "reference_zero_shot_steps (parameters after 2 batches)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--memory-child", nargs=2, metavar=("PAIR", "LOOP"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_child:
         return memory_child(args)
-    if args.check:
-        diff = check_authors_loop()
-        print(f"authors' loop here vs zskt.reference_zero_shot_steps: max |parameter difference| {diff:.2e}")
-        return {"max_abs_diff": diff}
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

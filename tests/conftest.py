@@ -1,12 +1,13 @@
-"""Shared toy networks and data for the tests: built once per session, at toy sizes (digits at 8x8, WRN-16-x).
+"""Shared test set-up: tests/ on sys.path (test files import the reference loops kept here, e.g.
+`reference_zero_shot`), and toy networks and data built once per session, at toy sizes (digits at 8x8,
+WRN-16-x):
 
 - `digits8`: the embedded digits at their native 8x8 (one grey channel).
 - `random_wrn(seed, arch="wrn-16-1", num_classes=10, in_channels=1)`: a randomly initialised Wide ResNet in
   eval mode whose batch norms have non-trivial running statistics and scales, as a trained network's have
   (with PyTorch's initial statistics a BN layer is the identity and folding it tests nothing).
 - `digits_teacher`: a WRN-16-1 trained on `digits8` (6 epochs of SGD, about 97 % test accuracy, a few
-seconds);
-  `digits_teacher_file`: it, saved as `zskt train` saves a model (dataset digits, image size 8).
+  seconds); `digits_teacher_file`: it, saved as `zskt train` saves a model (dataset digits, image size 8).
 - `toy_network_files`: random networks saved as model files: "teacher" (WRN-16-2) and "student" (WRN-16-1)
   for digits at 8x8, plus misfits for the error paths: "rgb" (3 channels), "svhn" (an SVHN network at 32x32)
   and "big" (digits at 16x16).
@@ -15,6 +16,8 @@ seconds);
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +27,8 @@ from torch import nn
 from zskt.data import load_dataset, normalize
 from zskt.models import build_model, save_model
 from zskt.runtime import FORCE_BF16_ENV
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 # bf16 runs at toy sizes on any CPU, also where it is only emulated (slow, but toy-sized): the refusal zskt
 # makes there has its own tests (test_runtime.py), which unset this. Subprocesses (torchrun tests) inherit it.

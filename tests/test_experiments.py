@@ -12,6 +12,7 @@ from zskt.experiments.grid import GridSpec, parse_run_id
 from zskt.experiments.reproduce import RECORD, reproduce
 from zskt.experiments.runner import execute, ready_runs, run_argv, status
 from zskt.io import atomic_write_json
+from zskt.reports import report
 
 
 def fake_executor(calls, fail=()):
@@ -178,7 +179,7 @@ def test_list_only_writes_nothing(tmp_path, capsys):
 def test_record_and_folder_scale_is_fixed(tmp_path):
     experiment = EXPERIMENTS["mte"]
     spec = experiment.spec(datasets=("svhn",), seeds=(0,), scale=0.5)
-    reproduce(experiment, spec, tmp_path, executor=fake_executor([]), printer=lambda s: None)
+    reproduce(experiment, spec, tmp_path, executor=fake_executor([]), printer=lambda s: None, report=report)
     record = json.loads((tmp_path / RECORD).read_text())
     assert record["scale"] == 0.5 and len(record["runs"]) == 5
     assert record["experiments"]["mte"]["datasets"] == ["svhn"]

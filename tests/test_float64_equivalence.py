@@ -15,14 +15,11 @@ import copy
 import pytest
 import torch
 
-from zskt.methods.zero_shot import (
-    Optimisers,
-    ZeroShotConfig,
-    reference_zero_shot_steps,
-    zero_shot_steps,
-)
+from zskt.methods.zero_shot import ZeroShotConfig, ZeroShotState, zero_shot_steps
 from zskt.models import Generator, build_model
 from zskt.models.frozen import frozen_copy
+
+from reference_zero_shot import reference_zero_shot_steps
 
 SIZE = 8  # the WRN's maps are 8, 4, 2: all three attention maps are compared
 
@@ -47,9 +44,12 @@ def _networks(random_wrn):
     return teacher, student, generator
 
 
-def _run(loop, teacher, student, generator, cfg):
-    opt = Optimisers.build(student, generator, cfg)
-    loop(teacher, student, generator, opt, torch.Generator().manual_seed(cfg.seed), 2, cfg)
+def _run(teacher, student, generator, cfg, *, reference: bool):
+    state = ZeroShotState.build(student, generator, cfg)
+    if reference:
+        reference_zero_shot_steps(teacher, state, 2, cfg)
+    else:
+        zero_shot_steps(teacher, state, cfg, range(2))
 
 
 def _relative_gap(a: torch.nn.Module, b: torch.nn.Module) -> float:
@@ -68,8 +68,8 @@ def test_production_loop_equals_authors_loop_in_float64(float64_default, random_
     ref_student, ref_generator = copy.deepcopy(student), copy.deepcopy(generator)
     start = copy.deepcopy(student)
 
-    _run(zero_shot_steps, frozen_copy(teacher), student, generator, cfg)
-    _run(reference_zero_shot_steps, teacher.eval(), ref_student, ref_generator, cfg)
+    _run(frozen_copy(teacher), student, generator, cfg, reference=False)
+    _run(teacher.eval(), ref_student, ref_generator, cfg, reference=True)
 
     assert all(p.dtype == torch.float64 for p in [*student.parameters(), *generator.parameters()])
     assert _relative_gap(start, student) > 1e-4  # the student did move: the comparison below is not vacuous

@@ -116,7 +116,6 @@ def test_emulated_bf16_is_refused_in_one_line_unless_forced(cpu_flags, monkeypat
     assert runtime.FORCE_BF16_ENV in message
     assert runtime.resolve_precision("fp32", cpu).name == "fp32"
     assert runtime.resolve_precision("auto", cpu).name == "fp32"
-    assert runtime.resolve_precision("bf16", cpu, allow_emulated_bf16=True).name == "bf16"
     monkeypatch.setenv(runtime.FORCE_BF16_ENV, "1")
     assert runtime.resolve_precision("bf16", cpu).name == "bf16"
     monkeypatch.setenv(runtime.FORCE_BF16_ENV, "0")

@@ -19,21 +19,14 @@ from zskt.cli import main as cli_main
 from zskt.data import ImageSplit, load_dataset, normalize
 from zskt.errors import ZsktError
 from zskt.losses import kl_divergence
-from zskt.methods.zero_shot import (
-    BETAS,
-    ITERATIONS,
-    CosineFactor,
-    Optimisers,
-    PseudoStats,
-    ZeroShotConfig,
-    generator_step,
-    reference_zero_shot_steps,
-    zero_shot,
-    zero_shot_steps,
-)
+from zskt.methods.scaffold import Meter
+from zskt.methods.schedule import PRESETS
+from zskt.methods.zero_shot import ZeroShotConfig, ZeroShotState, generator_step, zero_shot, zero_shot_steps
 from zskt.models import Generator, build_model, load_generator, load_model, save_model
 from zskt.runlog import RunLog
 from zskt.runtime import resolve_precision
+
+from reference_zero_shot import reference_zero_shot_steps
 
 SIZE = 8  # digits at their native 8x8: the WRN maps are 8, 4, 2 and the generator's seed map is 2x2
 FP32 = resolve_precision("fp32", torch.device("cpu"))
@@ -55,14 +48,19 @@ def networks(seed: int = 0, teacher: str = "wrn-16-1"):
     return t, s, g
 
 
-def run_steps(cfg, t, s, g, n, *, reference=False, stats=None):
-    opt = Optimisers.build(s, g, cfg)
-    z_source = torch.Generator().manual_seed(cfg.seed)
+def run_steps(cfg, t, s, g, n, *, reference=False, meter=None):
+    state = ZeroShotState.build(s, g, cfg)
     if reference:
-        reference_zero_shot_steps(t, s, g, opt, z_source, n, cfg)
+        reference_zero_shot_steps(t, state, n, cfg)
     else:
-        zero_shot_steps(t, s, g, opt, z_source, n, cfg, stats=stats)
-    return opt
+        record = (lambda **values: meter.add(0, **values)) if meter is not None else None
+        zero_shot_steps(t, state, cfg, range(n), record=record)
+    return state
+
+
+def lrs(state: ZeroShotState) -> dict:
+    return {"generator_lr": state.generator_optimiser.param_groups[0]["lr"],
+            "student_lr": state.student_optimiser.param_groups[0]["lr"]}
 
 
 def max_difference(a: torch.nn.Module, b: torch.nn.Module, *, buffers: bool = True) -> float:
@@ -125,7 +123,7 @@ def _train_mode_kl(t, s, g, z):
 def test_generator_step_increases_kl_on_its_batch():
     cfg = tiny_cfg()
     t, s, g = networks()
-    opt = Optimisers.build(s, g, cfg)
+    opt = ZeroShotState.build(s, g, cfg).generator_optimiser
     z = g.sample_z(cfg.batch_size, generator=torch.Generator().manual_seed(0))
     before = _train_mode_kl(t, s, g, z)
     for _ in range(3):
@@ -144,7 +142,7 @@ def test_generator_loss_depends_on_the_student():
     losses = []
     for student in (s, networks(seed=1)[1], copy.deepcopy(t)):
         generator = copy.deepcopy(g)
-        opt = Optimisers.build(student, generator, cfg)
+        opt = ZeroShotState.build(student, generator, cfg).generator_optimiser
         losses.append(generator_step(t, student, generator, opt, z, cfg, FP32).item())
     assert losses[0] < -1e-4 and losses[1] < -1e-4 and abs(losses[0] - losses[1]) > 1e-5
     assert abs(losses[2]) < 1e-7  # the bug's form (zero up to rounding): what the lines above rule out
@@ -165,7 +163,7 @@ def test_generator_gradient_flows_through_the_teacher_softmax():
         return torch.autograd.grad(loss, list(gen.parameters()))
 
     gen = copy.deepcopy(g)
-    opt = Optimisers.build(copy.deepcopy(s), gen, cfg)
+    opt = ZeroShotState.build(copy.deepcopy(s), gen, cfg).generator_optimiser
     generator_step(t, copy.deepcopy(s), gen, opt, z, cfg, FP32)
     ours = [p.grad for p in gen.parameters()]
     full, cut = hand_grads(False), hand_grads(True)
@@ -177,7 +175,7 @@ def test_generator_step_leaves_student_and_teacher_gradients_alone_but_updates_s
     cfg = tiny_cfg()
     t, s, g = networks()
     running = s.bn1.running_mean.clone()
-    opt = Optimisers.build(s, g, cfg)
+    opt = ZeroShotState.build(s, g, cfg).generator_optimiser
     generator_step(t, s, g, opt, g.sample_z(cfg.batch_size), cfg, FP32)
     assert all(p.grad is None for p in s.parameters()) and all(p.grad is None for p in t.parameters())
     assert all(p.grad is not None for p in g.parameters())
@@ -201,7 +199,7 @@ def test_detached_loop_equals_the_authors_loop(options):
     assert max_difference(s, s2) <= 1e-6
     assert max_difference(g, g2, buffers=False) <= 1e-6
     assert max_difference(t, t2) == 0.0
-    assert opt.lrs() == opt2.lrs()
+    assert lrs(opt) == lrs(opt2)
     assert max_difference(s, networks()[1], buffers=False) > 1e-3  # something was learned
     # The reference unfreezes the teacher to run like the authors' and restores it afterwards.
     assert all(not p.requires_grad and p.grad is None for p in t2.parameters())
@@ -222,29 +220,43 @@ def test_forward_counts_teacher_once_per_pseudo_batch_for_the_student_phase():
 
 
 def test_cosine_schedule_matches_the_closed_form_and_steps_per_pseudo_batch():
-    factor = CosineFactor(8)
-    assert factor(0) == 1.0 and factor(4) == pytest.approx(0.5) and factor(8) == pytest.approx(0.0)
     cfg = tiny_cfg(iterations=8)
     t, s, g = networks()
-    opt = run_steps(cfg, t, s, g, 3)
-    lrs = opt.lrs()  # after 3 pseudo batches: the rate of pseudo batch 3
-    assert lrs["student_lr"] == pytest.approx(2e-3 * (1 + torch.cos(torch.tensor(torch.pi * 3 / 8)).item()) / 2)
-    assert lrs["generator_lr"] == pytest.approx(lrs["student_lr"] / 2)
+    state = run_steps(cfg, t, s, g, 3)
+    rates = lrs(state)  # after 3 pseudo batches: the rate of pseudo batch 3
+    assert rates["student_lr"] == pytest.approx(2e-3 * (1 + torch.cos(torch.tensor(torch.pi * 3 / 8)).item()) / 2)
+    assert rates["generator_lr"] == pytest.approx(rates["student_lr"] / 2)
+    # PyTorch's own CosineAnnealingLR(T_max=N) gives the same rates at every pseudo batch.
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2e-3)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=8)
+    for _ in range(3):
+        opt.step()
+        cosine.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(rates["student_lr"], rel=1e-12)
     # Adam took n_G steps and n_S steps per pseudo batch.
-    assert opt.generator.state[g.layers[0].weight]["step"].item() == 3
-    assert opt.student.state[s.fc.weight]["step"].item() == 3 * cfg.n_student_steps
+    assert state.generator_optimiser.state[g.layers[0].weight]["step"].item() == 3
+    assert state.student_optimiser.state[s.fc.weight]["step"].item() == 3 * cfg.n_student_steps
 
 
 def test_stats_are_means_of_the_logged_quantities():
     cfg = tiny_cfg()
     t, s, g = networks()
-    stats = PseudoStats(torch.device("cpu"))
-    run_steps(cfg, t, s, g, 2, stats=stats)
-    assert stats.counts == [2, 2 * cfg.n_student_steps, 2]
-    row = stats.read()
-    assert row["generator_loss"] < 0 < row["student_loss"]
+    meter = Meter(torch.device("cpu"))
+    run_steps(cfg, t, s, g, 2, meter=meter)
+    assert meter.counts == {"generator_loss": 2, "student_loss": 2 * cfg.n_student_steps, "teacher_max_prob": 2,
+                            "student_max_prob": 2}
+    row, diverged = meter.read()
+    assert row["generator_loss"] < 0 < row["student_loss"] and diverged == {}
     assert 0.1 <= row["teacher_max_prob"] <= 1 and 0.1 <= row["student_max_prob"] <= 1
-    assert stats.counts == [0, 0, 0] and stats.sums.abs().sum() == 0
+    assert meter.counts == {} and meter.read() == ({}, {})
+
+
+def test_meter_names_the_first_non_finite_step():
+    meter = Meter(torch.device("cpu"))
+    for step, value in enumerate([1.0, 2.0, float("nan"), 3.0, float("inf")]):
+        meter.add(step, loss=torch.tensor(value), fine=torch.tensor(1.0))
+    row, diverged = meter.read()
+    assert diverged == {"loss": 2} and row["fine"] == 1.0
 
 
 # ------------------------------------------------------------------------------------- every option reaches the loop
@@ -304,11 +316,11 @@ def test_batch_size_and_z_dim_reach_the_generator(digits, tmp_path):
 
 
 def test_presets_and_validation():
-    assert ZeroShotConfig(dataset="cifar10").total_iterations == 80_000 == ITERATIONS["cifar10"]
+    assert ZeroShotConfig(dataset="cifar10").total_iterations == 80_000 == PRESETS["zero-shot"]["iterations"]["cifar10"]
     assert ZeroShotConfig(dataset="svhn").total_iterations == 50_000
     assert ZeroShotConfig(dataset="cifar10").eval_interval == 800  # the authors' log_freq = N/100
     assert ZeroShotConfig(iterations=50).eval_interval == 1
-    assert ZeroShotConfig(dataset="digits").attention_beta == 0.0 == BETAS["digits"]
+    assert ZeroShotConfig(dataset="digits").attention_beta == 0.0 == PRESETS["zero-shot"]["beta"]["digits"]
     assert ZeroShotConfig(dataset="digits", beta=250.0).attention_beta == 250.0
     cfg = ZeroShotConfig(dataset="cifar10")
     assert (cfg.batch_size, cfg.z_dim, cfg.n_generator_steps, cfg.n_student_steps) == (128, 100, 1, 10)
@@ -325,11 +337,11 @@ def test_bf16_precision_runs():
     cfg = tiny_cfg(precision="bf16")
     t, s, g = networks()
     precision = resolve_precision("bf16", torch.device("cpu"))
-    opt = Optimisers.build(s, g, cfg)
-    stats = PseudoStats(torch.device("cpu"))
-    zero_shot_steps(t, s, g, opt, torch.Generator().manual_seed(0), 1, cfg, precision=precision, stats=stats)
-    row = stats.read()
-    assert all(torch.isfinite(torch.tensor(v)) for v in row.values())
+    meter = Meter(torch.device("cpu"))
+    zero_shot_steps(t, ZeroShotState.build(s, g, cfg), cfg, range(1), precision=precision,
+                    record=lambda **values: meter.add(0, **values))
+    row, diverged = meter.read()
+    assert len(row) == 4 and diverged == {} and all(torch.isfinite(torch.tensor(v)) for v in row.values())
 
 
 # ------------------------------------------------------------------------------------- runs, resume, files

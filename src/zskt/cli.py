@@ -85,28 +85,33 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
     return Command(name, help, add_arguments, main, description or help)
 
 
-# Subcommands in the order `zskt --help` lists them: name -> module that defines `COMMAND`.
+# The subcommands that are not training methods: name -> module that defines `COMMAND`. The training methods'
+# subcommands are built from the method registry (zskt.methods.registry.METHODS) and listed after `demo`.
 COMMANDS = {
     "demo": "zskt.experiments.demo",
-    "train": "zskt.methods.train_cli",
-    "zero-shot": "zskt.methods.zero_shot_cli",
-    "kd-at": "zskt.methods.kd_at_cli",
     "belief": "zskt.evaluate.belief_cli",
-    "reproduce": "zskt.experiments.cli",
+    "reproduce": "zskt.commands.reproduce",
     "report": "zskt.reports.cli",
     "list": "zskt.listing",
     "download": "zskt.data.cli",
 }
 
 
+def method_command(name: str, method) -> Command:
+    """The subcommand of a registered method: its config's options in a run-folder command."""
+    build = method.command or run_folder_command
+    return build(name, method.help, method.config, method.run, description=method.description,
+                 required=method.required, aliases=dict(method.aliases), prepare=method.check)
+
+
 def load_commands() -> dict[str, Command]:
+    from zskt.methods.registry import METHODS
+
     commands = {}
     for name, module in COMMANDS.items():
-        try:
-            commands[name] = importlib.import_module(module).COMMAND
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
+        commands[name] = importlib.import_module(module).COMMAND
+        if name == "demo":
+            commands.update({m: method_command(m, method) for m, method in METHODS.items()})
     return commands
 
 

@@ -89,13 +89,10 @@ def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return False
 
 
-def resolve_precision(
-    precision: str, device: torch.device, *, allow_emulated_bf16: bool = False
-) -> Precision:
+def resolve_precision(precision: str, device: torch.device) -> Precision:
     """`auto` is float32 on every device (TF32 on CUDA): the paper's experiments run in float32 until a
     CIFAR-10 run shows bf16 equal within noise (docs/decisions.md). bf16 on a CPU without native bf16 is
-    refused with a one-line error unless `allow_emulated_bf16` or $ZSKT_FORCE_BF16=1 (benchmarks time it on
-    purpose)."""
+    refused with a one-line error unless $ZSKT_FORCE_BF16=1 (the benchmarks and tests set it)."""
     if precision not in PRECISIONS:
         raise ZsktError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     name = "fp32" if precision == "auto" else precision
@@ -103,7 +100,7 @@ def resolve_precision(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    forced = allow_emulated_bf16 or os.environ.get(FORCE_BF16_ENV, "") not in ("", "0")
+    forced = os.environ.get(FORCE_BF16_ENV, "") not in ("", "0")
     if name == "bf16" and device.type == "cpu" and not forced and not cpu_has_native_bf16():
         raise ZsktError(
             "this CPU has no native bf16 (no AVX-512 BF16 or AMX): bf16 autocast would be emulated, "

@@ -48,9 +48,9 @@ def estimate_seconds(run: Run) -> float:
         seconds += epochs * (info.n_train if m < 0 else m * info.num_classes) * per_image
         seconds += evaluations * info.n_test * TRAIN_PER_IMAGE.get(student, 0.002) / 3
     elif run.command == "zero-shot":
-        from zskt.methods.zero_shot import ITERATIONS
+        from zskt.methods.schedule import preset
 
-        seconds += (o.get("iterations") or ITERATIONS[info.name]) * ZERO_SHOT_PER_BATCH
+        seconds += (o.get("iterations") or preset(info.name, "zero-shot", "iterations", option="--iterations")) * ZERO_SHOT_PER_BATCH
     elif run.command == "belief":
         curves = min(o.get("images", 1000), info.n_test) * (info.num_classes - 1)
         seconds += curves * o.get("steps", 200) * BELIEF_PER_PAIR_STEP
@@ -102,6 +102,12 @@ class ThreadPolicy:
         threads = 1 if others is not None and others > 0.3 else self.default
         torch.set_num_threads(threads)
         return f" [1 thread: other processes use {others:.1f} cores]" if threads < self.default else ""
+
+
+def _build_report(out: Path) -> Path:
+    from zskt.reports import report
+
+    return report(out)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -175,7 +181,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         outcome, report_path = reproduce(experiment, spec, out, list_only=args.list_only,
                                          executor=EXECUTORS[args.executor], common=common, echo=args.verbose,
-                                         printer=printer, estimate=estimate_seconds,
+                                         printer=printer, estimate=estimate_seconds, report=_build_report,
                                          before_run=ThreadPolicy(args.threads)
                                          if args.executor == "inprocess" else None)
     except KeyboardInterrupt:

@@ -5,28 +5,16 @@ and the builders that `experiments/__init__.py` registers as named experiments.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from zskt.errors import ZsktError
+from zskt.methods.registry import parse_run_id, series
+from zskt.runids import FIGURE_M, FIGURE_PAIR, MTE_M, PAIRS, SEEDS, TABLE1_M, TEACHER_SEED, pair_name
 
-# SPEC §3: the six teacher -> student pairs of Table 1, in the paper's row order.
-PAIRS = (
-    ("wrn-16-2", "wrn-16-1"),
-    ("wrn-40-1", "wrn-16-1"),
-    ("wrn-40-2", "wrn-16-1"),
-    ("wrn-40-1", "wrn-16-2"),
-    ("wrn-40-2", "wrn-16-2"),
-    ("wrn-40-2", "wrn-40-1"),
-)
-FIGURE_PAIR = ("wrn-40-2", "wrn-16-1")  # Figure 2 and Table 2 use this pair only
-FIGURE_M = (10, 25, 50, 75, 100)  # Figure 2's M > 0; M = 0 is the zero-shot run itself (see docs/experiments.md)
-TABLE1_M = 200  # Table 1's KD+AT column
-MTE_M = 200  # Table 2's KD+AT student: the paper does not say its M; both reproductions used 200 (SPEC §6, §9.6)
-SEEDS = (0, 1, 2)  # the authors' scripts (SPEC §3, §4)
-TEACHER_SEED = 0  # one teacher per architecture and data set, reused by every student seed (as the authors' files)
+__all__ = ["FIGURE_M", "FIGURE_PAIR", "MTE_M", "PAIRS", "SEEDS", "TABLE1_M", "TEACHER_SEED", "GridSpec", "Run",
+           "pair_name", "parse_run_id"]
 
 # Defaults of the commands the grids shrink with --scale; None means "the command's own preset".
 BELIEF_IMAGES = 1000  # SPEC §6: n_matching_images
@@ -63,57 +51,6 @@ class Run:
 
     def to_json(self) -> dict:
         return {"id": self.id, "command": self.command, "options": dict(self.options), "needs": dict(self.needs)}
-
-
-# ------------------------------------------------------------------------------------------- run ids
-# <dataset>/scratch/<arch>/seed<s>                      full train split, cross-entropy (teachers; "scratch")
-# <dataset>/no-teacher/<student>/M<m>/seed<s>           few-shot, cross-entropy only
-# <dataset>/kd-at/<teacher>_<student>/M<m>/seed<s>       few-shot KD+AT
-# <dataset>/zero-shot/<teacher>_<student>/seed<s>        M = 0
-# <dataset>/finetune/<teacher>_<student>/M<m>/seed<s>    the zero-shot student of that seed, fine-tuned on M
-# <dataset>/belief/<student run id without dataset>     transition curves / MTE of that student vs its teacher
-
-_ARCH = r"[a-z0-9-]+?"
-_PATTERNS = (
-    ("scratch", re.compile(rf"^(?P<dataset>[^/]+)/scratch/(?P<model>{_ARCH})/seed(?P<seed>\d+)$")),
-    ("no-teacher", re.compile(rf"^(?P<dataset>[^/]+)/no-teacher/(?P<student>{_ARCH})/M(?P<m>\d+)/seed(?P<seed>\d+)$")),
-    ("kd-at", re.compile(rf"^(?P<dataset>[^/]+)/kd-at/(?P<teacher>{_ARCH})_(?P<student>{_ARCH})/M(?P<m>\d+)"
-                         rf"/seed(?P<seed>\d+)$")),
-    ("zero-shot", re.compile(rf"^(?P<dataset>[^/]+)/zero-shot/(?P<teacher>{_ARCH})_(?P<student>{_ARCH})"
-                             rf"/seed(?P<seed>\d+)$")),
-    ("finetune", re.compile(rf"^(?P<dataset>[^/]+)/finetune/(?P<teacher>{_ARCH})_(?P<student>{_ARCH})/M(?P<m>\d+)"
-                            rf"/seed(?P<seed>\d+)$")),
-)
-
-
-def parse_run_id(run_id: str) -> dict:
-    """What a run folder holds, from its path: method, dataset, teacher, student (or model), m, seed; a belief
-    run adds `of` (the method of the student it measures). Raises ValueError on a path outside the grammar."""
-    parts = run_id.strip("/").split("/")
-    if len(parts) > 2 and parts[1] == "belief":
-        inner = parse_run_id("/".join([parts[0], *parts[2:]]))
-        if inner["method"] not in ("zero-shot", "kd-at", "finetune", "no-teacher", "scratch"):
-            raise ValueError(f"not a run id: {run_id}")
-        return {**inner, "method": "belief", "of": inner["method"]}
-    for method, pattern in _PATTERNS:
-        match = pattern.match(run_id.strip("/"))
-        if match:
-            tags = {"method": method, **match.groupdict()}
-            tags["seed"] = int(tags["seed"])
-            if "m" in tags:
-                tags["m"] = int(tags["m"])
-            elif method == "zero-shot":
-                tags["m"] = 0
-            else:  # the full train split
-                tags["m"] = -1
-            if method == "scratch":
-                tags["student"] = tags["model"]
-            return tags
-    raise ValueError(f"not a run id: {run_id}")
-
-
-def pair_name(teacher: str, student: str) -> str:
-    return f"{teacher}_{student}"
 
 
 # ------------------------------------------------------------------------------------------- command forms
@@ -162,12 +99,13 @@ class GridSpec:
         return scaled(base if base is not None else BASE_EPOCHS[dataset], self.scale)
 
     def zero_shot_iterations(self, dataset: str) -> int | None:
-        from zskt.methods.zero_shot import ITERATIONS
+        from zskt.methods.schedule import preset
 
         base = self.iterations.get(dataset)
         if base is None and self.scale == 1:
             return None
-        return scaled(base if base is not None else ITERATIONS[dataset], self.scale)
+        return scaled(base if base is not None else preset(dataset, "zero-shot", "iterations", option="--iterations"),
+                      self.scale)
 
     def teacher_file(self, dataset: str, arch: str) -> str | None:
         return self.teachers.get((dataset, arch))
@@ -187,7 +125,7 @@ def _teacher(spec: GridSpec, dataset: str, arch: str) -> tuple[dict, dict]:
 
 
 def scratch_id(dataset: str, arch: str, seed: int) -> str:
-    return f"{dataset}/scratch/{arch}/seed{seed}"
+    return series("scratch").format(dataset=dataset, model=arch, seed=seed)
 
 
 def scratch(spec: GridSpec, dataset: str, arch: str, seed: int) -> Run:
@@ -208,7 +146,7 @@ def check_images_per_class(dataset: str, m: int) -> None:
 
 def no_teacher(spec: GridSpec, dataset: str, student: str, m: int, seed: int) -> Run:
     check_images_per_class(dataset, m)
-    return Run(f"{dataset}/no-teacher/{student}/M{m}/seed{seed}", "train",
+    return Run(series("no-teacher").format(dataset=dataset, student=student, m=m, seed=seed), "train",
                _options(spec, "train", dataset=dataset, model=student, images_per_class=m, seed=seed,
                         epochs=spec.base_epochs(dataset, few_shot=True)))
 
@@ -216,14 +154,14 @@ def no_teacher(spec: GridSpec, dataset: str, student: str, m: int, seed: int) ->
 def kd_at(spec: GridSpec, dataset: str, teacher: str, student: str, m: int, seed: int) -> Run:
     check_images_per_class(dataset, m)
     options, needs = _teacher(spec, dataset, teacher)
-    return Run(f"{dataset}/kd-at/{pair_name(teacher, student)}/M{m}/seed{seed}", "kd-at",
+    return Run(series("kd-at").format(dataset=dataset, teacher=teacher, student=student, m=m, seed=seed), "kd-at",
                _options(spec, "kd-at", **options, dataset=dataset, student=student, images_per_class=m, seed=seed,
                         epochs=spec.base_epochs(dataset, few_shot=True)), needs)
 
 
 def zero_shot(spec: GridSpec, dataset: str, teacher: str, student: str, seed: int) -> Run:
     options, needs = _teacher(spec, dataset, teacher)
-    return Run(f"{dataset}/zero-shot/{pair_name(teacher, student)}/seed{seed}", "zero-shot",
+    return Run(series("zero-shot").format(dataset=dataset, teacher=teacher, student=student, seed=seed), "zero-shot",
                _options(spec, "zero-shot", **options, dataset=dataset, student=student, seed=seed,
                         iterations=spec.zero_shot_iterations(dataset)), needs)
 
@@ -232,7 +170,8 @@ def finetune(spec: GridSpec, dataset: str, teacher: str, student: str, m: int, s
     """The zero-shot student of `seed` fine-tuned with KD+AT on M images per class (`kd-at --init`)."""
     options, needs = _teacher(spec, dataset, teacher)
     zs = zero_shot(spec, dataset, teacher, student, seed).id
-    return Run(f"{dataset}/finetune/{pair_name(teacher, student)}/M{m}/seed{seed}", "kd-at",
+    return Run(series("finetune").format(dataset=dataset, teacher=teacher, student=student, m=m, seed=seed),
+               "kd-at",
                _options(spec, "kd-at", **options, dataset=dataset, student=student, images_per_class=m, seed=seed,
                         epochs=spec.base_epochs(dataset, few_shot=True)), {**needs, "init": zs})
 

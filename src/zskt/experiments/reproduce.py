@@ -122,12 +122,13 @@ def summary(counts: dict[str, int]) -> str:
 
 def reproduce(experiment: Experiment, spec: GridSpec, out: Path, *, list_only: bool = False,
               executor: Callable | None = None, common: Iterable[str] = (), echo: bool = False,
-              report: bool = True, printer: Callable[[str], None] = print,
+              report: Callable[[Path], Path] | None = None, printer: Callable[[str], None] = print,
               estimate: Callable[[Run], float] | None = None,
               before_run: Callable[[Run], str] | None = None,
               pool: Pool | None = None) -> tuple[Outcome | None, Path | None]:
-    """List, or run, the missing runs of `experiment` in `out`, then rebuild the report. Runs go through `pool`
-    when one is given (e.g. `ray_executor.RayPool`), else one at a time through `executor`."""
+    """List, or run, the missing runs of `experiment` in `out`, then rebuild the report with `report(out)` (the
+    commands pass `zskt.reports.report`). Runs go through `pool` when one is given (e.g.
+    `ray_executor.RayPool`), else one at a time through `executor`."""
     from zskt.experiments.runner import subprocess_executor
 
     out = Path(out)
@@ -144,11 +145,7 @@ def reproduce(experiment: Experiment, spec: GridSpec, out: Path, *, list_only: b
     record_experiment(out, experiment, spec, runs, common)
     outcome = execute(runs, out, executor=executor or subprocess_executor, pool=pool, common=common, echo=echo,
                       printer=printer, estimate=estimate, before_run=before_run)
-    report_path = None
-    if report:
-        from zskt.reports import report as build_report
-
-        report_path = build_report(out)
+    report_path = report(out) if report else None
     finished = len(outcome.done) + len(outcome.skipped)
     printer(f"{experiment.name}: {len(outcome.done)} run(s) done now, {finished}/{len(runs)} finished, "
             f"{len(outcome.failed)} failed, {len(outcome.blocked)} waiting on a failed run; "

@@ -8,22 +8,27 @@ same subsets, same student initialisation, same schedule, same data order, only 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from zskt.config import check, field
 from zskt.data import DATASETS, ImageData
 from zskt.errors import ZsktError
-from zskt.evaluate import evaluate_accuracy
 from zskt.losses import kd_at_loss
 from zskt.methods.schedule import Schedule, milestones_at
-from zskt.methods.train import SupervisedRecipe, choose_subset, fit_supervised, load_data, schedule_record
+from zskt.methods.train import (
+    SupervisedRecipe,
+    choose_subset,
+    fit_supervised,
+    load_data,
+    schedule_record,
+    supervised_scaffold,
+)
 from zskt.models import MODELS, build_model, load_model_for, save_model
-from zskt.models.frozen import frozen_copy
 from zskt.runlog import RunLog
-from zskt.runtime import resolve_device, resolve_precision, seed_everything
+from zskt.runtime import seed_everything
 
 # Attention weight per layer (SPEC §4): FSKT's AT_beta = 1000, rescaled by 3/len(acts), is 1000 on each of
 # the three layers at the paper's 32x32 images. The attention term is a mean over the H·W positions of unit-norm
@@ -87,6 +92,13 @@ class KDATConfig(SupervisedRecipe):
                         batches_per_epoch=full.batches_per_epoch)
 
 
+def check_files(cfg: KDATConfig) -> None:
+    """Fail before the run folder is made when a named file is not there."""
+    for role, path in (("teacher", cfg.teacher), ("init", cfg.init)):
+        if path and not Path(path).is_file():
+            raise ZsktError(f"--{role} {path} not found; expected a model file (e.g. a run folder's model.pt)")
+
+
 def load_network(path: str, role: str, data: ImageData, dataset: str, device: torch.device,
                  arch: str | None = None) -> torch.nn.Module:
     """`--teacher` / `--init`: a Wide ResNet file checked against the data (`load_model_for`)."""
@@ -119,42 +131,37 @@ def kd_at(cfg: KDATConfig, log: RunLog, data: ImageData | None = None) -> dict:
         raise ZsktError("no teacher given; pass --teacher PATH (a model.pt from `zskt train` or an authors' file)")
     data = data or load_data(cfg)
     info = data.info
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
     schedule = cfg.schedule(len(data.train.labels), info.num_classes)
+    run = supervised_scaffold(cfg, log, schedule, f"kd-at {cfg.dataset}")
     beta = cfg.attention_beta
 
-    # Frozen, in eval mode, batch norms folded: the same function, less memory traffic (models/frozen.py).
-    teacher = frozen_copy(precision.prepare(load_network(cfg.teacher, "teacher", data, cfg.dataset, device)))
+    teacher = run.frozen_module(load_network(cfg.teacher, "teacher", data, cfg.dataset, run.device))
     teacher_name = teacher.arch()["name"] or "teacher"
     what = f"{cfg.student} from {cfg.init}" if cfg.init else cfg.student
     images = "all" if cfg.images_per_class < 0 else f"M = {cfg.images_per_class}"
     log.print(f"kd-at {teacher_name} -> {what} on {info.title}, {images}, seed {cfg.seed}: α {cfg.alpha}, "
-              f"T {cfg.temperature}, β {beta:g}/layer; {device}, {precision.name}")
+              f"T {cfg.temperature}, β {beta:g}/layer; {run.device}, {run.precision.name}")
     log.print(f"schedule: {schedule.describe()}")
     log.record_resolved(schedule=schedule_record(schedule), beta=beta)
 
     # The same order of seeded steps as `train`, so the no-teacher baseline of a seed starts from the same student.
     seed_everything(cfg.seed)
     indices = choose_subset(cfg, data, log)
-    student = build_model(cfg.student, info.num_classes, info.in_channels).to(device)
-    test = data.test.to(device)
-    extra = {"teacher_test_accuracy": evaluate_accuracy(teacher, test, data.mean, data.std, precision=precision)}
+    student = build_model(cfg.student, info.num_classes, info.in_channels)
+    run.evaluate_on(teacher, data.test, data.mean, data.std)
+    extra = {"teacher_test_accuracy": run.evaluate(teacher)}
     if cfg.init:
-        student = load_network(cfg.init, "init", data, cfg.dataset, device, arch=cfg.student)
-        extra["init_test_accuracy"] = evaluate_accuracy(student, test, data.mean, data.std, precision=precision)
+        student = load_network(cfg.init, "init", data, cfg.dataset, run.device, arch=cfg.student)
+        extra["init_test_accuracy"] = run.evaluate(student)
     log.print(f"teacher test accuracy {extra['teacher_test_accuracy']:.2f}%" + (
         f", student before fine-tuning {extra['init_test_accuracy']:.2f}%" if cfg.init else ""))
-    student = precision.prepare(student)
 
-    t0 = time.perf_counter()
-    result = fit_supervised(student, data, cfg, log, loss_fn=kd_at_loss_fn(teacher, cfg), precision=precision,
-                            schedule=schedule, indices=indices, extra_result=extra)
-    result["train_seconds"] = time.perf_counter() - t0
+    student = fit_supervised(run, student, data, cfg, loss_fn=kd_at_loss_fn(teacher, cfg), schedule=schedule,
+                             indices=indices)
     if log.enabled:
-        save_model(student, log.out / "model.pt", dataset=cfg.dataset, test_accuracy=result["test_accuracy"],
+        save_model(student, log.out / "model.pt", dataset=cfg.dataset, test_accuracy=run.accuracy,
                    command=log.command, image_size=int(data.train.images.shape[-1]))
-    return log.finish({**result, **precision.describe(), "model": cfg.student, "student": cfg.student,
-                       "teacher": cfg.teacher, "init": cfg.init, "dataset": cfg.dataset, "seed": cfg.seed,
-                       "images_per_class": cfg.images_per_class, "alpha": cfg.alpha,
-                       "temperature": cfg.temperature, "beta": beta, "lr": cfg.lr})
+    return run.finish(epochs=schedule.epochs, iterations=schedule.iterations, **extra, model=cfg.student,
+                      student=cfg.student, teacher=cfg.teacher, init=cfg.init, dataset=cfg.dataset, seed=cfg.seed,
+                      images_per_class=cfg.images_per_class, alpha=cfg.alpha, temperature=cfg.temperature,
+                      beta=beta, lr=cfg.lr)

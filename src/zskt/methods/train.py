@@ -7,29 +7,20 @@ of the epochs with the authors' stepping, batch 128; CIFAR-10 200 epochs, SVHN 1
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from statistics import median
 
 import torch
 import torch.nn.functional as F
 
 from zskt.config import check, field
 from zskt.data import DATASETS, DeviceLoader, ImageData, load_dataset, select_per_class
-from zskt.distributed import (
-    Shard,
-    all_sum,
-    average_buffers,
-    broadcast_module,
-    check_in_sync,
-    use_sync_batchnorm,
-)
-from zskt.evaluate import evaluate_accuracy
+from zskt.distributed import Shard
+from zskt.methods.scaffold import Scaffold
 from zskt.methods.schedule import Schedule, make_schedule, step_lr
 from zskt.models import MODELS, build_model, save_model
-from zskt.runlog import RunLog, Timer
-from zskt.runtime import PRECISIONS, Precision, resolve_device, resolve_precision, seed_everything
+from zskt.runlog import RunLog
+from zskt.runtime import PRECISIONS, seed_everything
 
 
 @dataclass(frozen=True)
@@ -120,117 +111,62 @@ def cross_entropy_loss(model: torch.nn.Module, images: torch.Tensor, labels: tor
     return F.cross_entropy(logits.float(), labels)
 
 
-def fit_supervised(model: torch.nn.Module, data: ImageData, cfg, log: RunLog, *, loss_fn: LossFn = cross_entropy_loss,
-                   precision: Precision, schedule: Schedule, indices: torch.Tensor | None,
-                   extra_result: dict | None = None) -> dict:
-    """SGD over `schedule` with evaluation and a resume checkpoint every `eval_every` epochs.
+def fit_supervised(run: Scaffold, model: torch.nn.Module, data: ImageData, cfg, *, schedule: Schedule,
+                   indices: torch.Tensor | None, loss_fn: LossFn = cross_entropy_loss) -> torch.nn.Module:
+    """SGD over `schedule` on the run's scaffold (evaluation and a resume checkpoint every `eval_every` epochs);
+    returns the trained model. The loss is `loss_fn(model, images, labels)` under autocast; KD+AT passes one that
+    also runs the teacher.
 
-    The loss is `loss_fn(model, images, labels)` under autocast; KD+AT passes one that also runs the teacher.
-    Losses are accumulated on the device and read only at log points (no host sync per step).
-
-    Under torchrun every rank walks the same global batches (same seed, order and augmentation draws) and
-    trains on its shard of each; its loss is scaled by its share of the batch and the gradients are summed
-    over ranks, which is the global batch's mean gradient (docs/distributed.md). BN running statistics are
-    averaged over ranks before every evaluation and checkpoint.
+    Under torchrun every rank walks the same global batches (same seed, order and augmentation draws) and trains
+    on its shard of each; its loss is scaled by its share of the batch and the gradients are summed over ranks,
+    which is the global batch's mean gradient (docs/distributed.md).
     """
-    device = next(model.parameters()).device
-    use_sync_batchnorm(model, cfg.sync_bn, device)
-    broadcast_module(model)
+    model = run.train_module(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    info = data.info
-    loader = DeviceLoader(data.train, data.mean, data.std, cfg.batch_size, device=device, augment=info.augment,
-                          shuffle=True, drop_last=False, seed=cfg.seed, indices=indices)
-    test = data.test.to(device)
-    eval_every = cfg.eval_every or max(1, schedule.epochs // 100)
-
-    start_epoch, best, history, warmup = 0, -1.0, [], None
-    state = log.load_checkpoint(map_location=device)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        loader.load_state_dict(state["loader"])
-        torch.set_rng_state(state["rng"])
-        start_epoch, best, history = state["epoch"], state["best"], state["step_seconds"]
-        log.print(f"resumed from epoch {start_epoch}")
-
-    timer = Timer(device)
-    bar = log.progress(schedule.epochs, initial=start_epoch, desc=f"train {cfg.dataset}", unit="epoch")
-    loss_sum = torch.zeros((), device=device)
-    n_steps = 0
-    accuracy = float("nan")
-    model.train()
-    for epoch in range(start_epoch, schedule.epochs):
-        lr = step_lr(cfg.lr, epoch, schedule.milestones, cfg.lr_decay)
+    loader = DeviceLoader(data.train, data.mean, data.std, cfg.batch_size, device=run.device,
+                          augment=data.info.augment, shuffle=True, drop_last=False, seed=cfg.seed, indices=indices)
+    run.track(model=model, optimizer=optimizer, loader=loader)
+    run.evaluate_on(model, data.test, data.mean, data.std)
+    run.on_log(lambda epoch: {"epoch": epoch, "lr": step_lr(cfg.lr, epoch - 1, schedule.milestones, cfg.lr_decay)})
+    for epoch in run.steps():
         for group in optimizer.param_groups:
-            group["lr"] = lr
-        t0 = timer.now()
+            group["lr"] = step_lr(cfg.lr, epoch, schedule.milestones, cfg.lr_decay)
         for images, labels in loader:
             part = Shard.of(len(labels))
             optimizer.zero_grad(set_to_none=True)
+            loss = torch.zeros(())
             if part.local:  # a rank's shard of a last, short batch can be empty: it then adds zeros
-                images = precision.layout(part.take(images))
-                with precision.autocast():
-                    loss = loss_fn(model, images, part.take(labels)) * part.share
+                with run.precision.autocast():
+                    loss = loss_fn(model, run.precision.layout(part.take(images)), part.take(labels)) * part.share
                 loss.backward()
-                loss_sum += loss.detach()
+            run.add(train_loss=loss)
             part.reduce(model.parameters())
             optimizer.step()
-            n_steps += 1
-        # Per-iteration time from whole epochs (one sync per epoch, none per step); the first epoch of a
-        # process is a warm-up and is kept only while it is the only measurement.
-        seconds = (timer.now() - t0) / len(loader)
-        if epoch == start_epoch:
-            warmup = seconds
-        else:
-            history.append(seconds)
-        bar.update(1)
-        last = epoch + 1 == schedule.epochs
-        if (epoch + 1) % eval_every == 0 or last:
-            average_buffers(model)
-            accuracy = evaluate_accuracy(model, test, data.mean, data.std, precision=precision)
-            best = max(best, accuracy)
-            train_loss = (all_sum(loss_sum) / max(1, n_steps)).item()
-            loss_sum.zero_()
-            n_steps = 0
-            row = {"step": epoch + 1, "epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
-                   "test_accuracy": accuracy}
-            log.metrics(row)
-            bar.set_postfix_str(f"loss {train_loss:.3f} acc {accuracy:.2f}%")
-            log.print(f"epoch {epoch + 1:>6}/{schedule.epochs}  lr {lr:.4f}  loss {train_loss:8.4f}  "
-                      f"test {accuracy:6.2f}%")
-            if not last:
-                log.save_checkpoint({"step": epoch + 1, "epoch": epoch + 1, "model": model.state_dict(),
-                                     "optimizer": optimizer.state_dict(), "loader": loader.state_dict(),
-                                     "rng": torch.get_rng_state(), "best": best, "step_seconds": history})
-    log.close_progress()
-    result = {"test_accuracy": accuracy, "best_test_accuracy": best,
-              "seconds_per_iteration": median(history) if history else warmup,
-              "epochs": schedule.epochs, "iterations": schedule.iterations, **(extra_result or {})}
-    in_sync = check_in_sync(model)
-    if in_sync:
-        result["distributed"] = in_sync
-    return result
+    return model
+
+
+def supervised_scaffold(cfg, log: RunLog, schedule: Schedule, desc: str) -> Scaffold:
+    """The scaffold of a supervised run: one step per epoch, evaluated every `eval_every` epochs (epochs/100
+    unless set)."""
+    return Scaffold(cfg, log, total=schedule.epochs, interval=cfg.eval_every or max(1, schedule.epochs // 100),
+                    unit="epoch", desc=desc, iteration_units=schedule.batches_per_epoch)
 
 
 def train(cfg: TrainConfig, log: RunLog, data: ImageData | None = None) -> dict:
     """Train `cfg.model` from scratch with cross-entropy; writes `model.pt` and returns the result."""
     data = data or load_data(cfg)
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
     schedule = cfg.schedule(len(data.train.labels), data.info.num_classes)
+    run = supervised_scaffold(cfg, log, schedule, f"train {cfg.dataset}")
     log.print(f"{cfg.model} on {data.info.title} ({len(data.train.labels)} train / {len(data.test.labels)} test), "
-              f"{device}, {precision.name}: {schedule.describe()}")
+              f"{run.device}, {run.precision.name}: {schedule.describe()}")
     log.record_resolved(schedule=schedule_record(schedule))
     seed_everything(cfg.seed)
     indices = choose_subset(cfg, data, log)
-    model = build_model(cfg.model, data.info.num_classes, data.info.in_channels).to(device)
-    model = precision.prepare(model)
-    t0 = time.perf_counter()
-    result = fit_supervised(model, data, cfg, log, precision=precision, schedule=schedule, indices=indices)
-    result["train_seconds"] = time.perf_counter() - t0
+    model = build_model(cfg.model, data.info.num_classes, data.info.in_channels)
+    model = fit_supervised(run, model, data, cfg, schedule=schedule, indices=indices)
     if log.enabled:
-        save_model(model, log.out / "model.pt", dataset=cfg.dataset, test_accuracy=result["test_accuracy"],
+        save_model(model, log.out / "model.pt", dataset=cfg.dataset, test_accuracy=run.accuracy,
                    command=log.command, image_size=int(data.train.images.shape[-1]))
-    return log.finish({**result, **precision.describe(), "model": cfg.model, "dataset": cfg.dataset,
-                       "seed": cfg.seed, "images_per_class": cfg.images_per_class})
+    return run.finish(epochs=schedule.epochs, iterations=schedule.iterations, model=cfg.model, dataset=cfg.dataset,
+                      seed=cfg.seed, images_per_class=cfg.images_per_class)

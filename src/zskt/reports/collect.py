@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from zskt.experiments.grid import parse_run_id
+from zskt.methods.registry import parse_run_id
 from zskt.runlog import CHECKPOINT, RESULT, read_json
 
 logger = logging.getLogger(__name__)

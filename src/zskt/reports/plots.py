@@ -7,19 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from zskt.experiments.grid import FIGURE_PAIR
+from zskt.runids import FIGURE_PAIR
+from zskt.methods.registry import series_label
 from zskt.reports import published
 from zskt.reports.collect import Results
 
 # (method at M > 0, label, colour); M = 0 is chance for the baselines and the zero-shot run for ours.
-SERIES = (
-    ("no-teacher", "no teacher", "tab:gray"),
-    ("kd-at", "KD+AT", "tab:blue"),
-    ("finetune", "zero-shot (M = 0), fine-tuned (M > 0)", "tab:red"),
-)
+SERIES = tuple((name, series_label(name), colour)
+               for name, colour in (("no-teacher", "tab:gray"), ("kd-at", "tab:blue"), ("finetune", "tab:red")))
 PUBLISHED_SERIES = {"no-teacher": "no-teacher", "kd-at": "kd-at", "finetune": "zero-shot"}
-METHOD_TITLES = {"zero-shot": "zero-shot", "kd-at": "KD+AT", "finetune": "fine-tuned zero-shot",
-                 "no-teacher": "no-teacher", "scratch": "scratch"}
+METHOD_TITLES = {"finetune": "fine-tuned zero-shot"}  # belief plots' titles where the series label is too long
 FIGURE_STEPS = 30  # Figure 4 plots the first 30 steps (SPEC §6)
 
 
@@ -172,7 +169,7 @@ def plot_transition_curves(results: Results, dataset: str, teacher: str, student
         runs = groups[key]
         draw_transition_curves(ax, runs, student, teacher)
         mtes = [r["mte"] for r in runs if isinstance(r.get("mte"), (int, float))]
-        name = METHOD_TITLES.get(key[0], key[0]) + (f", M = {key[1]}" if key[1] > 0 else "")
+        name = METHOD_TITLES.get(key[0], series_label(key[0])) + (f", M = {key[1]}" if key[1] > 0 else "")
         mte_text = ""
         if mtes:
             mte_text = f"MTE {np.mean(mtes):.3f}" + (f" ± {np.std(mtes):.3f}" if len(mtes) > 1 else "")

@@ -6,15 +6,18 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from zskt.experiments.grid import FIGURE_PAIR, TABLE1_M
+from zskt.runids import FIGURE_PAIR, PAIRS, TABLE1_M
 from zskt.io import atomic_write_text
+from zskt.methods.registry import series_label
 from zskt.reports import published
 from zskt.reports.collect import Results
 from zskt.reports.plots import num_classes, plot_accuracy_vs_m, plot_transition_curves
 
 REPORT = "report.md"
 TITLES = {"cifar10": "CIFAR-10", "svhn": "SVHN", "fashion-mnist": "Fashion-MNIST", "digits": "digits"}
-SERIES = (("no-teacher", "no teacher"), ("kd-at", "KD+AT"), ("finetune", "zero-shot (M = 0) / fine-tuned (M > 0)"))
+# Figure 2's series (the method at M > 0; M = 0 is chance for the baselines and the zero-shot run for ours), with
+# their labels from the method registry.
+SERIES = tuple((name, series_label(name)) for name in ("no-teacher", "kd-at", "finetune"))
 PUBLISHED_SERIES = {"no-teacher": "no-teacher", "kd-at": "kd-at", "finetune": "zero-shot"}
 LEGEND = ("Ours: mean ± population std over seeds (as the paper's np.std), with n, from each run's result.json. "
           "— = planned, not started; started = begun but unfinished (running, or interrupted: rerun the same "
@@ -127,7 +130,6 @@ def figure2_context() -> list[str]:
 
 def table1_pairs(results: Results, dataset: str) -> list[tuple[str, str]]:
     """Pairs with Table 1's KD+AT column (M = 200) in `dataset`, in the paper's row order."""
-    from zskt.experiments.grid import PAIRS
 
     found = {(t["teacher"], t["student"]) for t in results.known(dataset=dataset, method="kd-at", m=TABLE1_M)}
     return [p for p in PAIRS if p in found] + sorted(found - set(PAIRS))

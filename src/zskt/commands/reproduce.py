@@ -11,6 +11,7 @@ from pathlib import Path
 from zskt.cli import Command
 from zskt.errors import ZsktError
 from zskt.experiments import EXPERIMENTS
+from zskt.reports import report as build_report
 
 
 def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
@@ -192,7 +193,7 @@ def main(args: argparse.Namespace) -> int:
                 print(opened.describe(), flush=True)
             outcome, _ = reproduce(experiment, spec, out, list_only=args.list_only,
                                    executor=EXECUTORS.get(args.executor or "subprocess"),
-                                   common=common, echo=args.verbose, report=not args.no_report, pool=opened)
+                                   common=common, echo=args.verbose, report=None if args.no_report else build_report, pool=opened)
     except KeyboardInterrupt:
         print("zskt reproduce: interrupted; rerun the same command to continue (finished runs are kept, "
               "the interrupted one resumes from its checkpoint)", file=sys.stderr, flush=True)

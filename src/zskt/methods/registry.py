@@ -1,0 +1,112 @@
+"""The method registry: every training command of zskt, in one literal dict. The `zskt` subcommands, the run-id
+grammar of the experiment grids, the report's series labels and the demo's time estimate are built from it, so
+adding a method is its own file plus one entry here (docs/architecture.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from zskt.methods.kd_at import KDATConfig, check_files, kd_at
+from zskt.methods.schedule import schedule_command
+from zskt.methods.train import TrainConfig, train
+from zskt.methods.zero_shot import ZeroShotConfig, run_zero_shot
+from zskt.runids import Series
+
+PAIR = "{dataset}/%s/{teacher}_{student}/seed{seed}"  # a data-free method's runs: teacher, student, seed
+
+
+@dataclass(frozen=True)
+class Method:
+    """A training command: its config (the options), `run(cfg, log) -> result`, the run-id series its runs take
+    in the experiment grids (the first is the method's own; its label names it in reports), one-line help and a
+    longer description for `--help`, the options that must be given, option aliases, and `command`, a builder
+    of a custom subcommand (default: `zskt.cli.run_folder_command`), and `check(cfg)`, which fails early (before
+    the run folder is made) on a file the run would not find."""
+
+    config: type
+    run: Callable[[Any, Any], dict]
+    series: tuple[Series, ...]
+    help: str
+    description: str = ""
+    required: tuple[str, ...] = ("teacher",)
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    command: Callable | None = None
+    check: Callable[[Any], None] | None = None  # checks the config's files before the run folder is made
+
+    @property
+    def label(self) -> str:
+        return self.series[0].label
+
+
+def data_free(name: str, label: str) -> tuple[Series, ...]:
+    """The run-id series of a data-free method: `<dataset>/<name>/<teacher>_<student>/seed<s>`."""
+    return (Series(name, PAIR % name, label),)
+
+
+METHODS: dict[str, Method] = {
+    "train": Method(
+        TrainConfig, train,
+        (Series("scratch", "{dataset}/scratch/{model}/seed{seed}", "from scratch"),
+         Series("no-teacher", "{dataset}/no-teacher/{student}/M{m}/seed{seed}", "no teacher")),
+        "train a teacher or scratch student with cross-entropy (the paper's SGD recipe)",
+        "Train a network from scratch with the paper's recipe (SGD 0.1, momentum 0.9, wd 5e-4, lr /5 after 30, "
+        "60 and 80 percent of the epochs, batch 128). With --images-per-class M it is the few-shot 'no teacher' "
+        "baseline on M images per class, with the authors' epoch scaling (docs/kd_at.md).",
+        required=(), aliases={"images_per_class": ("-M",)}, command=schedule_command),
+    "zero-shot": Method(
+        ZeroShotConfig, run_zero_shot, data_free("zero-shot", "zero-shot"),
+        "zero-shot transfer from a teacher file into a student (the paper's Algorithm 1)",
+        "Zero-shot knowledge transfer (Micaelli & Storkey 2019, Algorithm 1, as the authors' code runs it): per "
+        "pseudo batch, 1 generator step maximising KL(teacher || student) on G(z), then 10 student steps "
+        "minimising KL + beta x attention (beta 250; digits preset 0) on that pseudo batch; Adam (generator 1e-3, "
+        "student 2e-3), cosine annealing, grad-norm clip 5, batch 128. Only the test split is read (for "
+        "evaluation). Writes model.pt (the student), generator.pt, pseudo/*.png, metrics.jsonl and result.json "
+        "(final test_accuracy, best_test_accuracy, seconds_per_iteration). See docs/zero_shot.md.",
+        aliases={"iterations": ("-N",)}),
+    "kd-at": Method(
+        KDATConfig, kd_at,
+        (Series("kd-at", "{dataset}/kd-at/{teacher}_{student}/M{m}/seed{seed}", "KD+AT"),
+         Series("finetune", "{dataset}/finetune/{teacher}_{student}/M{m}/seed{seed}",
+                "zero-shot (M = 0) / fine-tuned (M > 0)")),
+        "few-shot KD+AT: distil a teacher into a student on M images per class (or fine-tune --init)",
+        "Few-shot knowledge distillation with attention transfer, as the authors' FewShotKnowledgeTransfer code: "
+        "loss (1-α)·CE + 2·α·T²·KL + β·Σ attention (α 0.9, T 4, β 1000 per layer; digits 250), SGD 0.1, "
+        "momentum 0.9, wd 5e-4, lr /5 after 30, 60 and 80 percent of the run, batch 128, on M images per class "
+        "chosen per seed. --epochs is the base recipe's epoch count, which the authors scale with M "
+        "(--print-schedule shows the epochs that will run). With --init PATH a zero-shot student is fine-tuned "
+        "with the same KD+AT run (--finetune-epochs to shorten it). The no-teacher baseline is `zskt train "
+        "--images-per-class M`. See docs/kd_at.md.",
+        required=("teacher", "images_per_class"), aliases={"images_per_class": ("-M",)}, command=schedule_command,
+        check=check_files),
+}
+
+
+def all_series() -> tuple[Series, ...]:
+    """Every run-id series of every registered method, in registry order."""
+    return tuple(s for method in METHODS.values() for s in method.series)
+
+
+def series_label(name: str) -> str:
+    """The report label of a run-id series (e.g. "kd-at" -> "KD+AT"); the name itself when unknown."""
+    return next((s.label for s in all_series() if s.name == name), name)
+
+
+def series(name: str) -> Series:
+    for s in all_series():
+        if s.name == name:
+            return s
+    raise KeyError(f"no run-id series {name!r}")
+
+
+def method_of_series(name: str) -> str:
+    """The command that makes runs of a series (e.g. "finetune" -> "kd-at")."""
+    return next(m for m, method in METHODS.items() if any(s.name == name for s in method.series))
+
+
+def parse_run_id(run_id: str) -> dict:
+    """`zskt.runids.parse_run_id` with the registered methods' series."""
+    from zskt.runids import parse_run_id as parse
+
+    return parse(run_id, all_series())
