@@ -17,7 +17,6 @@ from zskt.cli import main
 from zskt.data import ImageSplit
 from zskt.evaluate import predict
 from zskt.evaluate.belief import (
-    authors_transition_curves,
     mean_transition_error,
     mte_breakdown,
     shuffle_and_collect,
@@ -25,6 +24,8 @@ from zskt.evaluate.belief import (
     transition_curves,
 )
 from zskt.models import save_model
+
+from reference_transition_curves import authors_transition_curves
 
 
 class Linear(nn.Module):

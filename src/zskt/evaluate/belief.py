@@ -2,8 +2,9 @@
 error (MTE). The attacked network (the student) is pushed by plain gradient steps towards each other class and
 both networks' probability of that class is recorded; MTE is the mean gap between the two over the curves.
 
-`authors_transition_curves` is the authors' `utils/transition_curves.py` loop, one image and one target at a
-time; `transition_curves` gets the same numbers with the (image, target) pairs of a chunk stepped together.
+`transition_curves` gets the numbers of the authors' `utils/transition_curves.py` loop (one image and one target at
+a time; kept literally in tests/reference_transition_curves.py) with the (image, target) pairs of a chunk
+stepped together.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def transition_curves(student: nn.Module, teacher: nn.Module, images: torch.Tens
     `images` are normalised (n, C, H, W), `targets` (n, T) int64. For each pair, x starts at the image and
     takes `steps` plain gradient steps x <- x - step_size * d CE(student(x), j) / dx in normalised-input space
     (no sign, no projection, no clamping); entry s holds softmax(.)[j] of both networks *before* step s's
-    update, so entry 0 is the clean image. This is the authors' loop (`authors_transition_curves`), with the
+    update, so entry 0 is the clean image. This is the authors' loop (tests/reference_transition_curves.py), with the
     pairs of a chunk of `chunk_size` advancing together on the networks' device.
     """
     n, n_targets = targets.shape
@@ -161,48 +162,6 @@ def transition_curves(student: nn.Module, teacher: nn.Module, images: torch.Tens
 def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
     # Softmax and cross-entropy of bf16-autocast logits in fp32; float64 logits keep their precision.
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
-
-
-def authors_transition_curves(student: nn.Module, teacher: nn.Module, images: torch.Tensor,
-                              sources: torch.Tensor, steps: int = 200,
-                              step_size: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The authors' `TransitionCurves.run`, one image and one target at a time: (p_student, p_teacher), each
-    float32 (n, C-1, steps). Slow by design; kept as the reference the batched version is tested against.
-
-    `images` normalised (n, C, H, W); `sources` (n,) the classes targets are taken relative to (the authors:
-    the label). Statement for statement: clone x with requires_grad; per step logits_A with grad, logits_B
-    under no_grad, CrossEntropyLoss(logits_A, j) (mean over a batch of one), backward, x -= xi * grad, zero
-    the grad, record both softmax(.)[j] from the logits computed before the update.
-    """
-    student.eval()
-    teacher.eval()
-    criterion = nn.CrossEntropyLoss()
-    device = _device_of(student)
-    n = len(images)
-    with torch.no_grad():
-        num_classes = student(images[:1].to(device))[0].shape[1]
-    curves_a = torch.zeros(n, num_classes - 1, steps)
-    curves_b = torch.zeros(n, num_classes - 1, steps)
-    for im_idx in range(n):
-        x = images[im_idx:im_idx + 1].to(device)
-        y = sources[im_idx:im_idx + 1].to(device)
-        for class_idx in range(num_classes - 1):
-            x_adversarial = x.detach().clone()
-            x_adversarial.requires_grad = True
-            y_adversarial = (y + class_idx + 1) % num_classes
-            for step_idx in range(steps):
-                logits_a, _ = student(x_adversarial)
-                with torch.no_grad():
-                    logits_b, _ = teacher(x_adversarial)
-                loss = criterion(logits_a, y_adversarial)
-                student.zero_grad()
-                loss.backward()
-                x_adversarial.data -= step_size * x_adversarial.grad.data
-                x_adversarial.grad.data.zero_()
-                with torch.no_grad():
-                    curves_a[im_idx, class_idx, step_idx] = torch.softmax(logits_a, dim=1)[0, y_adversarial]
-                    curves_b[im_idx, class_idx, step_idx] = torch.softmax(logits_b, dim=1)[0, y_adversarial]
-    return curves_a, curves_b
 
 
 # ---------------------------------------------------------------------------------------------- the error
