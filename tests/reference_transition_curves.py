@@ -1,6 +1,6 @@
-"""SLOW REFERENCE: the authors' `TransitionCurves.run` (their utils/transition_curves.py) kept literally, once,
-for the batched `zskt.evaluate.belief.transition_curves` to be tested against (tests/test_belief.py) and timed
-beside (benchmarks/bench_belief.py puts this folder on sys.path). Not part of the package."""
+"""SLOW REFERENCE: the authors' `TransitionCurves.run` (their utils/transition_curves.py) kept literally,
+once, for the batched `zskt.evaluate.belief.transition_curves` to be tested against (tests/test_belief.py) and
+timed beside (benchmarks/bench_belief.py puts this folder on sys.path). Not part of the package."""
 
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 error (MTE). The attacked network (the student) is pushed by plain gradient steps towards each other class and
 both networks' probability of that class is recorded; MTE is the mean gap between the two over the curves.
 
-`transition_curves` gets the numbers of the authors' `utils/transition_curves.py` loop (one image and one target at
-a time; kept literally in tests/reference_transition_curves.py) with the (image, target) pairs of a chunk
-stepped together.
+`transition_curves` gets the numbers of the authors' `utils/transition_curves.py` loop (one image and one
+target at a time; kept literally in tests/reference_transition_curves.py) with the (image, target) pairs of a
+chunk stepped together.
 """
 
 from __future__ import annotations
@@ -115,8 +115,8 @@ def transition_curves(student: nn.Module, teacher: nn.Module, images: torch.Tens
     `images` are normalised (n, C, H, W), `targets` (n, T) int64. For each pair, x starts at the image and
     takes `steps` plain gradient steps x <- x - step_size * d CE(student(x), j) / dx in normalised-input space
     (no sign, no projection, no clamping); entry s holds softmax(.)[j] of both networks *before* step s's
-    update, so entry 0 is the clean image. This is the authors' loop (tests/reference_transition_curves.py), with the
-    pairs of a chunk of `chunk_size` advancing together on the networks' device.
+    update, so entry 0 is the clean image. This is the authors' loop (tests/reference_transition_curves.py),
+    with the pairs of a chunk of `chunk_size` advancing together on the networks' device.
     """
     n, n_targets = targets.shape
     device = _device_of(student)
