@@ -35,13 +35,19 @@ PAPER_TRIPLES = 1000 * 9 * 200
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--pairs", type=int, default=None, help="(image, target) pairs stepped together by zskt "
-                                                           "(default: the device's default chunk, CPU 128)")
+    p.add_argument(
+        "--pairs",
+        type=int,
+        default=None,
+        help="(image, target) pairs stepped together by zskt (default: the device's default chunk, CPU 128)",
+    )
     p.add_argument("--steps", type=int, default=2, help="adversarial steps timed per repeat (batched)")
     p.add_argument("--authors-images", type=int, default=1, help="images (x 9 targets) for the authors' loop")
     p.add_argument("--authors-steps", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--precisions", default="fp32,bf16", help="zskt precisions (the command's default is fp32)")
+    p.add_argument(
+        "--precisions", default="fp32,bf16", help="zskt precisions (the command's default is fp32)"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-peak", action="store_true")
@@ -51,8 +57,11 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    info, peak = common.start("belief matching (transition curves), WRN-16-1 attacked vs WRN-40-2, 32x32", device,
-                              measure=not args.no_peak)
+    info, peak = common.start(
+        "belief matching (transition curves), WRN-16-1 attacked vs WRN-40-2, 32x32",
+        device,
+        measure=not args.no_peak,
+    )
     torch.manual_seed(0)
     student = build_model("wrn-16-1", 10, 3).to(device).eval()
     teacher = build_model("wrn-40-2", 10, 3).to(device).eval()
@@ -64,8 +73,13 @@ def main(argv=None) -> dict:
 
     def authors():
         t0 = common.now(device)
-        curves = authors_transition_curves(student, teacher, images[:args.authors_images],
-                                           sources[:args.authors_images], steps=args.authors_steps)
+        curves = authors_transition_curves(
+            student,
+            teacher,
+            images[: args.authors_images],
+            sources[: args.authors_images],
+            steps=args.authors_steps,
+        )
         seconds = common.now(device) - t0
         common.require_finite("authors' loop: transition curves", *curves)
         return seconds / (args.authors_images * 9 * args.authors_steps)
@@ -75,12 +89,16 @@ def main(argv=None) -> dict:
     for name in [x for x in args.precisions.split(",") if x]:
         precision = resolve_precision(name, device)
         precisions[name] = precision
-        s, t = frozen_copy(precision.prepare(student)), frozen_copy(precision.prepare(teacher))  # as run_belief
+        s, t = (
+            frozen_copy(precision.prepare(student)),
+            frozen_copy(precision.prepare(teacher)),
+        )  # as run_belief
 
         def batched(precision=precision, s=s, t=t):
             t0 = common.now(device)
-            curves = transition_curves(s, t, images, targets, steps=args.steps, chunk_size=n_pairs,
-                                       precision=precision)
+            curves = transition_curves(
+                s, t, images, targets, steps=args.steps, chunk_size=n_pairs, precision=precision
+            )
             seconds = common.now(device) - t0
             common.require_finite("zskt: transition curves", *curves)
             return seconds / (n_images * 9 * args.steps)
@@ -96,8 +114,14 @@ def main(argv=None) -> dict:
     flops = {"authors": counter.total / 9}
     for name, precision in precisions.items():
         with common.FlopCount() as counter:
-            transition_curves(precision.prepare(student), precision.prepare(teacher), images[:2], targets[:2],
-                              steps=1, precision=precision)
+            transition_curves(
+                precision.prepare(student),
+                precision.prepare(teacher),
+                images[:2],
+                targets[:2],
+                steps=1,
+                precision=precision,
+            )
         flops[f"zskt-{name}"] = counter.total / targets[:2].numel()  # 18 pairs, fewer with a tiny --pairs
 
     rows = []
@@ -107,12 +131,30 @@ def main(argv=None) -> dict:
         precision = "bf16" if "bf16" in name else "fp32"
         ref = common.peak_for(peak, precision)
         f = flops[name]
-        rows.append({"loop": name, "batch": 1 if name == "authors" else n_pairs, "triples_per_s": 1 / per,
-                     "n": len(values), "speedup": authors_s / per, "paper_hours": PAPER_TRIPLES * per / 3600,
-                     "mflop": f / 1e6, "gflops": f / per / 1e9, "pct_peak": 100 * f / per / 1e9 / ref})
-    columns = [("loop", "loop"), ("batch", "pairs stepped together"), ("triples_per_s", "triples / s (median)"),
-               ("n", "n"), ("speedup", "x authors"), ("paper_hours", "h for 1000x9x200"),
-               ("mflop", "MFLOP / triple"), ("gflops", "GFLOP/s"), ("pct_peak", "% peak")]
+        rows.append(
+            {
+                "loop": name,
+                "batch": 1 if name == "authors" else n_pairs,
+                "triples_per_s": 1 / per,
+                "n": len(values),
+                "speedup": authors_s / per,
+                "paper_hours": PAPER_TRIPLES * per / 3600,
+                "mflop": f / 1e6,
+                "gflops": f / per / 1e9,
+                "pct_peak": 100 * f / per / 1e9 / ref,
+            }
+        )
+    columns = [
+        ("loop", "loop"),
+        ("batch", "pairs stepped together"),
+        ("triples_per_s", "triples / s (median)"),
+        ("n", "n"),
+        ("speedup", "x authors"),
+        ("paper_hours", "h for 1000x9x200"),
+        ("mflop", "MFLOP / triple"),
+        ("gflops", "GFLOP/s"),
+        ("pct_peak", "% peak"),
+    ]
     return common.finish(rows, columns, info, peak, args)
 
 

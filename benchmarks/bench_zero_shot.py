@@ -49,9 +49,9 @@ DEFAULT_PAIRS = "wrn-40-2:wrn-16-1,wrn-16-2:wrn-16-1"
 
 class AuthorsLoop:
     """`ZeroShotKTSolver.run` + `LearnableLoader` as the authors run them (SPEC §2-§3), eager float32: the one
-    literal copy of their loop, tests/reference_zero_shot.py (every call re-runs the generator with a graph, the
-    teacher keeps requires_grad, student steps back-propagate into the generator), with the authors' plain Adam
-    and the generator's literal upsample-then-conv layers. (The authors also read four logged scalars per
+    literal copy of their loop, tests/reference_zero_shot.py (every call re-runs the generator with a graph,
+    the teacher keeps requires_grad, student steps back-propagate into the generator), with the authors' plain
+    Adam and the generator's literal upsample-then-conv layers. (The authors also read four logged scalars per
     pseudo batch with float(), a host sync that costs nothing measurable on the CPU; not done here.)"""
 
     def __init__(self, teacher, student, generator, batch_size, total=80_000, seed=0):
@@ -71,18 +71,31 @@ class AuthorsLoop:
     def run(self, n_pseudo_batches: int) -> None:
         pseudo = reference_zero_shot_steps(self.teacher, self.state, n_pseudo_batches, self.cfg)
         # Non-finite losses would have turned the student's weights or the generator's output non-finite.
-        common.require_finite("authors' loop: pseudo batch and student weights", pseudo,
-                              *self.state.student.parameters())
+        common.require_finite(
+            "authors' loop: pseudo batch and student weights", pseudo, *self.state.student.parameters()
+        )
 
 
 class ZsktLoop:
     """zskt's `zero_shot_steps`, set up as `zero_shot` sets it up (frozen teacher, precision policy, running
     means on the device); `compile` wraps the student in torch.compile (CUDA: mode="reduce-overhead")."""
 
-    def __init__(self, teacher, student, generator, batch_size, precision_name, device, total=80_000,
-                 compile=False, seed=0):
+    def __init__(
+        self,
+        teacher,
+        student,
+        generator,
+        batch_size,
+        precision_name,
+        device,
+        total=80_000,
+        compile=False,
+        seed=0,
+    ):
         self.precision = resolve_precision(precision_name, device)
-        self.teacher = frozen_copy(self.precision.prepare(teacher).eval().requires_grad_(False))  # as zero_shot()
+        self.teacher = frozen_copy(
+            self.precision.prepare(teacher).eval().requires_grad_(False)
+        )  # as zero_shot()
         student = self.precision.prepare(student).train()
         generator = self.precision.prepare(generator).train()
         self.cfg = ZeroShotConfig(dataset="cifar10", iterations=total, batch_size=batch_size, seed=seed)
@@ -93,11 +106,18 @@ class ZsktLoop:
         self.meter = Meter(device)
 
     def run(self, n_pseudo_batches: int) -> None:
-        zero_shot_steps(self.teacher, self.state, self.cfg, range(n_pseudo_batches), precision=self.precision,
-                        record=lambda **values: self.meter.add(0, **values))
+        zero_shot_steps(
+            self.teacher,
+            self.state,
+            self.cfg,
+            range(n_pseudo_batches),
+            precision=self.precision,
+            record=lambda **values: self.meter.add(0, **values),
+        )
         means, _ = self.meter.read()  # one host sync, as at a log point; a NaN anywhere makes its mean NaN
-        common.require_finite("zskt loop: generator and student losses", means["generator_loss"],
-                              means["student_loss"])
+        common.require_finite(
+            "zskt loop: generator and student losses", means["generator_loss"], means["student_loss"]
+        )
 
 
 def make_networks(pair: str, device, seed=0, image_size=32):
@@ -115,11 +135,15 @@ def make_networks(pair: str, device, seed=0, image_size=32):
 
 
 def make_loop(name: str, pair: str, batch_size: int, device, networks=None):
-    teacher, student, generator = (copy.deepcopy(m) for m in networks) if networks else make_networks(pair, device)
+    teacher, student, generator = (
+        (copy.deepcopy(m) for m in networks) if networks else make_networks(pair, device)
+    )
     if name == "authors":
         return AuthorsLoop(teacher, student, generator, batch_size)
     precision = "bf16" if "bf16" in name else "fp32"
-    return ZsktLoop(teacher, student, generator, batch_size, precision, device, compile=name.endswith("compile"))
+    return ZsktLoop(
+        teacher, student, generator, batch_size, precision, device, compile=name.endswith("compile")
+    )
 
 
 def count_flops(name: str, pair: str, batch_size: int, device, flop_batch: int = 8) -> float:
@@ -182,10 +206,29 @@ class CliCase:
         write_fake_dataset("cifar10", self.dir / "data", n_train=10, n_test=100)
         teacher, _, _ = make_networks(pair, "cpu")
         save_model(teacher, self.dir / "teacher.pt", dataset="cifar10")
-        self.args = ["zero-shot", "--teacher", str(self.dir / "teacher.pt"), "--student", pair.split(":")[1],
-                     "--dataset", "cifar10", "--data-dir", str(self.dir / "data"), "--iterations", str(iterations),
-                     "--eval-every", str(eval_every), "--batch-size", str(batch_size), "--device", str(device),
-                     "--precision", precision, "--quiet", "--overwrite"]
+        self.args = [
+            "zero-shot",
+            "--teacher",
+            str(self.dir / "teacher.pt"),
+            "--student",
+            pair.split(":")[1],
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            str(self.dir / "data"),
+            "--iterations",
+            str(iterations),
+            "--eval-every",
+            str(eval_every),
+            "--batch-size",
+            str(batch_size),
+            "--device",
+            str(device),
+            "--precision",
+            precision,
+            "--quiet",
+            "--overwrite",
+        ]
         self.n = 0
 
     def __call__(self) -> float:
@@ -193,8 +236,13 @@ class CliCase:
         out = self.dir / f"run{self.n}"
         # The command runs with this process's torch thread count, so that both sides use the same cores.
         env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-        proc = subprocess.run([sys.executable, "-m", "zskt", *self.args, "--out", str(out)], check=False, capture_output=True,
-                              text=True, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-m", "zskt", *self.args, "--out", str(out)],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"zskt zero-shot failed:\n{proc.stderr[-2000:]}")
         return json.loads((out / "result.json").read_text())["seconds_per_iteration"]
@@ -204,21 +252,32 @@ class CliCase:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
     p.add_argument("--pairs", default=DEFAULT_PAIRS, help=f"teacher:student,... (default {DEFAULT_PAIRS})")
     p.add_argument("--loops", default=",".join(LOOPS), help=f"which loops, of {', '.join(ALL_LOOPS)}")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--iterations", type=int, default=1, help="pseudo batches per timed repeat")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the table gives medians")
-    p.add_argument("--precision", default=None, help="shorthand: fp32 or bf16 keeps only zskt's loop in that "
-                                                     "precision (beside the authors')")
+    p.add_argument(
+        "--precision",
+        default=None,
+        help="shorthand: fp32 or bf16 keeps only zskt's loop in that precision (beside the authors')",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     p.add_argument("--no-peak", action="store_true", help="do not measure the peak now (use the reference)")
-    p.add_argument("--memory", action="store_true", help="peak memory per configuration, each in a fresh process")
-    p.add_argument("--cli", action="store_true", help="also time `zskt zero-shot` (6 pseudo batches, eval every 3) "
-                                                      "in fp32 and bf16 for the first pair, interleaved")
+    p.add_argument(
+        "--memory", action="store_true", help="peak memory per configuration, each in a fresh process"
+    )
+    p.add_argument(
+        "--cli",
+        action="store_true",
+        help="also time `zskt zero-shot` (6 pseudo batches, eval every 3) "
+        "in fp32 and bf16 for the first pair, interleaved",
+    )
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--memory-child", nargs=2, metavar=("PAIR", "LOOP"), help=argparse.SUPPRESS)
@@ -232,7 +291,9 @@ def main(argv=None) -> dict:
     if args.precision:
         loops = ["authors", f"zskt-{args.precision}"]
     pairs = [x for x in args.pairs.split(",") if x]
-    info, peak = common.start(f"zero-shot loop, batch {args.batch_size}, 32x32", device, measure=not args.no_peak)
+    info, peak = common.start(
+        f"zero-shot loop, batch {args.batch_size}, 32x32", device, measure=not args.no_peak
+    )
 
     rows = []
     for pair in pairs:
@@ -258,10 +319,19 @@ def main(argv=None) -> dict:
             precision = "bf16" if "bf16" in name else "fp32"
             sec = common.median(values)
             f = flops.get(name) or flops.get(name.replace("zskt CLI ", "zskt-"))
-            row = {"pair": pair.replace("wrn-", "").replace(":", " -> "), "pair_id": pair, "loop": name, "precision": precision,
-                   "seconds": sec, "min": min(values), "max": max(values), "n": len(values),
-                   "speedup": authors / sec if authors else None, "tflop": f / 1e12 if f else None,
-                   "run_80k_h": sec * 80_000 / 3600}
+            row = {
+                "pair": pair.replace("wrn-", "").replace(":", " -> "),
+                "pair_id": pair,
+                "loop": name,
+                "precision": precision,
+                "seconds": sec,
+                "min": min(values),
+                "max": max(values),
+                "n": len(values),
+                "speedup": authors / sec if authors else None,
+                "tflop": f / 1e12 if f else None,
+                "run_80k_h": sec * 80_000 / 3600,
+            }
             if f:
                 row["gflops"] = f / sec / 1e9
                 ref = common.peak_for(peak, precision)
@@ -280,14 +350,30 @@ def main(argv=None) -> dict:
             row.update(common.memory_row(mem))
             row["rss_before_mib"] = mem["rss_before_mib"]
 
-    columns = [("pair", "teacher -> student"), ("loop", "loop"), ("seconds", "s / pseudo batch (median)"),
-               ("min", "min"), ("max", "max"), ("n", "n"), ("speedup", "x authors"),
-               ("tflop", "TFLOP / pseudo batch"), ("gflops", "GFLOP/s"), ("pct_peak", "% peak"),
-               ("floor_s", "floor s"), ("run_80k_h", "80k pseudo batches, h")]
+    columns = [
+        ("pair", "teacher -> student"),
+        ("loop", "loop"),
+        ("seconds", "s / pseudo batch (median)"),
+        ("min", "min"),
+        ("max", "max"),
+        ("n", "n"),
+        ("speedup", "x authors"),
+        ("tflop", "TFLOP / pseudo batch"),
+        ("gflops", "GFLOP/s"),
+        ("pct_peak", "% peak"),
+        ("floor_s", "floor s"),
+        ("run_80k_h", "80k pseudo batches, h"),
+    ]
     if args.memory:
         columns += common.MEMORY_COLUMNS
-    return common.finish(rows, columns, info, peak, args,
-                         spec_flops={pair: spec_flops(pair, args.batch_size) for pair in pairs})
+    return common.finish(
+        rows,
+        columns,
+        info,
+        peak,
+        args,
+        spec_flops={pair: spec_flops(pair, args.batch_size) for pair in pairs},
+    )
 
 
 if __name__ == "__main__":

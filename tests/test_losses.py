@@ -71,7 +71,9 @@ def test_kd_at_loss_weights_by_hand():
     assert torch.allclose(losses.kd_at_loss(s, sa, y, t, ta, alpha=0.0, beta=0.0), ce)
 
 
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize(
+    "layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"]
+)
 def test_attention_map_gradient_is_autograds(layout):
     # attention_map has its own backward for the channel mean of squares; gradcheck in float64 against finite
     # differences, and the gradient keeps the activation's memory format.
@@ -106,14 +108,20 @@ def test_attention_diff_takes_a_precomputed_teacher_map():
 
 def _authors_kl(s, t, temperature=1.0):
     # The authors' form: F.kl_div(log_softmax(s/T), softmax(t/T)), element mean (PyTorch 1.0's "mean").
-    return F.kl_div(F.log_softmax(s / temperature, 1), F.softmax(t / temperature, 1), reduction="sum") / s.numel()
+    return (
+        F.kl_div(F.log_softmax(s / temperature, 1), F.softmax(t / temperature, 1), reduction="sum")
+        / s.numel()
+    )
 
 
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_kl_equals_the_authors_form_on_ordinary_logits(temperature, dtype):
     g = torch.Generator().manual_seed(0)
-    s, t = 3 * torch.randn(16, 10, generator=g, dtype=dtype), 3 * torch.randn(16, 10, generator=g, dtype=dtype)
+    s, t = (
+        3 * torch.randn(16, 10, generator=g, dtype=dtype),
+        3 * torch.randn(16, 10, generator=g, dtype=dtype),
+    )
     ours, authors = losses.kl_divergence(s, t, temperature), _authors_kl(s, t, temperature)
     assert ours.dtype == dtype
     tol = 1e-6 if dtype == torch.float32 else 1e-13
@@ -153,13 +161,16 @@ def test_kl_of_bf16_logits_is_float32():
     s, t = torch.randn(4, 10).bfloat16(), torch.randn(4, 10).bfloat16()
     assert losses.kl_divergence(s, t).dtype == torch.float32
     assert losses.kd_at_loss(s, [], torch.zeros(4, dtype=torch.long), None, None).dtype == torch.float32
-    assert losses.kd_at_loss(s.double(), [], torch.zeros(4, dtype=torch.long), None, None).dtype == torch.float64
+    assert (
+        losses.kd_at_loss(s.double(), [], torch.zeros(4, dtype=torch.long), None, None).dtype == torch.float64
+    )
 
 
 def test_generator_step_gradient_is_finite_with_a_confident_teacher(random_wrn):
     # The generator step differentiates the KL through the teacher's softmax. A teacher whose logits on some
     # pseudo image are 100s apart (a random WRN-40-2, or a very confident trained one) has probabilities that
-    # are exactly 0 in float32; the generator's gradient must still be finite (it was NaN with the authors' form).
+    # are exactly 0 in float32; the generator's gradient must still be finite (it was NaN with the authors'
+    # form).
     from zskt.models import Generator
 
     teacher = random_wrn(0)

@@ -43,13 +43,20 @@ print(json.dumps({"setting": setting, "faults": after - before, "mapped_mib": ma
 
 
 def _child(mode: str, **env) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, check=True,
-                          env={**os.environ, **env})
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **env},
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "mallinfo2"),
-                    reason="glibc >= 2.33 (mallopt, mallinfo2)")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "mallinfo2"),
+    reason="glibc >= 2.33 (mallopt, mallinfo2)",
+)
 def test_freed_memory_is_reused_without_new_page_faults():
     default, kept = _child("default"), _child("kept")
     assert kept["setting"].startswith("glibc") and kept["recorded"] == kept["setting"]
@@ -72,11 +79,33 @@ def test_the_zskt_executable_sets_it_and_runs_record_it(tmp_path):
     # `python -m zskt` goes through cli.entry, which makes the setting before the command; the run folder's
     # environment.json says what was in force. (`cli.main` in this process leaves the allocator alone.)
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "zskt", "train", "--dataset", "digits", "--model", "wrn-16-1",
-                           "--epochs", "1", "--device", "cpu", "--quiet", "--out", str(out)],
-                          capture_output=True, text=True, check=False, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zskt",
+            "train",
+            "--dataset",
+            "digits",
+            "--model",
+            "wrn-16-1",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((out / "environment.json").read_text())["host_allocator"].startswith("glibc: freed memory")
+    assert json.loads((out / "environment.json").read_text())["host_allocator"].startswith(
+        "glibc: freed memory"
+    )
 
 
 # ------------------------------------------------------------------------------------ precision defaults
@@ -87,8 +116,10 @@ AVX2_EPYC = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx 
 NEOVERSE_V1 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
 
 
-@pytest.mark.parametrize(("text", "native"), [(ZEN5, True), (SAPPHIRE_RAPIDS, True), (AVX2_EPYC, False),
-                                              (NEOVERSE_V1, True), ("", False)])
+@pytest.mark.parametrize(
+    ("text", "native"),
+    [(ZEN5, True), (SAPPHIRE_RAPIDS, True), (AVX2_EPYC, False), (NEOVERSE_V1, True), ("", False)],
+)
 def test_cpu_has_native_bf16_reads_the_flags(tmp_path, text, native):
     (tmp_path / "cpuinfo").write_text(text)
     assert runtime.cpu_has_native_bf16(tmp_path / "cpuinfo") is native
@@ -130,8 +161,24 @@ def test_the_command_refuses_emulated_bf16_before_the_run(cpu_flags, tmp_path, c
 
     cpu_flags(False)
     out = tmp_path / "run"
-    argv = ["train", "--dataset", "digits", "--model", "wrn-16-1", "--image-size", "8", "--epochs", "1",
-            "--device", "cpu", "--precision", "bf16", "--quiet", "--out", str(out)]
+    argv = [
+        "train",
+        "--dataset",
+        "digits",
+        "--model",
+        "wrn-16-1",
+        "--image-size",
+        "8",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--precision",
+        "bf16",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--precision fp32" in err[0]
