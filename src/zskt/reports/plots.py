@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from zskt.runids import FIGURE_PAIR
 from zskt.methods.registry import series_label
 from zskt.reports import published
 from zskt.reports.collect import Results
+from zskt.runids import FIGURE_PAIR
 
 # (method at M > 0, label, colour); M = 0 is chance for the baselines and the zero-shot run for ours.
 SERIES = tuple((name, series_label(name), colour)

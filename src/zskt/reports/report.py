@@ -6,17 +6,17 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from zskt.runids import FIGURE_PAIR, PAIRS, TABLE1_M
 from zskt.io import atomic_write_text
 from zskt.methods.registry import series_label
 from zskt.reports import published
 from zskt.reports.collect import Results
 from zskt.reports.plots import num_classes, plot_accuracy_vs_m, plot_transition_curves
+from zskt.runids import FIGURE_PAIR, PAIRS, TABLE1_M
 
 REPORT = "report.md"
 TITLES = {"cifar10": "CIFAR-10", "svhn": "SVHN", "fashion-mnist": "Fashion-MNIST", "digits": "digits"}
-# Figure 2's series (the method at M > 0; M = 0 is chance for the baselines and the zero-shot run for ours), with
-# their labels from the method registry.
+# Figure 2's series (the method at M > 0; M = 0 is chance for the baselines and the zero-shot run for ours),
+# with their labels from the method registry.
 SERIES = tuple((name, series_label(name)) for name in ("no-teacher", "kd-at", "finetune"))
 PUBLISHED_SERIES = {"no-teacher": "no-teacher", "kd-at": "kd-at", "finetune": "zero-shot"}
 LEGEND = ("Ours: mean ± population std over seeds (as the paper's np.std), with n, from each run's result.json. "
