@@ -1,4 +1,5 @@
-"""The downloader against a loopback HTTP server: checksums, atomic placement, no repeat downloads, CIFAR's tarball."""
+"""The downloader against a loopback HTTP server: checksums, atomic placement, no repeat downloads, CIFAR's
+tarballs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from zskt.data import dataset_files_present, download_dataset, load_dataset
+from zskt.data import DATASETS, dataset_files_present, download_dataset, load_dataset
 from zskt.data import download as dl
 from zskt.data.synthetic import write_fake_dataset
 from zskt.errors import ZsktError
@@ -104,7 +105,9 @@ def test_fetch_keeps_a_good_file_and_replaces_a_bad_one(server, tmp_path):
     assert server.requests == ["/file.bin"] and dest.read_bytes() == data
 
 
-@pytest.mark.parametrize("path, message", [("missing.bin", "HTTP 404"), ("truncated", "closed after 10 of 1000 bytes")])
+@pytest.mark.parametrize(
+    "path, message", [("missing.bin", "HTTP 404"), ("truncated", "closed after 10 of 1000 bytes")]
+)
 def test_fetch_http_failures(server, tmp_path, path, message):
     dest = tmp_path / "root" / "file.bin"
     with pytest.raises(ZsktError, match=message) as caught:
@@ -128,7 +131,9 @@ def test_fetch_connection_refused(tmp_path):
 def _cifar_tarball(tmp_path, n_train=15, n_test=6) -> bytes:
     staging = tmp_path / "staging"
     write_fake_dataset("cifar10", staging, n_train=n_train, n_test=n_test)
-    (staging / "cifar-10-batches-py" / "readme.html").write_text("<p>extra member, as in the real archive</p>")
+    (staging / "cifar-10-batches-py" / "readme.html").write_text(
+        "<p>extra member, as in the real archive</p>"
+    )
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         tar.add(staging / "cifar-10-batches-py", arcname="cifar-10-batches-py")
@@ -136,9 +141,9 @@ def _cifar_tarball(tmp_path, n_train=15, n_test=6) -> bytes:
 
 
 def _point_at(monkeypatch, server, name, contents: dict[str, bytes]):
-    monkeypatch.setitem(dl.BASE_URLS, name, server.url)
-    remotes = tuple(dataclasses.replace(r, md5=_md5(contents[r.filename])) for r in dl.REMOTE_FILES[name])
-    monkeypatch.setitem(dl.REMOTE_FILES, name, remotes)
+    info = DATASETS[name]
+    remotes = tuple(dataclasses.replace(r, md5=_md5(contents[r.filename])) for r in info.remote)
+    monkeypatch.setitem(DATASETS, name, dataclasses.replace(info, base_url=server.url, remote=remotes))
     for filename, data in contents.items():
         _serve(server, filename, data)
 
@@ -217,7 +222,9 @@ def test_download_without_a_server_fails_cleanly(tmp_path, monkeypatch):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    monkeypatch.setitem(dl.BASE_URLS, "svhn", f"http://127.0.0.1:{port}/")
+    monkeypatch.setitem(
+        DATASETS, "svhn", dataclasses.replace(DATASETS["svhn"], base_url=f"http://127.0.0.1:{port}/")
+    )
     with pytest.raises(ZsktError, match="train_32x32.mat failed"):
         load_dataset("svhn", tmp_path, download=True)
     assert list(tmp_path.iterdir()) == []
@@ -236,9 +243,10 @@ def test_digits_need_no_download(tmp_path):
 
 def test_table_matches_spec():
     # SPEC §10's published checksums; a typo here would make every real download fail.
-    md5s = {r.filename: r.md5 for remotes in dl.REMOTE_FILES.values() for r in remotes}
+    md5s = {r.filename: r.md5 for info in DATASETS.values() for r in info.remote}
     assert md5s == {
         "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
+        "cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85",
         "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
         "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
         "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
@@ -246,4 +254,46 @@ def test_table_matches_spec():
         "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
         "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
     }
-    assert dl.BASE_URLS["cifar10"] + "cifar-10-python.tar.gz" == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    assert (
+        DATASETS["cifar10"].base_url + "cifar-10-python.tar.gz"
+        == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    )
+    assert (
+        DATASETS["cifar100"].base_url + "cifar-100-python.tar.gz"
+        == "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+    )
+
+
+def test_cifar100_download_checks_md5_extracts_and_loads(server, tmp_path, monkeypatch):
+    staging = tmp_path / "staging"
+    write_fake_dataset("cifar100", staging, n_train=120, n_test=7)
+    (staging / "cifar-100-python" / "meta").write_bytes(b"class names, as in the real archive")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(staging / "cifar-100-python", arcname="cifar-100-python")
+    archive = buffer.getvalue()
+    _point_at(monkeypatch, server, "cifar100", {"cifar-100-python.tar.gz": archive})
+    root = tmp_path / "data"
+    data = load_dataset("cifar100", root, download=True)
+    assert server.requests == ["/cifar-100-python.tar.gz"]
+    assert sorted(p.name for p in (root / "cifar-100-python").iterdir()) == ["meta", "test", "train"]
+    assert len(data.train) == 120 and len(data.test) == 7 and data.info.num_classes == 100
+    assert sorted(set(data.train.labels.tolist())) == list(range(100))
+    # A tampered archive (right name, wrong bytes) is refused by its md5 and leaves nothing behind.
+    (root / "cifar-100-python" / "test").unlink()
+    (root / "cifar-100-python.tar.gz").unlink()
+    _serve(server, "cifar-100-python.tar.gz", archive[:-1] + b"x")
+    with pytest.raises(ZsktError, match="has md5 .*expected " + _md5(archive)):
+        load_dataset("cifar100", root, download=True)
+    assert sorted(p.name for p in root.iterdir()) == ["cifar-100-python"]
+    assert not (root / "cifar-100-python" / "test").exists()
+
+
+def test_download_fetches_only_the_splits_asked_for(server, tmp_path, monkeypatch):
+    staging = tmp_path / "staging"
+    write_fake_dataset("svhn", staging, n_train=7, n_test=3)
+    _point_at(monkeypatch, server, "svhn", {p.name: p.read_bytes() for p in staging.iterdir()})
+    root = tmp_path / "data"
+    data = load_dataset("svhn", root, download=True, splits=("test",))
+    assert server.requests == ["/test_32x32.mat"] and data.train is None and len(data.test) == 3
+    assert sorted(p.name for p in root.iterdir()) == ["test_32x32.mat"]

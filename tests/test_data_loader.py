@@ -1,4 +1,5 @@
-"""DeviceLoader (coverage, determinism, resume, augmentation), normalize, and the M-images-per-class subsets."""
+"""DeviceLoader (coverage, determinism, resume, augmentation), normalize, and the M-images-per-class
+subsets."""
 
 from __future__ import annotations
 
@@ -78,7 +79,9 @@ def test_state_dict_resumes_at_the_next_epoch():
     resumed = DeviceLoader(_split(), MEAN, STD, 8, seed=5, augment=True)
     resumed.load_state_dict(state)
     got = list(resumed)
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(expected, got, strict=True))
+    assert all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(expected, got, strict=True)
+    )
     assert resumed.epoch == 3
 
 

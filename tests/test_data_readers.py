@@ -1,4 +1,5 @@
-"""Readers of the canonical files, on tiny files written in the exact formats; the registry; the digits split."""
+"""Readers of the canonical files, on tiny files written in the exact formats; the registry; the digits
+split."""
 
 from __future__ import annotations
 
@@ -13,18 +14,26 @@ import torch
 
 from zskt.data import DATASETS, ImageSplit, data_root, dataset_files_present, get_info, load_dataset
 from zskt.data.readers import channel_stats, read_digits
-from zskt.data.synthetic import write_cifar_batch, write_fake_dataset, write_idx, write_svhn_mat
+from zskt.data.synthetic import (
+    write_cifar100_file,
+    write_cifar_batch,
+    write_fake_dataset,
+    write_idx,
+    write_svhn_mat,
+)
 from zskt.errors import ZsktError
 
 # --------------------------------------------------------------------------------------- registry, root
 
 
 def test_registry_entries_are_consistent():
-    assert set(DATASETS) == {"cifar10", "svhn", "fashion-mnist", "digits"}
+    assert set(DATASETS) == {"cifar10", "cifar100", "svhn", "fashion-mnist", "digits"}
     for key, info in DATASETS.items():
         assert info.name == key
         assert len(info.mean) == len(info.std) == info.in_channels
-        assert info.num_classes == 10
+        assert info.num_classes == (100 if key == "cifar100" else 10)
+        assert info.reader is not None and info.source == "built-in"
+        assert {"train", "zero-shot", "kd-at"} <= set(info.presets)
     assert DATASETS["cifar10"].mean == (0.4914, 0.4822, 0.4465) and DATASETS["cifar10"].augment
     assert DATASETS["svhn"].std == (0.1980, 0.2010, 0.1970) and not DATASETS["svhn"].augment
     assert (DATASETS["digits"].n_train, DATASETS["digits"].n_test) == (1400, 397)
@@ -32,7 +41,11 @@ def test_registry_entries_are_consistent():
 
 
 def test_unknown_name_lists_known_ones():
-    with pytest.raises(ZsktError, match="unknown data set 'mnist'.*cifar10, svhn, fashion-mnist, digits"):
+    with pytest.raises(
+        ZsktError,
+        match="unknown data set 'mnist'.*cifar10, cifar100, svhn, fashion-mnist, digits, "
+        "or npz:PATH or folder:PATH",
+    ):
         load_dataset("mnist")
     assert get_info("Fashion_MNIST").name == "fashion-mnist" and get_info("CIFAR-10").name == "cifar10"
 
@@ -55,21 +68,22 @@ def test_image_split_to_and_len():
     assert len(moved) == 3 and moved is not split and moved.images.dtype == torch.uint8
 
 
-@pytest.mark.parametrize("name", ["cifar10", "svhn", "fashion-mnist"])
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn", "fashion-mnist"])
 def test_fake_dataset_loads_with_registry_shapes(tmp_path, name, caplog):
     info = DATASETS[name]
     assert not dataset_files_present(name, tmp_path)
-    write_fake_dataset(name, tmp_path, n_train=30, n_test=12)
+    n_train = 130 if name == "cifar100" else 30
+    write_fake_dataset(name, tmp_path, n_train=n_train, n_test=12)
     assert dataset_files_present(name, tmp_path)
     with caplog.at_level(logging.WARNING, logger="zskt.data"):
         data = load_dataset(name, tmp_path)
     size = info.image_size
-    assert data.train.images.shape == (30, info.in_channels, size, size)
+    assert data.train.images.shape == (n_train, info.in_channels, size, size)
     assert data.test.images.shape == (12, info.in_channels, size, size)
     assert data.train.images.dtype == torch.uint8 and data.train.labels.dtype == torch.int64
-    assert set(data.train.labels.tolist()) == set(range(10))
+    assert set(data.train.labels.tolist()) == set(range(info.num_classes))
     assert (data.mean, data.std) == (info.mean, info.std)
-    assert "has 30 images, the published one has" in caplog.text  # small split: warned, not refused
+    assert f"has {n_train} images, the published one has" in caplog.text  # small split: warned, not refused
 
 
 def test_image_size_only_for_digits(tmp_path):
@@ -147,14 +161,35 @@ def test_cifar_pickle_cannot_run_code(tmp_path):
         (lambda good: b"this is not a pickle", "cannot unpickle"),
         (lambda good: pickle.dumps([1, 2, 3]), "holds a list"),
         (lambda good: pickle.dumps({"data": np.zeros((4, 3072), np.uint8)}), "no 'data' or no 'labels'"),
-        (lambda good: pickle.dumps({"data": np.zeros((4, 3000), np.uint8), "labels": [0] * 4}), r"\(4, 3000\)"),
+        (
+            lambda good: pickle.dumps({"data": np.zeros((4, 3000), np.uint8), "labels": [0] * 4}),
+            r"\(4, 3000\)",
+        ),
         (lambda good: pickle.dumps({"data": np.zeros((4, 3072), np.float32), "labels": [0] * 4}), "float32"),
-        (lambda good: pickle.dumps({"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 3}), "3 labels for 4"),
-        (lambda good: pickle.dumps({"data": np.zeros((4, 3072), np.uint8), "labels": [0, 1, 2, 10]}), "0..10"),
-        (lambda good: pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": ["a", "b"]}), "dtype <U1"),
+        (
+            lambda good: pickle.dumps({"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 3}),
+            "3 labels for 4",
+        ),
+        (
+            lambda good: pickle.dumps({"data": np.zeros((4, 3072), np.uint8), "labels": [0, 1, 2, 10]}),
+            "0..10",
+        ),
+        (
+            lambda good: pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": ["a", "b"]}),
+            "dtype <U1",
+        ),
     ],
-    ids=["truncated", "garbage", "not-a-dict", "missing-key", "wrong-shape", "wrong-dtype", "label-count",
-         "label-range", "label-type"],
+    ids=[
+        "truncated",
+        "garbage",
+        "not-a-dict",
+        "missing-key",
+        "wrong-shape",
+        "wrong-dtype",
+        "label-count",
+        "label-range",
+        "label-type",
+    ],
 )
 def test_cifar_damaged_batch_is_a_clear_error(tmp_path, content, message):
     folder = _cifar_folder(tmp_path)
@@ -173,9 +208,11 @@ def test_cifar_missing_file_says_how_to_get_it(tmp_path):
     assert not dataset_files_present("cifar10", tmp_path)
     with pytest.raises(ZsktError) as caught:
         load_dataset("cifar10", tmp_path)
-    assert str(caught.value) == (
-        f"CIFAR-10 file not found: {folder / 'data_batch_4'} (run `zskt download cifar10` or pass --download; "
-        "data root is set by --data-dir or ZSKT_DATA)"
+    text = str(caught.value)
+    assert text == (
+        f"CIFAR-10 file not found: {folder / 'data_batch_4'} "
+        f"(run `zskt download cifar10 --data-dir {tmp_path}` "
+        "or pass --download)"
     )
 
 
@@ -212,10 +249,19 @@ def test_svhn_subfolder_is_searched_second(tmp_path):
     [
         (lambda p: p.write_bytes(b"MATLAB 5.0 nonsense" * 10), "loadmat failed"),
         (lambda p: p.write_bytes(p.read_bytes()[:300]), "loadmat failed"),
-        (lambda p: write_svhn_mat(p, np.zeros((32, 32, 1, 5), np.uint8), np.ones((5, 1))), r"\(32, 32, 1, 5\)"),
+        (
+            lambda p: write_svhn_mat(p, np.zeros((32, 32, 1, 5), np.uint8), np.ones((5, 1))),
+            r"\(32, 32, 1, 5\)",
+        ),
         (lambda p: write_svhn_mat(p, np.zeros((32, 32, 3, 5), np.uint8), np.ones((4, 1))), "4 labels for 5"),
-        (lambda p: write_svhn_mat(p, np.zeros((32, 32, 3, 2), np.uint8), np.array([[0], [3]])), "expected 1..10"),
-        (lambda p: write_svhn_mat(p, np.zeros((32, 32, 3, 2), np.uint8), np.array([[11], [3]])), "expected 1..10"),
+        (
+            lambda p: write_svhn_mat(p, np.zeros((32, 32, 3, 2), np.uint8), np.array([[0], [3]])),
+            "expected 1..10",
+        ),
+        (
+            lambda p: write_svhn_mat(p, np.zeros((32, 32, 3, 2), np.uint8), np.array([[11], [3]])),
+            "expected 1..10",
+        ),
     ],
     ids=["garbage", "truncated", "grey", "label-count", "label-zero", "label-eleven"],
 )
@@ -279,15 +325,43 @@ def _header(magic, *shape):
     [
         ("train-images-idx3-ubyte.gz", lambda b: b[:-10], "EOFError"),
         ("train-images-idx3-ubyte.gz", lambda b: b"not gzip at all", "BadGzipFile"),
-        ("train-labels-idx1-ubyte.gz", lambda b: gzip.compress(_header(2051, 6) + bytes(6)), "magic number 2051"),
-        ("train-images-idx3-ubyte.gz", lambda b: gzip.compress(_header(2051, 6, 28)), "shorter than the 16-byte"),
-        ("train-images-idx3-ubyte.gz", lambda b: gzip.compress(_header(2051, 7, 28, 28) + bytes(6 * 784)), "needs"),
-        ("train-images-idx3-ubyte.gz", lambda b: gzip.compress(_header(2051, 6, 27, 27) + bytes(6 * 729)), "27x27"),
+        (
+            "train-labels-idx1-ubyte.gz",
+            lambda b: gzip.compress(_header(2051, 6) + bytes(6)),
+            "magic number 2051",
+        ),
+        (
+            "train-images-idx3-ubyte.gz",
+            lambda b: gzip.compress(_header(2051, 6, 28)),
+            "shorter than the 16-byte",
+        ),
+        (
+            "train-images-idx3-ubyte.gz",
+            lambda b: gzip.compress(_header(2051, 7, 28, 28) + bytes(6 * 784)),
+            "needs",
+        ),
+        (
+            "train-images-idx3-ubyte.gz",
+            lambda b: gzip.compress(_header(2051, 6, 27, 27) + bytes(6 * 729)),
+            "27x27",
+        ),
         ("t10k-labels-idx1-ubyte.gz", lambda b: gzip.compress(_header(2049, 5) + bytes(5)), "5 labels for 6"),
-        ("t10k-labels-idx1-ubyte.gz", lambda b: gzip.compress(_header(2049, 6) + bytes([0, 1, 2, 3, 4, 12])), "0..12"),
+        (
+            "t10k-labels-idx1-ubyte.gz",
+            lambda b: gzip.compress(_header(2049, 6) + bytes([0, 1, 2, 3, 4, 12])),
+            "0..12",
+        ),
     ],
-    ids=["truncated-gz", "bad-gz", "bad-magic", "short-header", "short-data", "wrong-size", "label-count",
-         "label-range"],
+    ids=[
+        "truncated-gz",
+        "bad-gz",
+        "bad-magic",
+        "short-header",
+        "short-data",
+        "wrong-size",
+        "label-count",
+        "label-range",
+    ],
 )
 def test_fashion_mnist_damaged_file_is_a_clear_error(tmp_path, name, content, message):
     raw = _fashion_files(tmp_path)
@@ -301,7 +375,9 @@ def test_fashion_mnist_damaged_file_is_a_clear_error(tmp_path, name, content, me
 def test_fashion_mnist_missing_file(tmp_path):
     raw = _fashion_files(tmp_path)
     (raw / "t10k-images-idx3-ubyte.gz").unlink()
-    with pytest.raises(ZsktError, match=r"Fashion-MNIST file not found: .*FashionMNIST/raw/t10k-images-idx3-ubyte\.gz"):
+    with pytest.raises(
+        ZsktError, match=r"Fashion-MNIST file not found: .*FashionMNIST/raw/t10k-images-idx3-ubyte\.gz"
+    ):
         load_dataset("fashion-mnist", tmp_path)
 
 
@@ -329,7 +405,9 @@ def test_digits_split_sizes_types_and_stratification(digits):
 
 def test_digits_are_deterministic(digits):
     again = load_dataset("digits")
-    assert torch.equal(again.train.images, digits.train.images) and torch.equal(again.test.labels, digits.test.labels)
+    assert torch.equal(again.train.images, digits.train.images) and torch.equal(
+        again.test.labels, digits.test.labels
+    )
 
 
 def test_digits_registry_constants_are_the_train_statistics(digits):
@@ -352,3 +430,39 @@ def test_digits_image_size(digits):
     for bad in (10, 4, 0, 18):
         with pytest.raises(ZsktError, match="multiple of 4"):
             load_dataset("digits", image_size=bad)
+
+
+# -------------------------------------------------------------------------------------------- CIFAR-100
+
+
+def test_cifar100_reads_fine_labels_of_all_100_classes(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    data = np.zeros((200, 3072), np.uint8)
+    data[7, 2 * 1024 + 3 * 32 + 4] = 123  # B plane, row 3, column 4 of image 7
+    fine = np.arange(200) % 100
+    write_cifar100_file(folder / "train", data, fine)
+    write_cifar100_file(folder / "test", np.full((5, 3072), 9, np.uint8), [99, 0, 1, 2, 3])
+    assert dataset_files_present("cifar100", tmp_path)
+    data_set = load_dataset("cifar100", tmp_path)
+    assert data_set.info.num_classes == 100 and data_set.info.title == "CIFAR-100"
+    assert data_set.train.images.shape == (200, 3, 32, 32) and data_set.test.images.shape == (5, 3, 32, 32)
+    assert sorted(set(data_set.train.labels.tolist())) == list(range(100))  # fine labels, not the 20 coarse
+    assert data_set.train.images[7, 2, 3, 4] == 123 and int(data_set.train.images.sum()) == 123
+    assert data_set.test.labels.tolist() == [99, 0, 1, 2, 3]
+    assert (data_set.mean, data_set.std) == ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
+    assert data_set.info.augment
+
+
+def test_cifar100_damaged_file_is_a_clear_error(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    write_cifar100_file(folder / "train", np.zeros((3, 3072), np.uint8), [0, 1, 2])
+    # A CIFAR-10 style batch ("labels", no "fine_labels") in CIFAR-100's place.
+    write_cifar_batch(folder / "test", np.zeros((3, 3072), np.uint8), [0, 1, 2])
+    with pytest.raises(ZsktError, match="no 'data' or no 'fine_labels' entry") as caught:
+        load_dataset("cifar100", tmp_path)
+    assert str(folder / "test") in str(
+        caught.value
+    ) and f"zskt download cifar100 --data-dir {tmp_path}" in str(caught.value)
+    write_cifar100_file(folder / "test", np.zeros((2, 3072), np.uint8), [0, 100])
+    with pytest.raises(ZsktError, match=r"labels span 0\.\.100, expected 0\.\.99"):
+        load_dataset("cifar100", tmp_path)

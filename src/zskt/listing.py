@@ -4,6 +4,7 @@ here)."""
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from zskt.cli import Command
 
@@ -25,11 +26,18 @@ def main(args: argparse.Namespace) -> int:
     root = data_root(args.data_dir)
     print(f"\ndata sets (root {root})")
     print(f"  {'name':<14} {'classes':>7} {'size':>7} {'train':>7} {'test':>7}  files")
+    where = f" --data-dir {shlex.quote(args.data_dir)}" if args.data_dir else ""
     for name, info in DATASETS.items():
-        present = "embedded" if not info.downloadable else (
-            "present" if dataset_files_present(name, args.data_dir) else "missing (zskt download " + name + ")")
+        present = "embedded" if not info.downloadable else "present"
+        if info.downloadable and not dataset_files_present(name, args.data_dir):
+            present = f"missing (zskt download {name}{where})"
         size = f"{info.in_channels}x{info.image_size}"
         print(f"  {name:<14} {info.num_classes:>7} {size:>7} {info.n_train:>7} {info.n_test:>7}  {present}")
+    print("  npz:PATH       your arrays: x uint8 (N, H, W) or (N, H, W, C), y int 0..K-1; optional")
+    print("                 x_test/y_test, or npz:TRAIN.npz,TEST.npz; else a fixed 20 % test split")
+    print("  folder:PATH    your images: PATH/CLASS/*.png (or PATH/train/CLASS and PATH/test/CLASS); square,")
+    print("                 one size. Both: any number of classes, mean/std from the training split")
+    print("                 (docs/own_models_and_data.md)")
     return 0
 
 

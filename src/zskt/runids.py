@@ -6,8 +6,9 @@ import, so neither imports the other."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 # The paper's six teacher -> student pairs of Table 1, in its row order.
 PAIRS = (
@@ -24,6 +25,9 @@ TABLE1_M = 200  # Table 1's KD+AT column
 MTE_M = 200  # Table 2's KD+AT student: the paper does not say its M; both reproductions used 200
 SEEDS = (0, 1, 2)  # the authors' scripts
 TEACHER_SEED = 0  # one teacher per architecture and data set, reused by every student seed (as the authors' files)
+# The data-free benchmark's teacher -> student pairs (the Fast-Datafree README table), in its column order.
+BENCHMARK_PAIRS = (("resnet-34", "resnet-18"), ("vgg-11", "resnet-18"), ("wrn-40-2", "wrn-16-1"),
+                   ("wrn-40-2", "wrn-40-1"), ("wrn-40-2", "wrn-16-2"))
 
 # What each placeholder of a pattern matches. Network names are registry names (lower case, digits, hyphens).
 _FIELDS = {"dataset": r"[^/]+", "teacher": r"[a-z0-9-]+?", "student": r"[a-z0-9-]+?", "model": r"[a-z0-9-]+?",
@@ -34,11 +38,13 @@ BELIEF = "belief"  # `<dataset>/belief/<student run id without its dataset>`: th
 @dataclass(frozen=True)
 class Series:
     """One kind of run and its folder pattern, e.g. Series("kd-at", "{dataset}/kd-at/{teacher}_{student}/M{m}/
-    seed{seed}", "KD+AT"); `label` is how reports name it."""
+    seed{seed}", "KD+AT"); `label` is how reports name it; `options` are the command options every run of the
+    series takes (a recipe of the method, e.g. the data-free benchmark's own ZSKT settings)."""
 
     name: str
     pattern: str
     label: str
+    options: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def regex(self) -> re.Pattern:
         parts = re.split(r"(\{\w+\})", self.pattern)

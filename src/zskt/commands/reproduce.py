@@ -86,7 +86,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "last.pth.tar, a Ferles *-dict.pth) for the pair's teacher instead of training one")
     parser.add_argument("--teachers", nargs="+", metavar="[D/]ARCH=FILE", default=(),
                         help="teacher files by architecture (and data set, when several are run)")
+    parser.add_argument("--methods", metavar="NAME,...", help="dfkd-benchmark: the data-free methods to run "
+                        "(default: every registered one: " + ", ".join(s.name for s in _data_free()) + ")")
     add_grid_arguments(parser)
+
+
+def _data_free():
+    from zskt.methods.registry import data_free_series
+
+    return data_free_series()
+
+
+def parse_methods(text: str | None) -> tuple[str, ...] | None:
+    if not text:
+        return None
+    known = [s.name for s in _data_free()]
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise ZsktError(f"unknown method {', '.join(unknown) or text!r} in --methods; choose from {', '.join(known)}")
+    return names
 
 
 def parse_pair(text: str | None) -> tuple[str, str] | None:
@@ -155,7 +174,7 @@ def build_spec(args: argparse.Namespace, experiment, absolute_paths: bool = Fals
         teachers = {key: absolute(path) for key, path in teachers.items()}
     return experiment.spec(datasets=datasets, pair=pair, seeds=tuple(args.seeds) if args.seeds else None,
                            scale=args.scale, images_per_class=parse_ms(args.images_per_class),
-                           teachers=teachers or None)
+                           teachers=teachers or None, methods=parse_methods(getattr(args, "methods", None)))
 
 
 def check_execution(args: argparse.Namespace) -> None:

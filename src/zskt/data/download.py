@@ -14,57 +14,18 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from zskt.data.readers import DATASET_FILES, find_file
-from zskt.data.registry import DatasetInfo, data_root, get_info
+from zskt.data.readers import find_file
+from zskt.data.records import SPLITS, DatasetInfo, data_root
+from zskt.data.registry import get_info
 from zskt.errors import ZsktError
 
 log = logging.getLogger(__name__)
 
-# One table of servers, so tests can point a data set at a loopback server with monkeypatch.setitem.
-BASE_URLS: dict[str, str] = {
-    "cifar10": "https://www.cs.toronto.edu/~kriz/",
-    "svhn": "http://ufldl.stanford.edu/housenumbers/",
-    "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-}
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    filename: str  # appended to the data set's base URL
-    md5: str  # the published checksum (SPEC §10)
-    dest: str  # where it is saved, relative to the data root (torchvision's place for it)
-    roles: tuple[str, ...]  # the readers' files (readers.DATASET_FILES) it provides; fetched if any is missing
-    extract: bool = False  # a .tar.gz whose folders are unpacked into the data root
-
-
-_CIFAR_ROLES = tuple(DATASET_FILES["cifar10"])
-_FASHION = "FashionMNIST/raw/"
-
-REMOTE_FILES: dict[str, tuple[RemoteFile, ...]] = {
-    "cifar10": (
-        RemoteFile("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", "cifar-10-python.tar.gz",
-                   _CIFAR_ROLES, extract=True),
-    ),
-    # extra_32x32.mat (md5 a93ce644f1a588dc4d68dda5feec44a7, 1.3 GB) is not used by the paper, so not fetched.
-    "svhn": (
-        RemoteFile("train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d8373", "train_32x32.mat", ("train",)),
-        RemoteFile("test_32x32.mat", "eb5a983be6a315427106f1b164d9cef3", "test_32x32.mat", ("test",)),
-    ),
-    "fashion-mnist": tuple(
-        RemoteFile(f"{stem}.gz", md5, f"{_FASHION}{stem}.gz", (stem,))
-        for stem, md5 in (
-            ("train-images-idx3-ubyte", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-            ("train-labels-idx1-ubyte", "25c81989df183df01b3e8a0aad5dffbe"),
-            ("t10k-images-idx3-ubyte", "bef4ecab320f06d8554ea6380940ec79"),
-            ("t10k-labels-idx1-ubyte", "bb300cfdad3c16e7a12a480ee83cd310"),
-        )
-    ),
-}
+# The servers, files and md5s are in each data set's record (registry.DATASETS: base_url, remote).
 
 TIMEOUT_S = 60  # per blocking socket operation, not for the whole file
 _CHUNK = 1 << 20
@@ -99,8 +60,14 @@ def fetch(url: str, dest: Path, md5: str, *, progress: bool = True) -> Path:
                     log.info("downloading %s to %s", url, dest)
                     expected = response.length  # Content-Length, or None when the server does not say
                     # Bytes, rate and ETA on a terminal; nothing on CI logs, where a bar is noise.
-                    bar = tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024,
-                               desc=dest.name, disable=not progress or not sys.stderr.isatty())
+                    bar = tqdm(
+                        total=expected,
+                        unit="B",
+                        unit_scale=True,
+                        unit_divisor=1024,
+                        desc=dest.name,
+                        disable=not progress or not sys.stderr.isatty(),
+                    )
                     with bar:
                         while chunk := response.read(_CHUNK):
                             out.write(chunk)
@@ -145,13 +112,15 @@ def _extract(info: DatasetInfo, archive: Path, root: Path, roles: tuple[str, ...
     try:
         try:
             with tarfile.open(archive, "r:gz") as tar:
-                tar.extractall(scratch, filter="data")  # the "data" filter refuses absolute paths and links out
+                tar.extractall(
+                    scratch, filter="data"
+                )  # the "data" filter refuses absolute paths and links out
         except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
             raise ZsktError(
                 f"{info.title} archive {archive} cannot be unpacked ({type(error).__name__}: {error}); "
                 f"delete it and download again (`zskt download {info.name}`)"
             ) from error
-        wanted = [DATASET_FILES[info.name][role][0] for role in roles]
+        wanted = [info.candidates(role)[0] for role in roles]
         lacking = [relative for relative in wanted if not (scratch / relative).is_file()]
         if lacking:
             raise ZsktError(
@@ -174,12 +143,15 @@ def _extract(info: DatasetInfo, archive: Path, root: Path, roles: tuple[str, ...
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def download_dataset(name: str, root: str | Path | None = None, *, progress: bool = True) -> Path:
-    """Fetch whichever of a data set's files are missing under the data root; returns the data root."""
+def download_dataset(
+    name: str, root: str | Path | None = None, *, progress: bool = True, splits: tuple[str, ...] = SPLITS
+) -> Path:
+    """Fetch whichever of the files of a data set's `splits` are missing under the data root; returns the
+    root."""
     info = get_info(name)
     root = data_root(root)
     if not info.downloadable:
-        log.info("%s ships with scikit-learn; nothing to download", info.title)
+        log.info("%s has no files to download", info.title)
         return root
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -189,11 +161,14 @@ def download_dataset(name: str, root: str | Path | None = None, *, progress: boo
             "folder"
         ) from error
     if not os.access(root, os.W_OK):
-        raise ZsktError(f"the data root {root} is not writable; point --data-dir or ZSKT_DATA at a writable folder")
-    for remote in REMOTE_FILES[info.name]:
-        if all(find_file(info.name, role, root) is not None for role in remote.roles):
+        raise ZsktError(
+            f"the data root {root} is not writable; point --data-dir or ZSKT_DATA at a writable folder"
+        )
+    needed = set(info.roles(splits))
+    for remote in info.remote:
+        if all(find_file(info, role, root) is not None for role in remote.roles if role in needed):
             continue
-        saved = fetch(BASE_URLS[info.name] + remote.filename, root / remote.dest, remote.md5, progress=progress)
+        saved = fetch(info.base_url + remote.filename, root / remote.dest, remote.md5, progress=progress)
         if remote.extract:
             _extract(info, saved, root, remote.roles)
     return root

@@ -1,6 +1,6 @@
 """Batches from device-resident uint8 images: seeded per-epoch shuffling, normalisation and batched
-pad-crop-flip augmentation on the device (no DataLoader workers), and the "M images per class" subsets of SPEC
-§4."""
+pad-crop-flip augmentation on the device (no DataLoader workers), and the "M images per class" subsets of
+SPEC §4."""
 
 from __future__ import annotations
 
@@ -11,23 +11,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zskt.data.registry import ImageSplit
+from zskt.data.records import ImageSplit
 from zskt.errors import ZsktError
 
 PAD = 4  # RandomCrop(32, padding=4) in the authors' CIFAR-10 transform (SPEC §4)
 
 
-def normalize(images: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+def normalize(
+    images: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor
+) -> torch.Tensor:
     """uint8 (B, C, H, W) -> float32 (x / 255 - mean) / std per channel, on the images' device (ToTensor +
     Normalize)."""
     mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     if mean.shape[1] != images.shape[1] or std.shape[1] != images.shape[1]:
-        raise ValueError(f"{images.shape[1]}-channel images with {mean.shape[1]} means and {std.shape[1]} stds")
+        raise ValueError(
+            f"{images.shape[1]}-channel images with {mean.shape[1]} means and {std.shape[1]} stds"
+        )
     return (images.to(torch.float32) / 255.0 - mean) / std
 
 
-def pad_crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int = PAD) -> torch.Tensor:
+def pad_crop_flip(
+    images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int = PAD
+) -> torch.Tensor:
     """Per-sample random crop of the zero-padded images, then optional horizontal flip, as one gather.
 
     images (B, C, H, W) of any dtype; offsets (B, 2) int64 in [0, 2 * pad] as (row, col) of the crop window's
@@ -46,9 +52,9 @@ def pad_crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tens
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    # SeedSequence mixes (seed, epoch) into one well-spread 64-bit seed, so (seed 0, epoch 1) and (seed 1,
-    # epoch 0) get unrelated streams, and any epoch can be replayed from its number alone (resume needs no RNG
-    # state).
+    # SeedSequence mixes (seed, epoch) into one well-spread 64-bit seed, so (seed 0, epoch 1) and
+    # (seed 1, epoch 0) get unrelated streams, and any epoch can be replayed from its number alone (resume
+    # needs no RNG state).
     state = np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0]
     return torch.Generator(device="cpu").manual_seed(int(state))
 
@@ -88,7 +94,9 @@ class DeviceLoader:
             indices = torch.as_tensor(indices, dtype=torch.int64).to(images.device)
             images, labels = images[indices], labels[indices]
         self.device = torch.device(device)
-        self.images = images.to(self.device)  # uint8 (N, C, H, W): 4x smaller than float, normalised per batch
+        self.images = images.to(
+            self.device
+        )  # uint8 (N, C, H, W): 4x smaller than float, normalised per batch
         self.labels = labels.to(self.device, torch.int64)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
@@ -119,7 +127,9 @@ class DeviceLoader:
             images = self.images.index_select(0, batch)
             if self.augment:
                 # Crop the raw pixels before normalising: zero padding is then black, as in torchvision.
-                images = pad_crop_flip(images, offsets[start : start + len(batch)], flips[start : start + len(batch)])
+                images = pad_crop_flip(
+                    images, offsets[start : start + len(batch)], flips[start : start + len(batch)]
+                )
             yield normalize(images, self.mean, self.std), self.labels.index_select(0, batch)
         self.epoch += 1
 
@@ -142,7 +152,9 @@ def select_per_class(
     if images_per_class is None or images_per_class == -1:
         return torch.arange(len(labels))
     if images_per_class < 1:
-        raise ZsktError(f"images per class (M) must be a positive integer or -1 for all, got {images_per_class}")
+        raise ZsktError(
+            f"images per class (M) must be a positive integer or -1 for all, got {images_per_class}"
+        )
     if num_classes is None:
         num_classes = int(labels.max()) + 1 if len(labels) else 0
     counts = torch.bincount(labels, minlength=num_classes)

@@ -1,76 +1,74 @@
 """Readers for the canonical data files (SPEC §10, torchvision's folder layout reused as is) and the embedded
 digits.
 
-Each reader returns (train, test) ImageSplits of uint8 (N, C, H, W) on the CPU. A missing or malformed file
-becomes a ZsktError that names the file and the fix, never an exception from deep inside pickle or scipy.
+Each reader returns one split as an ImageSplit of uint8 (N, C, H, W) on the CPU, finding its files through the
+record's `files` table. A missing or malformed file becomes a ZsktError that names the file and the fix,
+never an exception from deep inside pickle or scipy.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import pickle
+import shlex
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zskt.data.registry import DATASETS, DatasetInfo, ImageSplit
+from zskt.data.records import SPLITS, DatasetInfo, ImageSplit
 from zskt.errors import ZsktError
 
-# role -> paths relative to the data root, in search order; download_dataset saves to the first one.
-# SVHN: torchvision's SVHN(root) keeps the .mat files directly in root; people who gave it root/svhn have
-# them one level down, so that folder is searched second. Fashion-MNIST: torchvision keeps the published .gz
-# files and their unzipped copies side by side in FashionMNIST/raw; the .gz is read first because gzip's
-# CRC catches a damaged file, and the unzipped copy is accepted on its own.
-DATASET_FILES: dict[str, dict[str, tuple[str, ...]]] = {
-    "cifar10": {
-        role: (f"cifar-10-batches-py/{role}",)
-        for role in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
-    },
-    "svhn": {
-        split: (f"{split}_32x32.mat", f"svhn/{split}_32x32.mat") for split in ("train", "test")
-    },
-    "fashion-mnist": {
-        stem: (f"FashionMNIST/raw/{stem}.gz", f"FashionMNIST/raw/{stem}")
-        for stem in (
-            "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
-        )
-    },
-    "digits": {},  # shipped inside scikit-learn
-}
+
+def download_hint(info: DatasetInfo, root: Path) -> str:
+    """How to get the files, naming the data root, so that following the hint fills the folder read."""
+    return f"run `zskt download {info.name} --data-dir {shlex.quote(str(root))}` or pass --download"
 
 
-def find_file(name: str, role: str, root: Path) -> Path | None:
+def find_file(info: DatasetInfo, role: str, root: Path) -> Path | None:
     """First existing candidate for one of a data set's files, or None."""
-    for relative in DATASET_FILES[name][role]:
+    for relative in info.candidates(role):
         if (root / relative).is_file():
             return root / relative
     return None
 
 
-def files_present(name: str, root: Path) -> bool:
-    return all(find_file(name, role, root) is not None for role in DATASET_FILES[name])
+def files_present(info: DatasetInfo, root: Path, splits: tuple[str, ...] = SPLITS) -> bool:
+    return all(find_file(info, role, root) is not None for role in info.roles(splits))
 
 
-def _require(info: DatasetInfo, role: str, root: Path) -> Path:
-    found = find_file(info.name, role, root)
+def require(info: DatasetInfo, role: str, root: Path) -> Path:
+    """The file for `role`, or a one-line ZsktError naming where it was looked for and how to get it."""
+    found = find_file(info, role, root)
     if found is not None:
         return found
-    first, *others = (root / relative for relative in DATASET_FILES[info.name][role])
+    first, *others = (root / relative for relative in info.candidates(role))
     also = f" (also looked for {', '.join(map(str, others))})" if others else ""
-    raise ZsktError(
-        f"{info.title} file not found: {first}{also} (run `zskt download {info.name}` or pass --download; "
-        "data root is set by --data-dir or ZSKT_DATA)"
-    )
+    raise ZsktError(f"{info.title} file not found: {first}{also} ({download_hint(info, root)})")
+
+
+def path_root(info: DatasetInfo, path: Path) -> Path:
+    """The data root that `path` (one of the record's files) was found under."""
+    for split_files in info.files.values():
+        for candidates in split_files.values():
+            for relative in candidates:
+                parts = Path(relative).parts
+                if Path(path).parts[-len(parts) :] == parts:
+                    return (
+                        Path(*Path(path).parts[: -len(parts)])
+                        if len(Path(path).parts) > len(parts)
+                        else Path()
+                    )
+    return Path(path).parent
 
 
 def _corrupt(info: DatasetInfo, path: Path, problem: str) -> ZsktError:
     return ZsktError(
         f"{info.title} file {path} is damaged or not in the expected format ({problem}); "
-        f"delete it and download again (`zskt download {info.name}` or --download)"
+        f"delete it and download again ({download_hint(info, path_root(info, path))})"
     )
 
 
@@ -82,10 +80,14 @@ def _labels(info: DatasetInfo, path: Path, raw, count: int, first: int = 0) -> t
         raise _corrupt(info, path, f"labels are not an array: {error}") from error
     if labels.ndim == 2 and labels.shape[1] == 1:  # MATLAB column vector
         labels = labels[:, 0]
-    if labels.ndim != 1 or labels.dtype.kind not in "iuf" or (
-        labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels))
+    if (
+        labels.ndim != 1
+        or labels.dtype.kind not in "iuf"
+        or (labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)))
     ):
-        raise _corrupt(info, path, f"labels have shape {labels.shape} and dtype {labels.dtype}, expected N integers")
+        raise _corrupt(
+            info, path, f"labels have shape {labels.shape} and dtype {labels.dtype}, expected N integers"
+        )
     if len(labels) != count:
         raise _corrupt(info, path, f"{len(labels)} labels for {count} images")
     labels = labels.astype(np.int64)
@@ -102,12 +104,19 @@ class _ArrayUnpickler(pickle.Unpickler):
     # Unpickling calls whatever globals the file names, so a tampered download could run code. A CIFAR batch
     # needs only numpy's array reconstruction (numpy.core before NumPy 2, numpy._core after; _codecs.encode
     # when Python 3 pickles bytes at protocol 2), so nothing else is allowed.
-    _ALLOWED = frozenset({
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-    })
+    _ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+            ("numpy.core.numeric", "_frombuffer"),
+            ("numpy._core.numeric", "_frombuffer"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("_codecs", "encode"),
+        }
+    )
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
@@ -115,20 +124,20 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _read_cifar_batch(info: DatasetInfo, path: Path) -> ImageSplit:
+def _read_cifar_pickle(info: DatasetInfo, path: Path, label_key: str) -> ImageSplit:
+    """A CIFAR-10 batch or a CIFAR-100 split file: a dict with `data` (N, 3072) uint8 and N integer labels."""
     try:
         with open(path, "rb") as f:
-            # The batches were pickled by Python 2: latin1 turns their str keys into str and keeps bytes
-            # intact.
+            # The files were pickled by Python 2: latin1 turns their str keys into str and keeps bytes intact.
             batch = _ArrayUnpickler(f, encoding="latin1").load()
     except Exception as error:  # a damaged pickle can raise almost anything (EOFError, ValueError, ...)
         raise _corrupt(info, path, f"cannot unpickle: {type(error).__name__}: {error}") from error
     if not isinstance(batch, dict):
         raise _corrupt(info, path, f"holds a {type(batch).__name__}, expected a dict")
     data = batch.get("data", batch.get(b"data"))
-    labels = batch.get("labels", batch.get(b"labels"))
+    labels = batch.get(label_key, batch.get(label_key.encode()))
     if data is None or labels is None:
-        raise _corrupt(info, path, "no 'data' or no 'labels' entry")
+        raise _corrupt(info, path, f"no 'data' or no {label_key!r} entry")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         shape, dtype = getattr(data, "shape", None), getattr(data, "dtype", type(data).__name__)
         raise _corrupt(info, path, f"data has shape {shape} and dtype {dtype}, expected (N, 3072) uint8")
@@ -137,12 +146,17 @@ def _read_cifar_batch(info: DatasetInfo, path: Path) -> ImageSplit:
     return ImageSplit(images, _labels(info, path, labels, len(data)))
 
 
-def read_cifar10(root: Path) -> tuple[ImageSplit, ImageSplit]:
-    info = DATASETS["cifar10"]
-    paths = {role: _require(info, role, root) for role in DATASET_FILES["cifar10"]}
-    batches = [_read_cifar_batch(info, paths[f"data_batch_{i}"]) for i in range(1, 6)]
-    train = ImageSplit(torch.cat([b.images for b in batches]), torch.cat([b.labels for b in batches]))
-    return train, _read_cifar_batch(info, paths["test_batch"])
+def read_cifar10(info: DatasetInfo, root: Path, split: str, image_size: int | None = None) -> ImageSplit:
+    """data_batch_1..5 concatenated in order (train) or test_batch (test)."""
+    batches = [_read_cifar_pickle(info, require(info, role, root), "labels") for role in info.files[split]]
+    return ImageSplit(torch.cat([b.images for b in batches]), torch.cat([b.labels for b in batches]))
+
+
+def read_cifar100(info: DatasetInfo, root: Path, split: str, image_size: int | None = None) -> ImageSplit:
+    """cifar-100-python/train or /test, with the 100 fine labels (the coarse 20 super-classes are not used:
+    the data-free benchmark's CIFAR-100 numbers are on the fine labels, as torchvision's CIFAR100 gives
+    them)."""
+    return _read_cifar_pickle(info, require(info, split, root), "fine_labels")
 
 
 # -------------------------------------------------------------------------------------------------- SVHN
@@ -159,7 +173,9 @@ def _read_svhn_mat(info: DatasetInfo, path: Path) -> ImageSplit:
     if images is None or labels is None:
         raise _corrupt(info, path, "no 'X' or no 'y' variable")
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[:3] != (32, 32, 3):
-        raise _corrupt(info, path, f"X has shape {images.shape} and dtype {images.dtype}, expected (32, 32, 3, N) uint8")
+        raise _corrupt(
+            info, path, f"X has shape {images.shape} and dtype {images.dtype}, expected (32, 32, 3, N) uint8"
+        )
     count = images.shape[3]
     # SVHN stores digit 0 as label 10 (SPEC §10): 1..10 -> 1..9, 0.
     labels = _labels(info, path, labels, count, first=1) % 10
@@ -167,10 +183,8 @@ def _read_svhn_mat(info: DatasetInfo, path: Path) -> ImageSplit:
     return ImageSplit(torch.from_numpy(np.ascontiguousarray(images.transpose(3, 2, 0, 1))), labels)
 
 
-def read_svhn(root: Path) -> tuple[ImageSplit, ImageSplit]:
-    info = DATASETS["svhn"]
-    train_path, test_path = _require(info, "train", root), _require(info, "test", root)
-    return _read_svhn_mat(info, train_path), _read_svhn_mat(info, test_path)
+def read_svhn(info: DatasetInfo, root: Path, split: str, image_size: int | None = None) -> ImageSplit:
+    return _read_svhn_mat(info, require(info, split, root))
 
 
 # ----------------------------------------------------------------------------------------- Fashion-MNIST
@@ -195,13 +209,18 @@ def _read_idx(info: DatasetInfo, path: Path, magic: int) -> np.ndarray:
     shape = tuple(int.from_bytes(raw[4 * (1 + i) : 4 * (2 + i)], "big") for i in range(ndim))
     expected = int(np.prod(shape))
     if len(raw) - header != expected:
-        raise _corrupt(info, path, f"{len(raw) - header} data bytes, the header's shape {shape} needs {expected}")
+        raise _corrupt(
+            info, path, f"{len(raw) - header} data bytes, the header's shape {shape} needs {expected}"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def _read_fashion_split(info: DatasetInfo, root: Path, prefix: str) -> ImageSplit:
-    images_path = _require(info, f"{prefix}-images-idx3-ubyte", root)
-    labels_path = _require(info, f"{prefix}-labels-idx1-ubyte", root)
+def read_fashion_mnist(
+    info: DatasetInfo, root: Path, split: str, image_size: int | None = None
+) -> ImageSplit:
+    prefix = {"train": "train", "test": "t10k"}[split]
+    images_path = require(info, f"{prefix}-images-idx3-ubyte", root)
+    labels_path = require(info, f"{prefix}-labels-idx1-ubyte", root)
     images = _read_idx(info, images_path, _IDX_IMAGES)
     if images.shape[1:] != (28, 28):
         raise _corrupt(info, images_path, f"images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
@@ -209,11 +228,6 @@ def _read_fashion_split(info: DatasetInfo, root: Path, prefix: str) -> ImageSpli
     # Zero-pad 28x28 -> 32x32 (2 pixels each side) so the WRN sees the paper's 32x32 geometry (SPEC §10).
     padded = np.pad(images, ((0, 0), (2, 2), (2, 2)))
     return ImageSplit(torch.from_numpy(padded[:, None].copy()), labels)
-
-
-def read_fashion_mnist(root: Path) -> tuple[ImageSplit, ImageSplit]:
-    info = DATASETS["fashion-mnist"]
-    return _read_fashion_split(info, root, "train"), _read_fashion_split(info, root, "t10k")
 
 
 # ------------------------------------------------------------------------------------------------ digits
@@ -226,6 +240,20 @@ DIGITS_TEST_SIZE = 397
 
 
 def read_digits(image_size: int = 16) -> tuple[ImageSplit, ImageSplit]:
+    """(train, test) of the embedded digits at `image_size` (a multiple of 4, at least 8)."""
+    train, test = _digits(image_size)
+    return ImageSplit(train.images.clone(), train.labels.clone()), ImageSplit(
+        test.images.clone(), test.labels.clone()
+    )
+
+
+def read_digits_split(info: DatasetInfo, root: Path, split: str, image_size: int | None = None) -> ImageSplit:
+    train, test = read_digits(info.image_size if image_size is None else image_size)
+    return train if split == "train" else test
+
+
+@functools.lru_cache(maxsize=2)  # load_dataset reads the two splits one at a time; decode once
+def _digits(image_size: int) -> tuple[ImageSplit, ImageSplit]:
     if not isinstance(image_size, int) or image_size < 8 or image_size % 4:
         raise ZsktError(
             f"digits image size {image_size!r} is not allowed; use a multiple of 4 that is at least 8 "
@@ -235,7 +263,9 @@ def read_digits(image_size: int = 16) -> tuple[ImageSplit, ImageSplit]:
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
-    pixels = torch.from_numpy(digits.images).float()[:, None] * (255.0 / 16.0)  # (1797, 1, 8, 8), 0..16 -> 0..255
+    pixels = torch.from_numpy(digits.images).float()[:, None] * (
+        255.0 / 16.0
+    )  # (1797, 1, 8, 8), 0..16 -> 0..255
     if image_size != 8:
         # Bilinear with align_corners=False, as an image resize does; upsampling needs no antialiasing.
         pixels = F.interpolate(pixels, size=(image_size, image_size), mode="bilinear", align_corners=False)
@@ -246,17 +276,12 @@ def read_digits(image_size: int = 16) -> tuple[ImageSplit, ImageSplit]:
     )
     # Sorted, so the splits keep scikit-learn's order like the other data sets keep their files' order.
     train_index, test_index = torch.from_numpy(np.sort(train_index)), torch.from_numpy(np.sort(test_index))
-    return ImageSplit(images[train_index], labels[train_index]), ImageSplit(images[test_index], labels[test_index])
+    return ImageSplit(images[train_index], labels[train_index]), ImageSplit(
+        images[test_index], labels[test_index]
+    )
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and population std of uint8 (N, C, H, W) images on the 0..1 scale."""
     x = images.to(torch.float64).div(255).transpose(0, 1).reshape(images.shape[1], -1)  # (C, N*H*W)
     return tuple(x.mean(1).tolist()), tuple(x.std(1, correction=0).tolist())
-
-
-READERS: dict[str, Callable[[Path], tuple[ImageSplit, ImageSplit]]] = {
-    "cifar10": read_cifar10,
-    "svhn": read_svhn,
-    "fashion-mnist": read_fashion_mnist,
-}

@@ -75,6 +75,11 @@ EXPERIMENTS: dict[str, Experiment] = {
         "mte", "Table 2, Figure 4",
         "mean transition error of the zero-shot and KD+AT (M = 200) students of WRN-40-2 -> WRN-16-1",
         grid.mte, {"datasets": ("cifar10", "svhn")}),
+    "dfkd-benchmark": Experiment(
+        "dfkd-benchmark", "the data-free benchmark (Fast-Datafree README)",
+        "every registered data-free method on the benchmark's five teacher/student pairs, final and best accuracy "
+        "beside the published best-over-training numbers, and each student's MTE",
+        grid.dfkd_benchmark, {"datasets": ("cifar10", "cifar100")}),
     "demo": Experiment(
         "demo", "all, in miniature",
         "digits: teacher, zero-shot, KD+AT and no-teacher at small M, fine-tuning, MTE of both students",

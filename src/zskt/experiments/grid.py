@@ -10,8 +10,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zskt.errors import ZsktError
-from zskt.methods.registry import parse_run_id, series
-from zskt.runids import FIGURE_M, FIGURE_PAIR, MTE_M, PAIRS, SEEDS, TABLE1_M, TEACHER_SEED, pair_name
+from zskt.methods.registry import data_free_series, method_of_series, parse_run_id, series
+from zskt.runids import (
+    BENCHMARK_PAIRS,
+    FIGURE_M,
+    FIGURE_PAIR,
+    MTE_M,
+    PAIRS,
+    SEEDS,
+    TABLE1_M,
+    TEACHER_SEED,
+    pair_name,
+)
 
 __all__ = ["FIGURE_M", "FIGURE_PAIR", "MTE_M", "PAIRS", "SEEDS", "TABLE1_M", "TEACHER_SEED", "GridSpec", "Run",
            "pair_name", "parse_run_id"]
@@ -77,6 +87,8 @@ class GridSpec:
     epochs: Mapping[str, int] = field(default_factory=dict)  # dataset -> base epochs of train/kd-at
     few_shot_epochs: Mapping[str, int] = field(default_factory=dict)  # dataset -> the same, for the M-scaled runs
     iterations: Mapping[str, int] = field(default_factory=dict)  # dataset -> zero-shot pseudo batches
+    methods: tuple[str, ...] | None = None  # dfkd-benchmark: the data-free series to run (default: all registered)
+    method_iterations: Mapping[str, int] = field(default_factory=dict)  # command -> base iterations (not zero-shot)
     belief_images: int = BELIEF_IMAGES
     belief_steps: int = BELIEF_STEPS
     extra: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # command -> more options (the demo's)
@@ -159,11 +171,33 @@ def kd_at(spec: GridSpec, dataset: str, teacher: str, student: str, m: int, seed
                         epochs=spec.base_epochs(dataset, few_shot=True)), needs)
 
 
-def zero_shot(spec: GridSpec, dataset: str, teacher: str, student: str, seed: int) -> Run:
+def iterations_of(spec: GridSpec, command: str, dataset: str) -> int | None:
+    """`--iterations` of a data-free run: None (the command's preset) unless the grid shortens or sets it."""
+    if command == "zero-shot":
+        return spec.zero_shot_iterations(dataset)
+    base = spec.method_iterations.get(command)
+    if base is None and spec.scale == 1:
+        return None
+    if base is None:
+        from zskt.config import make_config
+        from zskt.methods.registry import METHODS
+
+        base = make_config(METHODS[command].config, dataset=dataset).total_iterations
+    return scaled(base, spec.scale)
+
+
+def data_free(spec: GridSpec, name: str, dataset: str, teacher: str, student: str, seed: int) -> Run:
+    """A run of a registered data-free series (`zero-shot`, `dafl`, ...): the teacher, a fresh student, no data."""
+    one = series(name)
+    command = method_of_series(name)
     options, needs = _teacher(spec, dataset, teacher)
-    return Run(series("zero-shot").format(dataset=dataset, teacher=teacher, student=student, seed=seed), "zero-shot",
-               _options(spec, "zero-shot", **options, dataset=dataset, student=student, seed=seed,
-                        iterations=spec.zero_shot_iterations(dataset)), needs)
+    return Run(one.format(dataset=dataset, teacher=teacher, student=student, seed=seed), command,
+               _options(spec, command, **one.options, **options, dataset=dataset, student=student, seed=seed,
+                        iterations=iterations_of(spec, command, dataset)), needs)
+
+
+def zero_shot(spec: GridSpec, dataset: str, teacher: str, student: str, seed: int) -> Run:
+    return data_free(spec, "zero-shot", dataset, teacher, student, seed)
 
 
 def finetune(spec: GridSpec, dataset: str, teacher: str, student: str, m: int, seed: int) -> Run:
@@ -255,6 +289,22 @@ def mte(spec: GridSpec) -> list[Run]:
             zs = zero_shot(spec, d, teacher, student, seed)
             kd = kd_at(spec, d, teacher, student, m, seed)
             runs += [zs, kd, belief(spec, zs), belief(spec, kd)]
+    return _unique(runs)
+
+
+def dfkd_benchmark(spec: GridSpec) -> list[Run]:
+    """The data-free benchmark (Fast-Datafree README table): every registered data-free method (or
+    `spec.methods`) on its teacher -> student pairs, per seed, and the MTE of every student."""
+    chosen = [spec.pair] if spec.pair else list(BENCHMARK_PAIRS)
+    names = spec.methods or tuple(s.name for s in data_free_series())
+    runs: list[Run] = []
+    for d in spec.datasets:
+        runs += teacher_runs(spec, d, {t for t, _ in chosen})
+        for seed in spec.seeds:
+            for teacher, student in chosen:
+                for name in names:
+                    run = data_free(spec, name, d, teacher, student, seed)
+                    runs += [run, belief(spec, run)]
     return _unique(runs)
 
 

@@ -88,6 +88,11 @@ def all_series() -> tuple[Series, ...]:
     return tuple(s for method in METHODS.values() for s in method.series)
 
 
+def data_free_series() -> tuple[Series, ...]:
+    """The series of runs that learn from a teacher without its data (a teacher in the id, no M)."""
+    return tuple(s for s in all_series() if "{teacher}" in s.pattern and "{m}" not in s.pattern)
+
+
 def series_label(name: str) -> str:
     """The report label of a run-id series (e.g. "kd-at" -> "KD+AT"); the name itself when unknown."""
     return next((s.label for s in all_series() if s.name == name), name)

@@ -106,6 +106,8 @@ class Results:
         self.planned = planned(self.root)
         self.accuracy = aggregate(self.rows, "test_accuracy")
         self.mte = aggregate(self.rows, "mte")
+        self.best = aggregate(self.rows, "best_test_accuracy")
+        self.seconds = aggregate(self.rows, "train_seconds")
         self.record = read_json(self.root / "experiment.json") if (self.root / "experiment.json").is_file() else {}
         # Planned-but-unfinished runs per cell, and every cell anything is known about.
         self.pending: dict[tuple, list[str]] = defaultdict(list)
@@ -128,7 +130,8 @@ class Results:
 
     def cell(self, value: str, **tags) -> Cell:
         key = tuple(tags.get(k) for k in CELL_KEYS)
-        stats = self.mte if value == "mte" else self.accuracy
+        stats = {"mte": self.mte, "best_test_accuracy": self.best, "train_seconds": self.seconds}.get(
+            value, self.accuracy)
         return Cell(stats.get(key), self.pending.get(key, []))
 
 

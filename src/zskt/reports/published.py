@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import statistics
 
+from zskt.runids import BENCHMARK_PAIRS
+
 SOURCES = {  # as the report's tables label them
     "PAPER": "paper",
     "NB-ACC": "paper (Fig. 2 data)",
@@ -149,3 +151,51 @@ TABLE2 = {
     "FERLES": {"svhn": {"zero-shot": 0.11, "kd-at": 0.83}, "cifar10": {"zero-shot": 0.18, "kd-at": 0.81}},
     "COMP6248": {"svhn": {"zero-shot": 0.257, "kd-at": 0.857}, "cifar10": {"zero-shot": 0.246, "kd-at": 0.795}},
 }
+
+
+# ---------------------------------------------------------------------------------- the data-free benchmark
+# The zju-vipa Fast-Datafree README table (Fang et al. 2022; the same code base as CMI, Fang et al. 2021): top-1
+# test accuracy (%), **best over training** (their datafree_kd.py keeps the best epoch), and GPU-hours. Keys are
+# our run-id series names; `fast` carries Fast-2/5/10 (their synthesis steps per batch). The README's "KD" row
+# (95.20 in every column, a copy error) is left out.
+BENCHMARK_SOURCE = "Fast-Datafree README (best over training)"
+BENCHMARK_TEACHERS = {"cifar10": {"resnet-34": 95.70, "vgg-11": 92.25, "wrn-40-2": 94.87},
+                      "cifar100": {"resnet-34": 78.05, "vgg-11": 71.32, "wrn-40-2": 75.83}}
+BENCHMARK = {  # dataset -> row -> one value per BENCHMARK_PAIRS column
+    "cifar10": {
+        "student trained on the data": (95.20, 95.20, 91.12, 93.94, 93.95),
+        "deepinversion": (93.26, 90.36, 83.04, 86.85, 89.72),
+        "cmi": (94.84, 91.13, 90.01, 92.78, 92.52),
+        "dafl": (92.22, 81.10, 65.71, 81.33, 81.55),
+        "zero-shot-benchmark": (93.32, 89.46, 83.74, 86.07, 89.66),
+        "dfq": (94.61, 90.84, 86.14, 91.69, 92.01),
+        "fast-2": (92.62, 84.67, 88.36, 89.56, 89.68),
+        "fast-5": (93.63, 89.94, 88.90, 92.04, 91.96),
+        "fast": (94.05, 90.53, 89.29, 92.51, 92.45),
+    },
+    "cifar100": {
+        "student trained on the data": (77.10, 77.10, 65.31, 72.19, 73.56),
+        "deepinversion": (61.32, 54.13, 53.77, 61.33, 61.34),
+        "cmi": (77.04, 70.56, 57.91, 68.88, 68.75),
+        "dafl": (74.47, 54.16, 20.88, 42.83, 43.70),
+        "zero-shot-benchmark": (67.74, 54.31, 36.66, 53.60, 54.59),
+        "dfq": (77.01, 66.21, 51.27, 54.43, 64.79),
+        "fast-2": (69.76, 62.83, 41.77, 53.15, 57.08),
+        "fast-5": (72.82, 65.28, 52.90, 61.80, 63.83),
+        "fast": (74.34, 67.44, 54.02, 63.91, 65.12),
+    },
+}
+BENCHMARK_HOURS = {  # CIFAR-10 GPU-hours per run, as the README gives them
+    "deepinversion": (42.1, 20.2, 16.9, 21.9, 18.2), "cmi": (19.0, 11.6, 13.3, 14.1, 13.6),
+    "dafl": (2.73, 0.73, 1.73, 1.53, 1.60), "zero-shot-benchmark": (1.67, 0.33, 0.87, 0.87, 0.87),
+    "dfq": (8.79, 1.50, 0.75, 0.75, 0.75), "fast-2": (0.06, 0.03, 0.03, 0.03, 0.03),
+    "fast-5": (0.14, 0.08, 0.08, 0.09, 0.08), "fast": (0.28, 0.15, 0.15, 0.17, 0.17),
+}
+
+
+def benchmark_value(dataset: str, row: str, teacher: str, student: str) -> float | None:
+    """The published best-over-training accuracy of `row` (a series name) on one pair, or None."""
+    if (teacher, student) not in BENCHMARK_PAIRS:
+        return None
+    values = BENCHMARK.get(dataset, {}).get(row)
+    return values[BENCHMARK_PAIRS.index((teacher, student))] if values else None
