@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from zskt.losses import zero_shot_generator_loss, zero_shot_student_loss
-from zskt.methods.zero_shot import ZeroShotConfig, ZeroShotState, clip
+from zskt.methods.optim import clip
+from zskt.methods.zero_shot import ZeroShotConfig, ZeroShotState
 from zskt.runtime import Precision
 
 

@@ -16,8 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from zskt.errors import ZsktError
-from zskt.models import MODELS, Generator, WideResNet, build_model, count_parameters
+from zskt.models import MODELS, Generator, WideResNet, build_model, count_parameters, parse_wrn_name
 from zskt.models.generator import upsample_conv_weight
+
+WRNS = [name for name, entry in MODELS.items() if entry.family == "wrn"]
 
 # SPEC.md §1 table: published parameter counts and state_dict entry counts.
 PARAMS = {"wrn-16-1": 175_066, "wrn-16-2": 691_674, "wrn-40-1": 563_930, "wrn-40-2": 2_243_546}
@@ -147,9 +149,9 @@ def key_shapes(model: nn.Module) -> list[tuple[str, tuple]]:
 # ------------------------------------------------------------------------------ Wide ResNets
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", WRNS)
 def test_output_and_activation_shapes(name):
-    _, k = MODELS[name]
+    _, k = parse_wrn_name(name)
     for in_channels, size in ((3, 32), (1, 16)):
         model = build_model(name, num_classes=7, in_channels=in_channels)
         logits, acts = model(torch.randn(2, in_channels, size, size))
@@ -161,7 +163,7 @@ def test_output_and_activation_shapes(name):
         ]
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", WRNS)
 def test_gradients_reach_every_parameter(name):
     torch.manual_seed(0)
     model = build_model(name)
@@ -173,7 +175,7 @@ def test_gradients_reach_every_parameter(name):
         assert p.grad.abs().sum() > 0, key
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", WRNS)
 def test_parameter_and_entry_counts(name):
     model = build_model(name)
     assert count_parameters(model) == PARAMS[name]
@@ -189,7 +191,7 @@ def test_wrn_16_keys_order_and_shapes_match_spec():
 def test_wrn_40_keys_by_construction(name):
     # Six blocks per group; only each group's first block changes width (and stride), and it alone has a
     # shortcut where the width changes: for k=1 block1.layer.0 keeps 16 channels and has none.
-    _, k = MODELS[name]
+    _, k = parse_wrn_name(name)
     widths = [16, 16 * k, 32 * k, 64 * k]
     expected = [("conv1.weight", (16, 3, 3, 3))]
     for g in (1, 2, 3):
@@ -212,7 +214,7 @@ def test_in_channels_changes_only_conv1():
     ]
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", WRNS)
 def test_authors_init(name):
     torch.manual_seed(0)
     model = build_model(name)
@@ -232,10 +234,10 @@ def test_authors_init(name):
     assert model.fc.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.15)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", WRNS)
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_forward_equals_authors_forward(name, train):
-    depth, k = MODELS[name]
+    depth, k = parse_wrn_name(name)
     torch.manual_seed(1)
     ours = build_model(name)
     randomise_bn(ours)
@@ -255,7 +257,7 @@ def test_forward_equals_authors_forward(name, train):
         torch.testing.assert_close(a, b, msg=key)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", WRNS)
 def test_channels_last_gives_same_output(name):
     torch.manual_seed(2)
     model = build_model(name).eval()
@@ -301,12 +303,17 @@ def test_build_model_names_and_arch():
         "in_channels": 1,
         "drop_rate": 0.0,
     }
-    assert WideResNet(22, 4).arch()["name"] is None  # valid, but not registered
+    assert WideResNet(22, 4).arch()["name"] == "wrn-22-4"  # not registered, but any wrn-D-W builds by name
+    model = build_model("wrn-28-2", num_classes=3)
+    assert (model.depth, model.widen_factor, model.num_classes) == (28, 2, 3)
 
 
 def test_unknown_model_name_lists_registered_names():
-    with pytest.raises(ZsktError, match="unknown model 'wrn-28-10'.*wrn-16-1, wrn-16-2, wrn-40-1, wrn-40-2"):
-        build_model("wrn-28-10")
+    with pytest.raises(ZsktError, match="unknown model 'resnet-50'.*wrn-16-1, wrn-16-2, wrn-40-1, wrn-40-2, "
+                                        "resnet-18, resnet-34, vgg-11, or any wrn-DEPTH-WIDTH"):
+        build_model("resnet-50")
+    with pytest.raises(ZsktError, match="depth 30 is invalid"):
+        build_model("wrn-30-1")
 
 
 @pytest.mark.parametrize("depth", [4, 15, 17, 41])

@@ -128,7 +128,7 @@ def test_table1_and_table2_beside_published(tmp_path):
     assert (tmp_path / "transition_curves_svhn_wrn-40-2_wrn-16-1.png").is_file()
 
 
-def test_report_command_and_unknown_folders(tmp_path, capsys, caplog):
+def test_report_command_and_unknown_folders(tmp_path, capsys):
     from zskt.cli import main
 
     runs = EXPERIMENTS["demo"].runs()
@@ -138,7 +138,9 @@ def test_report_command_and_unknown_folders(tmp_path, capsys, caplog):
     assert main(["report", str(tmp_path)]) == 0
     assert f"report: {tmp_path / 'report.md'}" in capsys.readouterr().out
     text = (tmp_path / "report.md").read_text()
-    assert "notes/copied" not in text and "not a run id" in caplog.text
+    # A finished run whose folder is not a run id is not a grid cell: it is listed in the generic table.
+    other = text.split("## Other runs")[1]
+    assert "`notes/copied`" in other and "`notes/copied`" not in text.split("## Other runs")[0]
     # digits has no published numbers: the paper's CIFAR-10 / SVHN values are shown as labelled context.
     assert "Published, for context only" in text and "(CIFAR-10)" in text
     assert main(["report", str(tmp_path / "nope")]) == 2
@@ -152,3 +154,88 @@ def test_pooled_curves_equal_the_concatenated_curves():
     mean, sem = pooled_curves(runs, "student")
     both = np.concatenate([a, b])
     assert np.allclose(mean, both.mean(0)) and np.allclose(sem, both.std(0) / np.sqrt(len(both)))
+
+
+# ------------------------------------------------------------------------- runs of any folder, curves
+
+
+def hand_made_run(folder, command, result, **config):
+    """A finished run folder as a training command leaves it: config.json (command + fields), result.json."""
+    folder.mkdir(parents=True)
+    base = {"teacher": "runs/teacher/model.pt", "student": "wrn-16-1", "dataset": "digits", "iterations": 200,
+            "beta": 0.0, "seed": 0, "device": "auto", "data_dir": None}
+    (folder / "config.json").write_text(json.dumps({"command": command, **base, **config}))
+    (folder / "result.json").write_text(json.dumps({"command": command, **result}))
+
+
+def test_report_of_runs_that_are_not_grid_ids_groups_seeds(tmp_path, capsys):
+    from zskt.cli import main
+
+    runs = tmp_path / "my-runs"
+    hand_made_run(runs / "zs-a", "zero-shot", {"test_accuracy": 90.0, "best_test_accuracy": 91.0,
+                                              "seconds_per_iteration": 0.2}, seed=0)
+    # The same configuration with another seed, run on another device: one row, mean ± std over 2 seeds.
+    hand_made_run(runs / "zs-b", "zero-shot", {"test_accuracy": 94.0, "best_test_accuracy": 95.0,
+                                              "seconds_per_iteration": 0.4}, seed=1, device="cpu")
+    # Another beta: a row of its own, and beta is the option that differs.
+    hand_made_run(runs / "zs-beta", "zero-shot", {"test_accuracy": 80.0, "seconds_per_iteration": 0.3},
+                  beta=250.0)
+    hand_made_run(runs / "deep" / "kd", "kd-at", {"test_accuracy": 70.0, "train_seconds": 10.0,
+                                                 "iterations": 100}, images_per_class=5)
+    assert main(["report", str(runs), "--print"]) == 0
+    out = capsys.readouterr().out
+    assert "skipping" not in out and "## Runs" in out
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    cells = ([c.strip() for c in line.strip("|").split("|")] for line in lines)
+    rows = {r[0] + " " + r[4]: r for r in cells}
+    pair = rows["zero-shot beta=0.0"]
+    assert pair[1:4] == ["teacher/model.pt", "wrn-16-1", "digits"]
+    assert pair[5:9] == ["0,1", "92.00 ± 2.00 (n=2)", "93.00 ± 2.00 (n=2)", "0.3"]
+    assert pair[9] == "`zs-a`, `zs-b`"
+    beta = rows["zero-shot beta=250.0"]
+    assert beta[5:8] == ["0", "80.00", "80.00"]  # no best recorded: the final accuracy
+    kd = rows["kd-at "]  # the only kd-at run: no option differs
+    assert kd[6] == "70.00" and kd[8] == "0.1" and kd[9] == "`deep/kd`"
+    assert "finished runs" in out.splitlines()[2] and "4 finished runs" in out
+
+
+def write_metrics(folder, rows, **config):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"command": "zero-shot", "teacher": "t/model.pt",
+                                                    "student": "wrn-16-1", **config}))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 9, "cut')
+
+
+def test_plot_writes_a_png_of_several_runs(tmp_path, capsys):
+    from zskt.cli import main
+    from zskt.reports.curves import loss_columns, read_rows, run_label
+
+    for seed in (0, 1):
+        write_metrics(tmp_path / f"run{seed}", [
+            {"step": s, "generator_loss": 1.0 / s, "student_loss": 0.5 / s + seed, "test_accuracy": 10.0 * s,
+             "best_test_accuracy": 10.0 * s, "time": 1.7e9 + s, "elapsed": 30.0 * s} for s in range(1, 6)],
+            seed=seed)
+    assert run_label(tmp_path / "run1") == "zero-shot t/model.pt → wrn-16-1 seed 1"
+    rows = read_rows(tmp_path / "run0")
+    assert len(rows) == 5  # the cut last row is skipped
+    assert loss_columns([rows]) == ["generator_loss", "student_loss"]
+    png = tmp_path / "curves.png"
+    assert main(["plot", str(tmp_path / "run0"), str(tmp_path / "run1"), "--out", str(png)]) == 0
+    assert f"curves: {png}" in capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # One run: the PNG goes into its folder by default; --x time plots against the elapsed minutes.
+    assert main(["plot", str(tmp_path / "run0"), "--x", "time"]) == 0
+    assert (tmp_path / "run0" / "curves.png").is_file()
+    # A folder of runs stands for the runs below it; a folder without metrics is a one-line error.
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path / "all.png")]) == 0
+    (tmp_path / "empty").mkdir()
+    assert main(["plot", str(tmp_path / "empty")]) == 2
+    assert "holds no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_plot_by_time_needs_wall_time_in_the_rows(tmp_path, capsys):
+    from zskt.cli import main
+
+    write_metrics(tmp_path / "old", [{"step": 1, "test_accuracy": 5.0}])
+    assert main(["plot", str(tmp_path / "old"), "--x", "time"]) == 2
+    assert "--x step" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from zskt.config import add_config_arguments, config_from_args, to_dict
+from zskt.config import add_config_arguments, config_from_args, option_name, replay_values, to_dict
 from zskt.errors import PeerError, ZsktError
 
 
@@ -36,8 +36,10 @@ class Command:
 def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *, description: str = "",
                        required: tuple[str, ...] = (), aliases: dict | None = None,
                        prepare: Callable | None = None, out_required: bool = True) -> Command:
-    """A training command: config options + `--out/--resume/--overwrite/--quiet`, run folder, result line.
-    `out_required=False` leaves checking `--out` to the caller (a command that can also just print)."""
+    """A training command: config options + `--out/--resume/--overwrite/--quiet/--config/--tensorboard`, run
+    folder, result line. `out_required=False` leaves checking `--out` to the caller (a command that can also
+    just print). The `required` config fields are checked after parsing (`command_config`), so that
+    `--config RUN/config.json` can supply them."""
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         run_opts = parser.add_argument_group("run folder")
@@ -47,14 +49,20 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
                               help="continue the unfinished run in --out from its last checkpoint")
         run_opts.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out")
         run_opts.add_argument("--quiet", action="store_true", help="print nothing but errors and the result line")
-        add_config_arguments(parser, config_cls, required=required, aliases=aliases)
+        run_opts.add_argument("--config", metavar="FILE", default=None,
+                              help="replay a run: take every config field from its config.json (or run "
+                              "folder); options given here override them")
+        run_opts.add_argument("--tensorboard", action="store_true",
+                              help="also write TensorBoard event files to OUT/tensorboard (needs the "
+                              "tensorboard extra: pip install 'zskt[tensorboard]')")
+        add_config_arguments(parser, config_cls, required_later=required, aliases=aliases)
 
     def main(args: argparse.Namespace) -> int:
         from zskt.distributed import RunContext
         from zskt.runlog import RunLog
-        from zskt.runtime import environment, resolve_device
+        from zskt.runtime import environment, resolve_device, resolve_precision
 
-        cfg = config_from_args(config_cls, args)
+        cfg = command_config(name, config_cls, args, required)
         if prepare is not None:
             prepare(cfg)
         with RunContext(cfg.device) as ctx:
@@ -64,7 +72,11 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
             log, error = None, None
             try:
                 log = RunLog(args.out, command=name, config=to_dict(cfg), environment=environment(device),
-                             resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, enabled=ctx.is_main)
+                             resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+                             enabled=ctx.is_main, tensorboard=args.tensorboard)
+                precision = getattr(cfg, "precision", None)
+                log.record_runtime(device=device, precision=resolve_precision(precision, device).name
+                                   if isinstance(precision, str) else None)
             except ZsktError as e:
                 error = str(e)
             if ctx.distributed:
@@ -85,6 +97,18 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
     return Command(name, help, add_arguments, main, description or help)
 
 
+def command_config(name: str, config_cls: type, args: argparse.Namespace, required: tuple[str, ...] = ()):
+    """The config of a run-folder command: `--config FILE`'s fields if given, then the options on the command
+    line over them; a `required` field that neither gives is a one-line error."""
+    base = replay_values(args.config, name) if getattr(args, "config", None) else {}
+    missing = [option_name(f) for f in required
+               if getattr(args, f, None) is None and base.get(f) in (None, "")]
+    if missing:
+        raise ZsktError(f"{', '.join(missing)} required (or --config RUN/config.json to replay a run's "
+                        "options)")
+    return config_from_args(config_cls, args, base=base)
+
+
 # The subcommands that are not training methods: name -> module that defines `COMMAND`. The training methods'
 # subcommands are built from the method registry (zskt.methods.registry.METHODS) and listed after `demo`.
 COMMANDS = {
@@ -92,6 +116,7 @@ COMMANDS = {
     "belief": "zskt.evaluate.belief_cli",
     "reproduce": "zskt.commands.reproduce",
     "report": "zskt.reports.cli",
+    "plot": "zskt.reports.plot_cli",
     "list": "zskt.listing",
     "download": "zskt.data.cli",
 }
@@ -99,9 +124,12 @@ COMMANDS = {
 
 def method_command(name: str, method) -> Command:
     """The subcommand of a registered method: its config's options in a run-folder command."""
+    from zskt.methods.registry import check_inputs
+
     build = method.command or run_folder_command
     return build(name, method.help, method.config, method.run, description=method.description,
-                 required=method.required, aliases=dict(method.aliases), prepare=method.check)
+                 required=method.required, aliases=dict(method.aliases),
+                 prepare=lambda cfg: check_inputs(method, cfg))
 
 
 def load_commands() -> dict[str, Command]:

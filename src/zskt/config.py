@@ -77,8 +77,11 @@ def _type_label(tp: Any) -> str:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (),
-                         required: tuple[str, ...] = (), aliases: dict[str, tuple[str, ...]] | None = None) -> None:
-    """Add one option per field of the dataclass `cls`; values stay strings until `config_from_args`."""
+                         required: tuple[str, ...] = (), aliases: dict[str, tuple[str, ...]] | None = None,
+                         required_later: tuple[str, ...] = ()) -> None:
+    """Add one option per field of the dataclass `cls`; values stay strings until `config_from_args`.
+    `required` fields are required by argparse; `required_later` ones are marked "(required)" in the help and
+    checked by the caller after parsing (so that a replayed config can supply them, see `replay_values`)."""
     hints = typing.get_type_hints(cls)
     aliases = aliases or {}
     group = parser.add_argument_group(f"{cls.__name__} (any field can be set)")
@@ -86,23 +89,43 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
         if f.name in skip or not f.init:
             continue
         tp = hints[f.name]
-        default = f.default
-        help_text = f.metadata.get("help", "")
-        shown = "preset" if default is None else (",".join(map(str, default)) if isinstance(default, tuple)
-                                                  else default)
+        text = help_with_default(f.metadata.get("help", ""), f.default)
+        if f.name in required_later and "required" not in text.lower():
+            text = f"(required) {text}"
+        # argparse %-formats option help: a literal % in a field's help (e.g. "30/60/80%") must be doubled.
+        text = text.replace("%", "%%")
         names = [option_name(f.name), *aliases.get(f.name, ())]
         if _unwrap_optional(tp)[0] is bool:
             group.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                               help=f"{help_text} (default: {shown})")
+                               help=text)
         else:
             group.add_argument(*names, dest=f.name, metavar=_type_label(tp), default=None,
-                               required=f.name in required, help=f"{help_text} (default: {shown})")
+                               required=f.name in required, help=text)
 
 
-def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any):
-    """Build `cls` from parsed options: only options given on the command line replace defaults."""
+def help_with_default(help_text: str, default: Any) -> str:
+    """A field's help with its default appended, unless the help already states it (it says "default" or
+    "required"): a None default means "chosen from the data set or another field", which only the help can
+    say, so it is shown only by the help text itself ("(default: preset)" would repeat or contradict it)."""
+    low = help_text.lower()
+    if "default" in low or "required" in low:
+        return help_text
+    if default is None:
+        return help_text + " (default: none)"
+    if default == "" and isinstance(default, str):
+        return help_text
+    shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+    return f"{help_text} (default: {shown})"
+
+
+def config_from_args(cls: type, args: argparse.Namespace, base: dict[str, Any] | None = None,
+                     **overrides: Any):
+    """Build `cls` from parsed options: only options given on the command line replace defaults, or replace
+    the values of `base` (a replayed config.json's fields, see `replay_values`) when given."""
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
+    if base:
+        values.update(_from_json(cls, base))
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
@@ -133,12 +156,48 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def from_dict(cls: type, values: dict[str, Any]):
     """Rebuild a config from its `config.json` form (lists back to tuples)."""
+    return make_config(cls, **_from_json(cls, values))
+
+
+def _from_json(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     fixed = {}
     for k, v in values.items():
         tp = _unwrap_optional(hints.get(k, Any))[0]
         fixed[k] = tuple(v) if isinstance(v, list) and get_origin(tp) is tuple else v
-    return make_config(cls, **fixed)
+    return fixed
+
+
+def replay_values(path: str, command: str) -> dict[str, Any]:
+    """The config fields of a run's config.json, for `zskt COMMAND --config PATH` (a run folder works too).
+
+    The "command" entry must be COMMAND; "resolved" (what the run derived) is dropped; an input file (teacher,
+    init) that is not found as written (a relative path from another folder) is taken from the absolute path
+    the run recorded, when that file is still there."""
+    import json
+    from pathlib import Path
+
+    file = Path(path)
+    if file.is_dir():
+        file = file / "config.json"
+    try:
+        saved = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise ZsktError(f"--config {path}: file not found; give a run's config.json or its folder") from None
+    except (OSError, ValueError) as e:
+        raise ZsktError(f"--config {path}: not a readable JSON file ({e})") from None
+    if not isinstance(saved, dict):
+        raise ZsktError(f"--config {path}: expected a JSON object of config fields")
+    was = saved.pop("command", command)
+    if was != command:
+        raise ZsktError(f"--config {path} is the config of `zskt {was}`, not of `zskt {command}`; "
+                        f"replay it with zskt {was} --config {path}")
+    resolved = saved.pop("resolved", None) or {}
+    for name, record in (resolved.get("inputs") or {}).items():
+        value = saved.get(name)
+        if isinstance(value, str) and value and not Path(value).is_file() and Path(record["path"]).is_file():
+            saved[name] = record["path"]
+    return saved
 
 
 def check(condition: bool, message: str) -> None:

@@ -58,3 +58,16 @@ def _json_default(obj: Any):
     if isinstance(obj, (set, frozenset, tuple)):
         return list(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def file_record(path: str | Path) -> dict:
+    """What a run records about an input file (a teacher, an --init student): its absolute path, size and
+    sha256, so a result can be traced to the exact file even after the file is moved or replaced."""
+    import hashlib
+
+    path = Path(path).resolve()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}

@@ -14,15 +14,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "~/.cache/zskt/data)")
 
 
-def main(args: argparse.Namespace) -> int:
-    from zskt.data import DATASETS, data_root, dataset_files_present
+def print_models() -> None:
+    """The models part: registered networks with parameter counts, the generator, the other spec forms."""
     from zskt.models import MODELS, Generator, build_model, count_parameters
 
-    print("models (10 classes, 3 channels)")
-    print(f"  {'name':<10} {'depth':>5} {'widen':>5} {'parameters':>12}")
-    for name, (depth, widen) in MODELS.items():
-        print(f"  {name:<10} {depth:>5} {widen:>5} {count_parameters(build_model(name)):>12,}")
-    print(f"  {'generator':<10} {'':>5} {'':>5} {count_parameters(Generator()):>12,}")
+    print("models (parameters at 10 classes, 3 channels)")
+    print(f"  {'name':<10} {'family':<7} {'parameters':>12}  about")
+    for name, entry in MODELS.items():
+        print(f"  {name:<10} {entry.family:<7} {count_parameters(build_model(name)):>12,}  {entry.about}")
+    generator = count_parameters(Generator())
+    print(f"  {'generator':<10} {'':<7} {generator:>12,}  the zero-shot generator (32x32)")
+    print("  also: wrn-DEPTH-WIDTH (any Wide ResNet, DEPTH = 6n+4); a network file; module:callable or")
+    print("        path/to/file.py:callable (your own factory); timm:NAME (pip install 'zskt[timm]');")
+    print("        see docs/own_models_and_data.md")
+
+
+def main(args: argparse.Namespace) -> int:
+    from zskt.data import DATASETS, data_root, dataset_files_present
+
+    print_models()
     root = data_root(args.data_dir)
     print(f"\ndata sets (root {root})")
     print(f"  {'name':<14} {'classes':>7} {'size':>7} {'train':>7} {'test':>7}  files")

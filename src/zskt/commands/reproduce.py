@@ -114,11 +114,11 @@ def parse_pair(text: str | None) -> tuple[str, str] | None:
     parts = [p.strip().lower() for p in text.split(",")]
     if len(parts) != 2 or not all(parts):
         raise ZsktError(f"bad --pair {text!r}: expected TEACHER,STUDENT such as wrn-40-2,wrn-16-1")
-    from zskt.models import MODELS
+    from zskt.models import is_model_name, model_names_hint
 
     for p in parts:
-        if p not in MODELS:
-            raise ZsktError(f"unknown model {p!r} in --pair; choose from {', '.join(MODELS)}")
+        if not is_model_name(p):
+            raise ZsktError(f"unknown model {p!r} in --pair; choose from {model_names_hint()}")
     return parts[0], parts[1]
 
 
@@ -138,7 +138,7 @@ def parse_teachers(datasets: tuple[str, ...], pair: tuple[str, str], teacher: st
                    teachers: list[str]) -> dict[tuple[str, str], str]:
     """--teacher FILE and --teachers [D/]ARCH=FILE as {(dataset, arch): file}."""
     from zskt.data import get_info
-    from zskt.models import MODELS
+    from zskt.models import is_model_name, model_names_hint
 
     given: dict[tuple[str, str], str] = {}
     entries = ([f"{pair[0]}={teacher}"] if teacher else []) + list(teachers)
@@ -148,8 +148,8 @@ def parse_teachers(datasets: tuple[str, ...], pair: tuple[str, str], teacher: st
             raise ZsktError(f"bad --teachers entry {entry!r}: expected ARCH=FILE or DATASET/ARCH=FILE")
         dataset, _, arch = key.rpartition("/")
         arch = arch.strip().lower()
-        if arch not in MODELS:
-            raise ZsktError(f"unknown model {arch!r} in --teachers; choose from {', '.join(MODELS)}")
+        if not is_model_name(arch):
+            raise ZsktError(f"unknown model {arch!r} in --teachers; choose from {model_names_hint()}")
         if dataset:
             targets = [get_info(dataset).name]
         elif len(datasets) == 1:

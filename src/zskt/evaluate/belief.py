@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zskt.config import check, field
-from zskt.data import DATASETS, ImageData, load_dataset, normalize
+from zskt.data import ImageData, dataset_name, load_dataset, normalize
 from zskt.distributed import shard, world
 from zskt.errors import ZsktError
 from zskt.evaluate.accuracy import predict
@@ -235,8 +235,7 @@ class BeliefConfig:
     def __post_init__(self):
         check(bool(self.student), "give the attacked network's checkpoint with --student PATH")
         check(bool(self.teacher), "give the reference network's checkpoint with --teacher PATH")
-        check(self.dataset in DATASETS,
-              f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        dataset_name(self.dataset)  # a one-line error for an unknown name, before any file is read
         check(self.images > 0, f"images must be positive, got {self.images}")
         check(self.steps > 0, f"steps must be positive, got {self.steps}")
         check(0 < self.mte_steps <= self.steps,

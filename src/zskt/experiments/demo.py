@@ -48,9 +48,9 @@ def estimate_seconds(run: Run) -> float:
         seconds += epochs * (info.n_train if m < 0 else m * info.num_classes) * per_image
         seconds += evaluations * info.n_test * TRAIN_PER_IMAGE.get(student, 0.002) / 3
     elif run.command == "zero-shot":
-        from zskt.methods.schedule import preset
+        from zskt.data import preset
 
-        seconds += (o.get("iterations") or preset(info.name, "zero-shot", "iterations", option="--iterations")) * ZERO_SHOT_PER_BATCH
+        seconds += (o.get("iterations") or preset(info.name, "zero-shot", "iterations", "--iterations")) * ZERO_SHOT_PER_BATCH
     elif run.command == "belief":
         curves = min(o.get("images", 1000), info.n_test) * (info.num_classes - 1)
         seconds += curves * o.get("steps", 200) * BELIEF_PER_PAIR_STEP

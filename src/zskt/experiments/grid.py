@@ -101,22 +101,22 @@ class GridSpec:
 
     def base_epochs(self, dataset: str, few_shot: bool = False) -> int | None:
         """train/kd-at `--epochs` (the base, which the commands scale with M): only when shortened or set."""
-        from zskt.methods.schedule import BASE_EPOCHS
+        from zskt.data import preset
 
         base = self.epochs.get(dataset)
         if few_shot and dataset in self.few_shot_epochs:
             base = self.few_shot_epochs[dataset]
         if base is None and self.scale == 1:
             return None
-        return scaled(base if base is not None else BASE_EPOCHS[dataset], self.scale)
+        return scaled(base if base is not None else preset(dataset, "train", "epochs", "--epochs"), self.scale)
 
     def zero_shot_iterations(self, dataset: str) -> int | None:
-        from zskt.methods.schedule import preset
+        from zskt.data import preset
 
         base = self.iterations.get(dataset)
         if base is None and self.scale == 1:
             return None
-        return scaled(base if base is not None else preset(dataset, "zero-shot", "iterations", option="--iterations"),
+        return scaled(base if base is not None else preset(dataset, "zero-shot", "iterations", "--iterations"),
                       self.scale)
 
     def teacher_file(self, dataset: str, arch: str) -> str | None:

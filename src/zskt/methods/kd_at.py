@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 
 from zskt.config import check, field
-from zskt.data import DATASETS, ImageData
+from zskt.data import ImageData, get_info, preset
 from zskt.errors import ZsktError
 from zskt.losses import kd_at_loss
+from zskt.methods.common import build_student, check_network_spec, load_teacher
 from zskt.methods.schedule import Schedule, milestones_at
 from zskt.methods.train import (
     SupervisedRecipe,
@@ -26,17 +27,9 @@ from zskt.methods.train import (
     schedule_record,
     supervised_scaffold,
 )
-from zskt.models import MODELS, build_model, load_model_for, save_model
+from zskt.models import load_model_for, network_label, save_model
 from zskt.runlog import RunLog
 from zskt.runtime import seed_everything
-
-# Attention weight per layer (SPEC §4): FSKT's AT_beta = 1000, rescaled by 3/len(acts), is 1000 on each of
-# the three layers at the paper's 32x32 images. The attention term is a mean over the H·W positions of unit-norm
-# maps, so at equal β it grows as 1/(H·W): the preset rescales β by (side/32)² to keep the paper's balance of
-# terms. That is the paper's 1000 for CIFAR-10, SVHN and Fashion-MNIST (32x32 after padding), and 250 for the
-# 16x16 digits, where it was also the best of β = 0 ... 1000 measured at M = 5 over 3 seeds (89.2 % against
-# 77.3 % at β = 1000 and 70.1 % without a teacher; docs/kd_at.md).
-PAPER_BETA = 1000.0
 
 
 @dataclass(frozen=True)
@@ -44,15 +37,21 @@ class KDATConfig(SupervisedRecipe):
     """A student distilled with KD+AT on M images per class (the authors' FSKT scripts' values, SPEC §4); with
     `init` a zero-shot student fine-tuned the same way. The SGD recipe and schedule fields are `train`'s."""
 
-    images_per_class: int = field(-1, "M (required): train on M images per class, chosen per seed (SPEC §4); "
+    images_per_class: int = field(-1, "M (required): train on M images per class, chosen per seed (docs/kd_at.md); "
                                       "-1 = the full train split")
-    teacher: str = field("", "teacher checkpoint (required): a model.pt from `zskt train`, an authors' "
-                             "last.pth.tar or a Ferles *-dict.pth")
-    student: str = field("wrn-16-1", "student network: wrn-16-1, wrn-16-2, wrn-40-1 or wrn-40-2 (paper: wrn-16-1)")
+    teacher: str = field("", "teacher file (required): a model.pt from `zskt train`, an authors' last.pth.tar, "
+                             "a Ferles *-dict.pth or a zju-vipa DataFree teacher")
+    student: str = field("wrn-16-1", "student network: a name (`zskt list`; paper: wrn-16-1), module:callable, "
+                                     "file.py:callable or timm:NAME")
+    teacher_layers: str | None = field(None, "teacher layers whose outputs are the attention maps; unset: the "
+                                             "family's defaults")
+    student_layers: str | None = field(None, "student layers for the attention maps; unset: the family's defaults")
+    trust_checkpoint: bool = field(False, "allow network files that need a full unpickle (they can run code)")
     alpha: float = field(0.9, "α: loss = (1 - α)·CE + 2·α·T²·KL + β·Σ attention (FSKT scripts: 0.9)")
     temperature: float = field(4.0, "T, softmax temperature of the KD term (FSKT scripts: 4)")
-    beta: float | None = field(None, "attention weight per layer, 3 layers; 0 = KD only; default: FSKT's 1000 "
-                                     "rescaled by (image side/32)²: 1000 at 32x32, 250 for 16x16 digits")
+    beta: float | None = field(None, "attention weight per layer, 3 layers; 0 = KD only; default: the data set's "
+                                     "preset, FSKT's 1000 rescaled by (image side/32)²: 1000 at 32x32, 250 for 16x16 "
+                                     "digits (docs/kd_at.md)")
     kl_reduction: str = field("mean", "KL reduction: mean (authors' code: ÷ B·C) or batchmean (÷ B)")
     kd_factor: float = field(2.0, "the KL weight's leading factor (FSKT keeps the older AT code's 2: 2·α·T² = "
                                   "28.8; the current AT code uses 1 with batchmean)")
@@ -64,7 +63,7 @@ class KDATConfig(SupervisedRecipe):
 
     def __post_init__(self):
         super().__post_init__()
-        check(self.student.lower() in MODELS, f"unknown student {self.student!r}; choose one of {', '.join(MODELS)}")
+        check_network_spec(self.student, "--student")
         check(0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")
         check(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
         check(self.beta is None or self.beta >= 0, f"beta must be >= 0, got {self.beta}")
@@ -79,8 +78,8 @@ class KDATConfig(SupervisedRecipe):
         """β per layer: `beta`, or the preset 1000·(side/32)² for this data set's image side."""
         if self.beta is not None:
             return self.beta
-        side = self.image_size or DATASETS[self.dataset].image_size
-        return PAPER_BETA * (side / 32) ** 2
+        record_side = get_info(self.dataset).image_size
+        return preset(self.dataset, "kd-at", "beta", "--beta") * ((self.image_size or record_side) / record_side) ** 2
 
     def schedule(self, n_train: int, num_classes: int = 10) -> Schedule:
         """The authors' KD+AT schedule (SPEC §4); with `init` and `finetune_epochs`, that many epochs of the same
@@ -135,8 +134,9 @@ def kd_at(cfg: KDATConfig, log: RunLog, data: ImageData | None = None) -> dict:
     run = supervised_scaffold(cfg, log, schedule, f"kd-at {cfg.dataset}")
     beta = cfg.attention_beta
 
-    teacher = run.frozen_module(load_network(cfg.teacher, "teacher", data, cfg.dataset, run.device))
-    teacher_name = teacher.arch()["name"] or "teacher"
+    size = int(data.train.images.shape[-1])
+    teacher = run.frozen_module(load_teacher(cfg, info, size))
+    teacher_name = network_label(teacher, cfg.teacher)
     what = f"{cfg.student} from {cfg.init}" if cfg.init else cfg.student
     images = "all" if cfg.images_per_class < 0 else f"M = {cfg.images_per_class}"
     log.print(f"kd-at {teacher_name} -> {what} on {info.title}, {images}, seed {cfg.seed}: α {cfg.alpha}, "
@@ -147,7 +147,7 @@ def kd_at(cfg: KDATConfig, log: RunLog, data: ImageData | None = None) -> dict:
     # The same order of seeded steps as `train`, so the no-teacher baseline of a seed starts from the same student.
     seed_everything(cfg.seed)
     indices = choose_subset(cfg, data, log)
-    student = build_model(cfg.student, info.num_classes, info.in_channels)
+    student = build_student(cfg, info, size, teacher, beta)
     run.evaluate_on(teacher, data.test, data.mean, data.std)
     extra = {"teacher_test_accuracy": run.evaluate(teacher)}
     if cfg.init:
@@ -159,7 +159,7 @@ def kd_at(cfg: KDATConfig, log: RunLog, data: ImageData | None = None) -> dict:
     student = fit_supervised(run, student, data, cfg, loss_fn=kd_at_loss_fn(teacher, cfg), schedule=schedule,
                              indices=indices)
     if log.enabled:
-        save_model(student, log.out / "model.pt", dataset=cfg.dataset, test_accuracy=run.accuracy,
+        save_model(student, log.out / "model.pt", spec=cfg.student, dataset=cfg.dataset, test_accuracy=run.accuracy,
                    command=log.command, image_size=int(data.train.images.shape[-1]))
     return run.finish(epochs=schedule.epochs, iterations=schedule.iterations, **extra, model=cfg.student,
                       student=cfg.student, teacher=cfg.teacher, init=cfg.init, dataset=cfg.dataset, seed=cfg.seed,

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from zskt.errors import ZsktError
 from zskt.methods.kd_at import KDATConfig, check_files, kd_at
 from zskt.methods.schedule import schedule_command
 from zskt.methods.train import TrainConfig, train
@@ -21,9 +23,9 @@ PAIR = "{dataset}/%s/{teacher}_{student}/seed{seed}"  # a data-free method's run
 class Method:
     """A training command: its config (the options), `run(cfg, log) -> result`, the run-id series its runs take
     in the experiment grids (the first is the method's own; its label names it in reports), one-line help and a
-    longer description for `--help`, the options that must be given, option aliases, and `command`, a builder
-    of a custom subcommand (default: `zskt.cli.run_folder_command`), and `check(cfg)`, which fails early (before
-    the run folder is made) on a file the run would not find."""
+    longer description for `--help`, the options that must be given, option aliases, `command`, a builder of a
+    custom subcommand (default: `zskt.cli.run_folder_command`), `check(cfg)`, more checks before the run folder
+    is made, and `reads`, the data splits a run reads (`check_inputs` requires only those files)."""
 
     config: type
     run: Callable[[Any, Any], dict]
@@ -34,6 +36,7 @@ class Method:
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     command: Callable | None = None
     check: Callable[[Any], None] | None = None  # checks the config's files before the run folder is made
+    reads: tuple[str, ...] = ("test",)  # the data splits a run reads (data-free methods: the test split only)
 
     @property
     def label(self) -> str:
@@ -54,7 +57,7 @@ METHODS: dict[str, Method] = {
         "Train a network from scratch with the paper's recipe (SGD 0.1, momentum 0.9, wd 5e-4, lr /5 after 30, "
         "60 and 80 percent of the epochs, batch 128). With --images-per-class M it is the few-shot 'no teacher' "
         "baseline on M images per class, with the authors' epoch scaling (docs/kd_at.md).",
-        required=(), aliases={"images_per_class": ("-M",)}, command=schedule_command),
+        required=(), aliases={"images_per_class": ("-M",)}, command=schedule_command, reads=("train", "test")),
     "zero-shot": Method(
         ZeroShotConfig, run_zero_shot, data_free("zero-shot", "zero-shot"),
         "zero-shot transfer from a teacher file into a student (the paper's Algorithm 1)",
@@ -79,8 +82,33 @@ METHODS: dict[str, Method] = {
         "with the same KD+AT run (--finetune-epochs to shorten it). The no-teacher baseline is `zskt train "
         "--images-per-class M`. See docs/kd_at.md.",
         required=("teacher", "images_per_class"), aliases={"images_per_class": ("-M",)}, command=schedule_command,
-        check=check_files),
+        check=check_files, reads=("train", "test")),
 }
+
+
+def check_inputs(method: Method, cfg: Any) -> None:
+    """Before the run folder is made: the data files the run reads, the teacher file (loaded and checked against
+    the data set: a wrong network is one line now, not a half-made run folder later), and the method's own
+    checks. Each failure is a one-line ZsktError."""
+    from zskt.data import check_files, get_info
+    from zskt.methods.common import load_teacher
+
+    teacher = getattr(cfg, "teacher", None)
+    if teacher:  # the teacher first: a wrong file is reported before any data is read or downloaded
+        if not Path(teacher).is_file():
+            raise ZsktError(f"--teacher {teacher} not found; expected a model file (e.g. a run folder's model.pt)")
+        load_teacher(cfg, get_info(cfg.dataset))
+    student = getattr(cfg, "student", None)
+    if isinstance(student, str) and ":" in student:  # an import or timm: fail now, not in a half-made run
+        from zskt.models import resolve_network
+
+        info = get_info(cfg.dataset)
+        resolve_network(student, role="--student", num_classes=info.num_classes, in_channels=info.in_channels,
+                        trust=getattr(cfg, "trust_checkpoint", False))
+    check_files(cfg.dataset, getattr(cfg, "data_dir", None), splits=method.reads,
+                download=getattr(cfg, "download", False))
+    if method.check is not None:
+        method.check(cfg)
 
 
 def all_series() -> tuple[Series, ...]:

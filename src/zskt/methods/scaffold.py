@@ -13,7 +13,14 @@ from typing import Any
 
 import torch
 
-from zskt.distributed import Shard, all_sum, average_buffers, broadcast_module, check_in_sync, use_sync_batchnorm
+from zskt.distributed import (
+    Shard,
+    all_sum,
+    average_buffers,
+    broadcast_module,
+    check_in_sync,
+    use_sync_batchnorm,
+)
 from zskt.errors import ZsktError
 from zskt.evaluate import evaluate_accuracy
 from zskt.models.frozen import frozen_copy
@@ -120,7 +127,7 @@ class Scaffold:
         batch norms are folded into the preceding convolutions (the same function, less memory traffic,
         models/frozen.py). Methods that hook BN statistics pass fold_bn=False to keep the BN layers."""
         module = self.precision.prepare(module.to(self.device)).eval().requires_grad_(False)
-        return frozen_copy(module) if fold_bn else module
+        return frozen_copy(module, fold_bn=fold_bn)
 
     def track(self, **objects: Any) -> None:
         """Objects checkpointed and restored on resume: anything with state_dict/load_state_dict, or a

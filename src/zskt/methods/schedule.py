@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-
 from dataclasses import dataclass
 
+from zskt.data import preset
 from zskt.errors import ZsktError
 
-# Base recipes of SPEC §4/§5: epochs on the full train split and milestones at 30/60/80 % of the run.
-# digits is ours (SPEC §11): 30 epochs reach 99 % with a WRN-16-2 teacher in about a minute on 2 CPU cores.
-BASE_EPOCHS = {"cifar10": 200, "svhn": 100, "fashion-mnist": 170, "digits": 30}
+# Base epochs and the few-shot iteration scale are the data set's presets (zskt.data.registry, with sources);
+# milestones are at 30/60/80 % of the run.
 MILESTONE_FRACTIONS = (0.3, 0.6, 0.8)
 
 
@@ -45,9 +44,8 @@ def default_scale_n_iters(dataset: str, images_per_class: int, same_iterations: 
     way. `same_iterations=True` gives the paper's stated "same iterations for every M" (scale 1)."""
     if same_iterations or images_per_class is None or images_per_class < 0:
         return 1.0
-    if dataset in ("svhn", "fashion-mnist"):
-        return images_per_class / 100
-    return 1.0
+    scale = preset(dataset, "train", "scale_n_iters_few_shot", "--scale-n-iters")
+    return images_per_class / 100 if scale == "m/100" else float(scale)
 
 
 def make_schedule(dataset: str, n_train: int, images_per_class: int, batch_size: int, *,
@@ -56,7 +54,7 @@ def make_schedule(dataset: str, n_train: int, images_per_class: int, batch_size:
     """SPEC §4: for M > 0, scale = scale_n_iters · n_train / (10·M); epochs = int(base·scale) and each
     milestone int(m·scale), with the authors' float arithmetic (so CIFAR-10 M = 75 gives 13,333 epochs and
     milestones 4000/8000/10666). M = −1 is the full split at the base recipe."""
-    base = BASE_EPOCHS[dataset] if base_epochs is None else base_epochs
+    base = preset(dataset, "train", "epochs", "--epochs") if base_epochs is None else base_epochs
     base_milestones = list(milestones_at(base))
     if images_per_class is None or images_per_class < 0:
         epochs, milestones, n_images = base, base_milestones, n_train
@@ -76,27 +74,6 @@ def step_lr(base_lr: float, epoch: int, milestones: tuple[int, ...], gamma: floa
     each epoch means a decay at milestone m first applies in epoch m + 1 (SPEC §4)."""
     return base_lr * gamma ** sum(1 for m in milestones if m < epoch)
 
-
-# Presets of the training commands per data set. Pseudo batches per zero-shot run: the paper matched N to the
-# teachers' own training iterations, 80k for CIFAR-10 (200 epochs x 391) and 50k for SVHN. Fashion-MNIST is not
-# in the paper: its 170-epoch teacher recipe is 170 x 469 ≈ 80k iterations, so it gets CIFAR-10's N. digits is
-# ours: 200 pseudo batches reach ≥ 97 % with a WRN-16-2 → WRN-16-1 pair in a few minutes on 2 CPU cores
-# (docs/zero_shot.md). Attention weight per layer: the authors' 250 wherever the paper's 32x32 geometry holds;
-# digits is ours, by measurement (docs/zero_shot.md): with a `zskt train` WRN-16-2 teacher, 200 pseudo batches
-# reach 85-87 % at β = 250 or 62.5 (the 16x16 maps' equal-scale value) and 98 % at β = 0.
-PRESETS = {
-    "train": {"epochs": BASE_EPOCHS},
-    "zero-shot": {"iterations": {"cifar10": 80_000, "svhn": 50_000, "fashion-mnist": 80_000, "digits": 200},
-                  "beta": {"cifar10": 250.0, "svhn": 250.0, "fashion-mnist": 250.0, "digits": 0.0}},
-}
-
-
-def preset(dataset: str, method: str, key: str, *, option: str):
-    """The data set's preset `key` for `method`, or a one-line error naming the option to pass instead."""
-    try:
-        return PRESETS[method][key][dataset]
-    except KeyError:
-        raise ZsktError(f"{dataset} has no {method} preset for {key}; pass {option}") from None
 
 
 # ------------------------------------------------------------------------------------------- --print-schedule
@@ -126,26 +103,24 @@ def schedule_command(name: str, help: str, config_cls: type, run, *, required: t
                      **kwargs):
     """`run_folder_command` plus `--print-schedule [M,...]`, which needs neither --out nor the `required`
     fields (checked here instead of by argparse, so the printout can go without them)."""
-    from zskt.cli import Command, run_folder_command
-    from zskt.config import config_from_args, option_name
+    from zskt.cli import Command, command_config, run_folder_command
 
     # --out is required for a run, not for the printout: checked in main below.
-    base = run_folder_command(name, help, config_cls, run, out_required=False, **kwargs)
+    base = run_folder_command(name, help, config_cls, run, out_required=False, required=required, **kwargs)
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         base.add_arguments(parser)
         parser.add_argument("--print-schedule", nargs="?", const="", default=None, metavar="M,...",
-                            help="print epochs, milestones, batches/epoch and iterations (SPEC §4) for "
+                            help="print epochs, milestones, batches/epoch and iterations (docs/kd_at.md) for "
                             "--images-per-class, or for each M listed (-1 = all), on the canonical train split "
                             "of --dataset, and exit without training (no data files needed)")
 
     def main(args: argparse.Namespace) -> int:
         if args.print_schedule is None:
-            missing = [option_name(f) for f in ("out", *required) if getattr(args, f, None) is None]
-            if missing:
-                raise ZsktError(f"{', '.join(missing)} required (or --print-schedule to only print the schedule)")
+            if args.out is None:  # the required fields are checked by base.main, after a --config replay
+                raise ZsktError("--out required (or --print-schedule to only print the schedule)")
             return base.main(args)
-        cfg = config_from_args(config_cls, args)
+        cfg = command_config(name, config_cls, args)
         try:
             values = [int(m) for m in args.print_schedule.split(",") if m.strip()] or [cfg.images_per_class]
         except ValueError:

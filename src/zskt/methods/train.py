@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from zskt.config import check, field
-from zskt.data import DATASETS, DeviceLoader, ImageData, load_dataset, select_per_class
+from zskt.data import DeviceLoader, ImageData, dataset_name, load_dataset, select_per_class
 from zskt.distributed import Shard
 from zskt.methods.scaffold import Scaffold
 from zskt.methods.schedule import Schedule, make_schedule, step_lr
-from zskt.models import MODELS, build_model, save_model
+from zskt.models import FeatureModel, WideResNet, build_model, is_model_name, model_names_hint, save_model
 from zskt.runlog import RunLog
 from zskt.runtime import PRECISIONS, seed_everything
 
@@ -29,11 +29,11 @@ class SupervisedRecipe:
     scratch and no-teacher students) and `kd-at` share. Each command's config adds its network fields."""
 
     dataset: str = field("digits", "data set: cifar10, svhn, fashion-mnist or digits (embedded, offline)")
-    images_per_class: int = field(-1, "M: train on M images per class, chosen per seed (SPEC §4); -1 = all")
+    images_per_class: int = field(-1, "M: train on M images per class, chosen per seed (docs/kd_at.md); -1 = all")
     epochs: int | None = field(None, "epochs; default: the data set's preset (cifar10 200, svhn 100, "
                                      "fashion-mnist 170, digits 30), scaled with M as the authors did")
     scale_n_iters: float | None = field(None, "authors' iteration scale for M > 0; default 1 for cifar10/digits, "
-                                              "M/100 for svhn/fashion-mnist (SPEC §4)")
+                                              "M/100 for svhn/fashion-mnist (docs/kd_at.md)")
     same_iterations: bool = field(False, "paper's form: the same iterations for every M (scale_n_iters = 1)")
     batch_size: int = field(128, "batch size (paper: 128)")
     lr: float = field(0.1, "initial SGD learning rate (paper: 0.1)")
@@ -52,7 +52,7 @@ class SupervisedRecipe:
     download: bool = field(False, "download missing data files (CIFAR-10, SVHN, Fashion-MNIST)")
 
     def __post_init__(self):
-        check(self.dataset in DATASETS, f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        dataset_name(self.dataset)  # a one-line error for an unknown name, before any file is read
         check(self.images_per_class == -1 or self.images_per_class > 0,
               f"images_per_class must be -1 (all) or positive, got {self.images_per_class}")
         check(self.epochs is None or self.epochs > 0, f"epochs must be positive, got {self.epochs}")
@@ -74,11 +74,12 @@ class TrainConfig(SupervisedRecipe):
     """A teacher or scratch student trained with cross-entropy (the paper's teacher recipe, SPEC §5); with
     `images_per_class` M it is the few-shot "no teacher" baseline (SPEC §4, α = 0)."""
 
-    model: str = field("wrn-16-2", "network to train: wrn-16-1, wrn-16-2, wrn-40-1 or wrn-40-2")
+    model: str = field("wrn-16-2", "network to train: a registered name (zskt list: wrn-16-2, resnet-18, "
+                                   "vgg-11, ...) or any wrn-DEPTH-WIDTH")
 
     def __post_init__(self):
         super().__post_init__()
-        check(self.model.lower() in MODELS, f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        check(is_model_name(self.model), f"unknown model {self.model!r}; choose one of {model_names_hint()}")
 
 
 def load_data(cfg) -> ImageData:
@@ -164,6 +165,8 @@ def train(cfg: TrainConfig, log: RunLog, data: ImageData | None = None) -> dict:
     seed_everything(cfg.seed)
     indices = choose_subset(cfg, data, log)
     model = build_model(cfg.model, data.info.num_classes, data.info.in_channels)
+    if not isinstance(model, WideResNet):  # the loop unpacks (logits, maps); no maps needed here
+        model = FeatureModel(model, ())
     model = fit_supervised(run, model, data, cfg, schedule=schedule, indices=indices)
     if log.enabled:
         save_model(model, log.out / "model.pt", dataset=cfg.dataset, test_accuracy=run.accuracy,

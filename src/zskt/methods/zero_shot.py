@@ -8,31 +8,22 @@ gradient is never used (docs/zero_shot.md lists each difference from their loop 
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
 
 from zskt.config import check, field
-from zskt.data import DATASETS, ImageSplit, get_info, load_dataset
+from zskt.data import ImageSplit, dataset_name, get_info, load_dataset, preset
 from zskt.distributed import Shard
 from zskt.errors import ZsktError
-from zskt.io import atomic_write_bytes
+from zskt.images import save_image_grid
 from zskt.losses import attention_map, zero_shot_generator_loss, zero_shot_student_loss
+from zskt.methods.common import build_student, check_network_spec, load_teacher
+from zskt.methods.optim import adam, clip
 from zskt.methods.scaffold import Scaffold
-from zskt.methods.schedule import preset
-from zskt.models import (
-    MODELS,
-    Generator,
-    build_model,
-    check_image_size,
-    load_model_for,
-    save_generator,
-    save_model,
-)
+from zskt.models import Generator, network_label, save_generator, save_model
 from zskt.runlog import RunLog
 from zskt.runtime import PRECISIONS, Precision, seed_everything
 
@@ -41,8 +32,16 @@ from zskt.runtime import PRECISIONS, Precision, seed_everything
 class ZeroShotConfig:
     """Zero-shot transfer from a teacher file into a fresh student; defaults are the authors' scripts' values."""
 
-    teacher: str = field("", "teacher checkpoint: a project model.pt, an authors' last.pth.tar, a Ferles *-dict.pth")
-    student: str = field("wrn-16-1", "student network, e.g. wrn-16-1 (`zskt list` shows the names)")
+    teacher: str = field("", "teacher file: a project model.pt, an authors' last.pth.tar, a Ferles *-dict.pth, a "
+                             "zju-vipa DataFree teacher (docs/own_models_and_data.md)")
+    student: str = field("wrn-16-1", "student network: a name (`zskt list`), module:callable, file.py:callable "
+                                     "or timm:NAME")
+    teacher_layers: str | None = field(None, "teacher layers whose outputs are the attention maps, e.g. "
+                                             "layer2,layer3,layer4; unset: the family's defaults")
+    student_layers: str | None = field(None, "student layers for the attention maps; unset: the family's defaults")
+    trust_checkpoint: bool = field(False, "allow network files that need a full unpickle (a whole saved model, "
+                                          "an external network's record): they can run code; only for files "
+                                          "you trust")
     dataset: str = field("digits", "data set the teacher was trained on (its test split scores the student; "
                                    "its image shape sizes the generator)")
     iterations: int | None = field(None, "N, pseudo batches; default: the data set's preset (cifar10 80000, "
@@ -79,9 +78,8 @@ class ZeroShotConfig:
     download: bool = field(False, "download missing data files (CIFAR-10, SVHN, Fashion-MNIST)")
 
     def __post_init__(self):
-        check(self.dataset in DATASETS, f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        check(self.student.lower() in MODELS,
-              f"unknown student {self.student!r}; choose one of {', '.join(MODELS)}")
+        dataset_name(self.dataset)  # a one-line error for an unknown name, before any file is read
+        check_network_spec(self.student, "--student")
         check(self.iterations is None or self.iterations > 0, f"iterations must be positive, got {self.iterations}")
         # Train-mode BN needs more than one value per channel; the generator's BNs see the whole batch.
         check(self.batch_size >= 2, f"batch_size must be at least 2 (batch-norm statistics), got {self.batch_size}")
@@ -103,12 +101,12 @@ class ZeroShotConfig:
         """N: `iterations`, or the data set's preset."""
         if self.iterations is not None:
             return self.iterations
-        return preset(self.dataset, "zero-shot", "iterations", option="--iterations")
+        return preset(self.dataset, "zero-shot", "iterations", "--iterations")
 
     @property
     def attention_beta(self) -> float:
         """β: `beta`, or the data set's preset."""
-        return self.beta if self.beta is not None else preset(self.dataset, "zero-shot", "beta", option="--beta")
+        return self.beta if self.beta is not None else preset(self.dataset, "zero-shot", "beta", "--beta")
 
     @property
     def eval_interval(self) -> int:
@@ -142,21 +140,6 @@ class ZeroShotState:
         return {"student": self.student, "generator": self.generator, "student_optimiser": self.student_optimiser,
                 "generator_optimiser": self.generator_optimiser, "student_schedule": self.student_schedule,
                 "generator_schedule": self.generator_schedule, "z_rng": self.z_source}
-
-
-def adam(params, lr: float) -> torch.optim.Adam:
-    """Adam with PyTorch's defaults, as the fused kernel where this PyTorch has one for the device: the same
-    update in one pass per tensor (rounding-level differences only; docs/benchmarks.md)."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, ValueError):
-        return torch.optim.Adam(params, lr=lr)
-
-
-def clip(parameters, max_norm: float) -> None:
-    if max_norm > 0:
-        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
 
 
 # ------------------------------------------------------------------------------------------- Algorithm 1
@@ -275,7 +258,7 @@ def zero_shot(cfg: ZeroShotConfig, log: RunLog, teacher: torch.nn.Module, studen
     `model.pt` and `generator.pt`; the result's `test_accuracy` is the final one (the paper's number).
     """
     n = cfg.total_iterations
-    run = Scaffold(cfg, log, total=n, interval=cfg.eval_interval, unit="batch", desc="zero-shot",
+    run = Scaffold(cfg, log, total=n, interval=cfg.eval_interval, unit="pseudo batch", desc="zero-shot",
                    batch_size=cfg.batch_size)
     channels, size = int(test_split.images.shape[1]), int(test_split.images.shape[-1])
     generator = generator or Generator(cfg.z_dim, image_size=size, out_channels=channels,
@@ -296,7 +279,8 @@ def zero_shot(cfg: ZeroShotConfig, log: RunLog, teacher: torch.nn.Module, studen
 
     def at_log_point(step: int) -> dict:
         if log.enabled and last.get("pseudo") is not None:
-            save_pseudo_grid(last["pseudo"], mean, std, log.out / "pseudo" / f"iter_{step:06d}.png")
+            grid = save_image_grid(last["pseudo"], mean, std, log.out / "pseudo" / f"iter_{step:06d}.png")
+            log.image("pseudo", grid, step)
         factor = 0.5 * (1.0 + math.cos(math.pi * (step - 1) / n))  # the rates used during this pseudo batch
         return {"generator_lr": cfg.generator_lr * factor, "student_lr": cfg.student_lr * factor}
 
@@ -309,37 +293,15 @@ def zero_shot(cfg: ZeroShotConfig, log: RunLog, teacher: torch.nn.Module, studen
         last["pseudo"] = zero_shot_steps(teacher, loop_state, cfg, (step,), precision=run.precision,
                                          part=run.part, record=run.add)
     if log.enabled:
-        save_model(state.student, log.out / "model.pt", dataset=cfg.dataset, image_size=size,
+        save_model(state.student, log.out / "model.pt", spec=cfg.student, dataset=cfg.dataset, image_size=size,
                    test_accuracy=run.accuracy, command=log.command, teacher=cfg.teacher)
         save_generator(state.generator, log.out / "generator.pt", dataset=cfg.dataset, image_size=size,
                        command=log.command)
     return run.finish(
         teacher_test_accuracy=teacher_accuracy, iterations=n, teacher=cfg.teacher,
-        teacher_arch=getattr(teacher, "arch", dict)().get("name"), student=cfg.student, dataset=cfg.dataset,
+        teacher_arch=network_label(teacher, cfg.teacher), student=cfg.student, dataset=cfg.dataset,
         seed=cfg.seed, batch_size=cfg.batch_size, beta=cfg.attention_beta,
         fresh_batch_per_student_step=cfg.fresh_batch_per_student_step, compile=cfg.compile)
-
-
-def save_pseudo_grid(images: torch.Tensor, mean, std, path: Path, n: int = 64) -> None:
-    """A PNG of up to n pseudo images, un-normalised with the data set's mean/std and clipped to [0, 1]."""
-    import matplotlib.image
-
-    x = images[:n].detach().float().cpu()
-    c = x.shape[1]
-    x = (x * torch.tensor(std).view(1, c, 1, 1) + torch.tensor(mean).view(1, c, 1, 1)).clamp(0, 1)
-    scale = max(1, 32 // x.shape[-1])  # small images (digits) are enlarged by pixel repetition to be visible
-    x = x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
-    cols = math.ceil(math.sqrt(len(x)))
-    rows = math.ceil(len(x) / cols)
-    h, w = x.shape[-2:]
-    grid = torch.ones(c, rows * (h + 1) + 1, cols * (w + 1) + 1)  # 1-pixel white lines between images
-    for i, image in enumerate(x):
-        r, q = divmod(i, cols)
-        grid[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = image
-    array = grid[0].numpy() if c == 1 else grid.permute(1, 2, 0).numpy()
-    buffer = io.BytesIO()
-    matplotlib.image.imsave(buffer, array, cmap="gray" if c == 1 else None, vmin=0, vmax=1, format="png")
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def run_zero_shot(cfg: ZeroShotConfig, log: RunLog) -> dict:
@@ -347,15 +309,13 @@ def run_zero_shot(cfg: ZeroShotConfig, log: RunLog) -> dict:
     if not cfg.teacher:
         raise ZsktError("no teacher given; pass --teacher PATH (a model.pt from `zskt train` or an authors' file)")
     info = get_info(cfg.dataset)
-    teacher = load_model_for(cfg.teacher, role="--teacher", dataset=cfg.dataset, num_classes=info.num_classes,
-                             in_channels=info.in_channels, image_size=None, map_location="cpu")
-    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
-    test, mean, std = data.test, data.mean, data.std  # the train split is dropped here
-    del data
+    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size,
+                        splits=("test",))  # never the training images
+    test, mean, std = data.test, data.mean, data.std
     size = int(test.images.shape[-1])
-    check_image_size(teacher, "--teacher", cfg.teacher, size)
+    teacher = load_teacher(cfg, info, size)
     seed_everything(cfg.seed)
-    student = build_model(cfg.student, info.num_classes, info.in_channels)
+    student = build_student(cfg, info, size, teacher, cfg.attention_beta)
     generator = Generator(cfg.z_dim, image_size=size, out_channels=info.in_channels,
                           final_bn_affine=cfg.final_bn_affine)
     return zero_shot(cfg, log, teacher, student, test, mean, std, generator=generator)

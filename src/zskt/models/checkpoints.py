@@ -21,6 +21,9 @@ from torch import nn
 from zskt.errors import ZsktError
 from zskt.io import atomic_torch_save
 from zskt.models.generator import Generator
+from zskt.models.registry import canonical_name
+from zskt.models.resnet import ResNet
+from zskt.models.vgg import VGG
 from zskt.models.wresnet import WideResNet, parse_wrn_name
 
 MODEL_FORMAT = "zskt-model"
@@ -32,8 +35,7 @@ FORMAT_VERSION = 1
 # network as `self.generator`, so their generator_state_dict keys read "generator.layers.0.weight".
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
-# Ferles et al. name the same modules differently; their files map one to one onto the authors' keys (SPEC
-# §7).
+# Ferles et al. name the same modules differently; their files map one to one onto the authors' keys (SPEC §7).
 _FERLES_RENAMES = (
     (re.compile(r"^(block\d+)\.nblockLayer\."), r"\1.layer."),
     (re.compile(r"^batch_norm\."), "bn1."),
@@ -50,25 +52,32 @@ _LEGACY_MAGIC = b"l\xfc\x9cF\xf9 j\xa8P\x19"
 # ---------------------------------------------------------------------------------------------- saving
 
 
-def save_model(model: nn.Module, path: str | os.PathLike, **meta: Any) -> None:
-    """Write a Wide ResNet atomically as a self-describing ``zskt-model`` file; ``meta`` is stored as
-    given."""
+def save_model(model: nn.Module, path: str | os.PathLike, *, spec: str | None = None, **meta: Any) -> None:
+    """Write a network atomically as a self-describing ``zskt-model`` file; ``meta`` is stored as given.
+
+    A registered family (Wide ResNet, ResNet, VGG) records its architecture and loads back with `load_model`.
+    Any other network is recorded as family "external" with `spec` (the `module:callable` that built it) and
+    its class name: its weights load back only through that code (`zskt.models.resolve_network` with
+    trust=True, since rebuilding it imports the code the file names).
+    """
     model = _unwrap(model)
-    if not isinstance(model, WideResNet):
-        raise TypeError(f"save_model expects a WideResNet, got {type(model).__name__}")
-    atomic_torch_save(Path(path), _record(MODEL_FORMAT, model, meta))
+    if isinstance(model, (WideResNet, ResNet, VGG)):
+        atomic_torch_save(Path(path), _record(MODEL_FORMAT, model, meta))
+        return
+    cls = f"{type(model).__module__}.{type(model).__qualname__}"
+    arch = {"family": "external", "spec": spec, "class": cls}
+    atomic_torch_save(Path(path), _record(MODEL_FORMAT, model, meta, arch=arch))
 
 
 def save_generator(generator: nn.Module, path: str | os.PathLike, **meta: Any) -> None:
-    """Write a Generator atomically as a self-describing ``zskt-generator`` file; ``meta`` is stored as
-    given."""
+    """Write a Generator atomically as a self-describing ``zskt-generator`` file; ``meta`` is stored as given."""
     generator = _unwrap(generator)
     if not isinstance(generator, Generator):
         raise TypeError(f"save_generator expects a Generator, got {type(generator).__name__}")
     atomic_torch_save(Path(path), _record(GENERATOR_FORMAT, generator, meta))
 
 
-def _record(fmt: str, module: nn.Module, meta: dict) -> dict:
+def _record(fmt: str, module: nn.Module, meta: dict, arch: dict | None = None) -> dict:
     state = module.state_dict()
     cpu_state = OrderedDict((key, value.detach().cpu()) for key, value in state.items())
     if hasattr(state, "_metadata"):  # per-module versions, which BatchNorm consults when loading
@@ -76,18 +85,18 @@ def _record(fmt: str, module: nn.Module, meta: dict) -> dict:
     return {
         "format": fmt,
         "version": FORMAT_VERSION,
-        "arch": module.arch(),
+        "arch": module.arch() if arch is None else arch,
         "state_dict": cpu_state,
         "meta": meta,
     }
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
-    # DataParallel keeps the network as .module, torch.compile as ._orig_mod; the file should hold the
-    # network.
+    # DataParallel keeps the network as .module, torch.compile as ._orig_mod, the feature wrapper
+    # (models/features.py, marked by `wraps_network`) as .module; the file should hold the network.
     while isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)) or hasattr(
         module, "_orig_mod"
-    ):
+    ) or getattr(module, "wraps_network", False):
         module = module.module if hasattr(module, "module") else module._orig_mod
     return module
 
@@ -174,15 +183,18 @@ def load_model(
     num_classes: int | None = None,
     in_channels: int | None = None,
     map_location: Any = "cpu",
-) -> WideResNet:
-    """Rebuild a Wide ResNet from a checkpoint, load it strictly and return it in eval mode.
+) -> nn.Module:
+    """Rebuild a network from a checkpoint, load it strictly and return it in eval mode.
 
-    Reads the project's ``zskt-model`` files (architecture recorded), the authors' files as published (a dict
-    with ``state_dict``: teachers and KD+AT students; or ``student_state_dict``: zero-shot students), a bare
-    state_dict, and the Ferles reproduction's ``*-dict.pth`` state_dicts (keys renamed to the authors').
-    ``arch`` (a name such as ``"wrn-40-2"``, any case, or an ``arch()`` dict), ``num_classes`` and
-    ``in_channels`` are checks: when given, a file holding something else is an error. Without them the
-    architecture is read from the file. The network ends up on ``map_location`` when that names a device.
+    Wide ResNets: the project's ``zskt-model`` files (architecture recorded), the authors' files as published
+    (a dict with ``state_dict``: teachers and KD+AT students; or ``student_state_dict``: zero-shot students),
+    a bare state_dict, and the Ferles reproduction's ``*-dict.pth`` state_dicts (keys renamed to the
+    authors'). The benchmark's CIFAR ResNets and VGG-11 (batch norm): the project's files, and the zju-vipa
+    DataFree / CMI / Fast-Datafree teachers (a dict with ``state_dict``) or bare state_dicts with their keys.
+    The family and its size are read from the keys and shapes. ``arch`` (a name such as ``"wrn-40-2"`` or
+    ``"resnet-34"``, any case, or an ``arch()`` dict), ``num_classes`` and ``in_channels`` are checks: when
+    given, a file holding something else is an error. The network ends up on ``map_location`` when that names
+    a device.
     """
     path = Path(path)
     return _model_from(read_checkpoint(path, map_location), path, arch, num_classes=num_classes,
@@ -190,18 +202,41 @@ def load_model(
 
 
 def _model_from(obj: Any, path: Path, arch: str | Mapping | None, *, num_classes: int | None,
-                in_channels: int | None, map_location: Any) -> WideResNet:
+                in_channels: int | None, map_location: Any) -> nn.Module:
     """`load_model` on a file's already-read contents."""
-    state, recorded = _wrn_weights(obj, path)
-    found = (
-        _wrn_arch_from_record(recorded, path) if recorded is not None else infer_wrn_arch(state, source=path)
-    )
+    state, recorded = _network_weights(obj, path)
+    family = recorded.get("family") if recorded is not None else infer_family(state, source=path)
+    if family == "external":
+        spec = recorded.get("spec") or recorded.get("class")
+        raise ZsktError(
+            f"checkpoint {path} holds the weights of a network built by {spec}, not a registered model; "
+            "load them with zskt.models.resolve_network(path, trust=True) (--trust-checkpoint), which "
+            "imports that code"
+        )
+    if family == "wrn":
+        found = (_wrn_arch_from_record(recorded, path) if recorded is not None
+                 else infer_wrn_arch(state, source=path))
+        found_label = _describe(found["depth"], found["widen_factor"])
+        if arch is not None:
+            depth, widen = _parse_arch(arch)
+            if (depth, widen) != (found["depth"], found["widen_factor"]):
+                raise ZsktError(f"checkpoint {path} holds {found_label}, expected {_describe(depth, widen)}")
+        model: nn.Module = WideResNet(found["depth"], found["widen_factor"], num_classes=found["num_classes"],
+                                      in_channels=found["in_channels"], drop_rate=found.get("drop_rate", 0.0))
+    elif family in ("resnet", "vgg"):
+        infer = infer_resnet_arch if family == "resnet" else infer_vgg_arch
+        found = dict(recorded) if recorded is not None else infer(state, source=path)
+        cls = ResNet if family == "resnet" else VGG
+        blocks = tuple(found["blocks"]) if family == "resnet" else tuple(tuple(b) for b in found["blocks"])
+        model = cls(blocks, num_classes=found["num_classes"], in_channels=found["in_channels"])
+        found_label = model.arch()["name"] or f"a {family} with blocks {found['blocks']}"
+        if arch is not None:
+            wanted = arch.get("name") if isinstance(arch, Mapping) else str(arch).strip().lower()
+            if canonical_name(str(wanted)) != found_label:
+                raise ZsktError(f"checkpoint {path} holds {found_label}, expected {wanted}")
+    else:
+        raise ZsktError(f"checkpoint {path} records arch family {family!r}; expected wrn, resnet or vgg")
 
-    found_label = _describe(found["depth"], found["widen_factor"])
-    if arch is not None:
-        depth, widen = _parse_arch(arch)
-        if (depth, widen) != (found["depth"], found["widen_factor"]):
-            raise ZsktError(f"checkpoint {path} holds {found_label}, expected {_describe(depth, widen)}")
     if num_classes is not None and num_classes != found["num_classes"]:
         raise ZsktError(
             f"checkpoint {path} holds a {found['num_classes']}-class {found_label}, "
@@ -212,23 +247,70 @@ def _model_from(obj: Any, path: Path, arch: str | Mapping | None, *, num_classes
             f"checkpoint {path} holds a {found_label} for {found['in_channels']}-channel images, "
             f"expected {in_channels} channels"
         )
-
-    model = WideResNet(
-        found["depth"],
-        found["widen_factor"],
-        num_classes=found["num_classes"],
-        in_channels=found["in_channels"],
-        drop_rate=found.get("drop_rate", 0.0),
-    )
     _load_strict(model, state, path, found_label)
     if isinstance(map_location, (str, torch.device)):
         model = model.to(map_location)
     return model.eval()
 
 
+def infer_family(state_dict: Mapping[str, torch.Tensor], source: Any = "state_dict") -> str:
+    """"wrn", "resnet" or "vgg": the family whose key names these weights carry."""
+    if "block3.layer.0.conv1.weight" in state_dict or "fc.weight" in state_dict:
+        return "wrn"
+    if "linear.weight" in state_dict and any(key.startswith("layer4.") for key in state_dict):
+        return "resnet"
+    if "classifier.weight" in state_dict and "block0.0.weight" in state_dict:
+        return "vgg"
+    raise ZsktError(
+        f"checkpoint {source} does not hold a Wide ResNet, CIFAR ResNet or VGG (found keys "
+        f"{_few(list(state_dict))}); expected conv1.weight, block1..3 and fc (Wide ResNet), conv1.weight, "
+        "layer1..4 and linear (ResNet) or block0..4 and classifier (VGG)"
+    )
+
+
+def infer_resnet_arch(state_dict: Mapping[str, torch.Tensor], source: Any = "state_dict") -> dict:
+    """Blocks per stage, num_classes and in_channels of the CIFAR ResNet whose (zju-vipa-named) weights
+    these are."""
+    if any(re.match(r"layer\d+\.\d+\.conv3\.", key) for key in state_dict):
+        raise ZsktError(f"checkpoint {source} holds a Bottleneck ResNet (ResNet-50 or deeper); "
+                        "expected a BasicBlock ResNet (resnet-18, resnet-34)")
+    needed = ("conv1.weight", "linear.weight")
+    absent = [key for key in needed if key not in state_dict]
+    if absent:
+        raise ZsktError(f"checkpoint {source} does not hold a CIFAR ResNet (no {', '.join(absent)}; "
+                        f"found keys {_few(list(state_dict))})")
+    blocks = [len({m.group(1) for key in state_dict if (m := re.match(rf"layer{s}\.(\d+)\.", key))})
+              for s in (1, 2, 3, 4)]
+    return {
+        "family": "resnet",
+        "blocks": blocks,
+        "num_classes": state_dict["linear.weight"].shape[0],
+        "in_channels": state_dict["conv1.weight"].shape[1],
+    }
+
+
+def infer_vgg_arch(state_dict: Mapping[str, torch.Tensor], source: Any = "state_dict") -> dict:
+    """Convolution widths per block, num_classes and in_channels of the VGG whose weights these are."""
+    blocks = []
+    for b in range(5):
+        convs = sorted(
+            (int(m.group(1)), value.shape[0]) for key, value in state_dict.items()
+            if (m := re.match(rf"block{b}\.(\d+)\.weight$", key)) and value.dim() == 4
+        )
+        blocks.append([width for _, width in convs])
+    if not all(blocks) or "classifier.weight" not in state_dict:
+        raise ZsktError(f"checkpoint {source} does not hold a VGG (convolutions per block {blocks}; "
+                        f"found keys {_few(list(state_dict))})")
+    return {
+        "family": "vgg",
+        "blocks": blocks,
+        "num_classes": state_dict["classifier.weight"].shape[0],
+        "in_channels": state_dict["block0.0.weight"].shape[1],
+    }
+
+
 def infer_wrn_arch(state_dict: Mapping[str, torch.Tensor], source: Any = "state_dict") -> dict:
-    """depth, widen_factor, num_classes and in_channels of the Wide ResNet whose (authors'-named) weights
-    these are.
+    """depth, widen_factor, num_classes and in_channels of the Wide ResNet whose (authors'-named) weights these are.
 
     depth = 6n+4 with n the number of ``block1.layer.i`` blocks; the widen factor is block3's width / 64;
     the class count is fc's output size and the input channels are conv1's.
@@ -238,7 +320,8 @@ def infer_wrn_arch(state_dict: Mapping[str, torch.Tensor], source: Any = "state_
     if absent:
         raise ZsktError(
             f"checkpoint {source} does not hold a Wide ResNet (no {', '.join(absent)}; "
-            f"found keys {_few(list(state_dict))}); expected the keys of SPEC.md §1"
+            f"found keys {_few(list(state_dict))}); expected a Wide ResNet's keys as zskt and the authors' "
+            "code name them (conv1, block1-3.layer.N..., bn1, fc)"
         )
     blocks = {m.group(1) for key in state_dict if (m := re.match(r"block1\.layer\.(\d+)\.", key))}
     width = state_dict["block3.layer.0.conv1.weight"].shape[0]
@@ -279,12 +362,13 @@ def _unpack(obj: Any, path: Path, *, own: str, other: str, other_is: str, keys: 
                     f"expected {expected}, a {own} file or a bare state_dict")
 
 
-def _wrn_weights(obj: Any, path: Path) -> tuple[dict, Mapping | None]:
+def _network_weights(obj: Any, path: Path) -> tuple[dict, Mapping | None]:
     """(state_dict with the authors' key names, recorded arch or None) from whatever the file holds:
-    `state_dict` (authors' teachers, FSKT KD+AT students), `student_state_dict` (authors' zero-shot
-    students)."""
+    `state_dict` (authors' and zju-vipa teachers, FSKT KD+AT students), `student_state_dict` (authors'
+    zero-shot students)."""
     state, recorded = _unpack(obj, path, own=MODEL_FORMAT, other=GENERATOR_FORMAT,
-                              other_is="a generator, expected a Wide ResNet (use load_generator)",
+                              other_is="a generator, expected a Wide ResNet, ResNet or VGG "
+                                       "(use load_generator)",
                               keys=("state_dict", "student_state_dict"), what="network")
     state = _strip_prefixes(state, _WRAPPER_PREFIXES)
     if any(".nblockLayer." in key or key.startswith("batch_norm.") for key in state):
@@ -317,24 +401,27 @@ def _describe(depth: int, widen: int) -> str:
     return f"wrn-{depth}-{widen} (depth {depth}, widen {widen})"
 
 
-def load_model_for(path: str | os.PathLike, *, role: str, dataset: str, num_classes: int, in_channels: int,
-                   image_size: int | None, map_location: Any = "cpu", arch: str | Mapping | None = None) -> WideResNet:
+def load_model_for(path: str | os.PathLike, *, role: str, dataset: str | None, num_classes: int,
+                   in_channels: int, image_size: int | None, map_location: Any = "cpu",
+                   arch: str | Mapping | None = None) -> nn.Module:
     """`load_model` for a command's option (`role`, e.g. "--teacher"), checked against the data it will see:
     the class count and channels, and, where the project's own files record them, the data set and the image
     size it was trained on (and `arch` when given). Every error is one line naming the option and the fix.
     The file's record is kept as `model.meta` ({} for foreign files); with `image_size` None the size is left
-    for `check_image_size` once the images are loaded."""
+    for `check_image_size` once the images are loaded; with `dataset` None the recorded data set is not
+    checked."""
     obj = read_checkpoint(path, map_location)  # read once: the record, then the weights
     meta = obj.get("meta") if isinstance(obj, Mapping) and obj.get("format") == MODEL_FORMAT else None
     meta = dict(meta) if isinstance(meta, Mapping) else {}
-    if meta.get("dataset") and meta["dataset"] != dataset:
+    if dataset is not None and meta.get("dataset") and meta["dataset"] != dataset:
         raise ZsktError(f"{role} {path} was trained on {meta['dataset']}, not {dataset}; pass --dataset "
                         f"{meta['dataset']} or a network trained on {dataset}")
     try:
         model = _model_from(obj, Path(path), arch, num_classes=num_classes, in_channels=in_channels,
                             map_location=map_location)
     except ZsktError as e:
-        raise ZsktError(f"{role}: {e} ({dataset}: {num_classes} classes, {in_channels}-channel images)") from None
+        data = f"{dataset}: " if dataset is not None else ""
+        raise ZsktError(f"{role}: {e} ({data}{num_classes} classes, {in_channels}-channel images)") from None
     model.meta = meta
     if image_size is not None:
         check_image_size(model, role, path, image_size)
@@ -385,7 +472,8 @@ def infer_generator_arch(state_dict: Mapping[str, torch.Tensor], source: Any = "
     if absent:
         raise ZsktError(
             f"checkpoint {source} does not hold a generator (no {', '.join(absent)}; "
-            f"found keys {_few(list(state_dict))}); expected the keys of SPEC.md §2"
+            f"found keys {_few(list(state_dict))}); expected the generator's keys as zskt and the authors' "
+            "code name them (layers.0 ... layers.11)"
         )
     features, z_dim = state_dict["layers.0.weight"].shape  # Linear(z_dim -> 128 * s * s)
     side = round((features / 128) ** 0.5)

@@ -1,4 +1,4 @@
-"""A frozen Wide ResNet's batch norms as the affine maps they are, for the networks zskt only evaluates.
+"""A frozen network's batch norms as the affine maps they are, for the networks zskt only evaluates.
 
 A teacher in zero-shot and KD+AT, and both networks in belief matching, run in eval mode with fixed weights:
 each of their BatchNorm2d layers then computes y = x·scale + shift per channel. `frozen_copy` returns a copy
@@ -50,19 +50,60 @@ def _scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return scale.clone(), (bias.to(dtype) - bn.running_mean.to(dtype) * scale).detach().clone()
 
 
+def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
+    """The network's batch-norm layers (BatchNorm1d/2d/3d, SyncBatchNorm) with their dotted names, in module
+    order: where the inversion methods hook their statistic-matching loss. A copy from `frozen_copy` with
+    fold_bn=True has none left; use fold_bn=False for such a teacher."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """conv ← bn ∘ conv: weights scaled per output channel, the shift (plus the scaled bias) as the bias."""
+    scale, shift = _scale_shift(bn)
+    scale, shift = scale.to(conv.weight), shift.to(conv.weight)
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    conv.weight.mul_(scale.view(-1, 1, 1, 1))
+    conv.bias = nn.Parameter(shift, requires_grad=False)
+
+
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    return (type(conv) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
+            and bn.running_var is not None and conv.out_channels == bn.num_features)
+
+
 @torch.no_grad()
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A copy of `model` for evaluation only (eval mode, no parameter gradients) with its batch norms folded
-    into the convolution before them (Wide ResNet blocks' conv1 → bn2) or else turned into `FrozenAffine`;
-    `model` itself is left as it is. Any network works; only the Wide ResNet's blocks are folded."""
+def frozen_copy(model: nn.Module, *, fold_bn: bool = True) -> nn.Module:
+    """A copy of `model` for evaluation only (eval mode, no parameter gradients); `model` is left as it is.
+
+    With fold_bn (the default) each batch norm is folded into the convolution before it where that
+    convolution's output is exactly its input (a Wide ResNet block's conv1 → bn2, a CIFAR ResNet block's conv1
+    → bn1 and conv2 → bn2 and its stem's conv1 → bn1, and any Conv2d → BatchNorm2d pair of consecutive entries
+    of an nn.Sequential, so VGG's blocks and the ResNets' shortcuts) and else turned into `FrozenAffine`: the
+    same function with less memory traffic. A forward hook on a folded convolution then sees the batch-normed
+    values.
+    With fold_bn=False the batch norms stay BatchNorm modules (in eval mode, so their running statistics are
+    used and not updated), for methods that hook them (`batchnorm_layers`)."""
+    from zskt.models.resnet import BasicBlock as ResNetBlock
+    from zskt.models.resnet import ResNet
+
     frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    if not fold_bn:
+        return frozen
     for block in frozen.modules():
-        if isinstance(block, BasicBlock) and isinstance(block.bn2, nn.BatchNorm2d):
-            scale, shift = _scale_shift(block.bn2)
-            conv = block.conv1
-            conv.weight.mul_(scale.to(conv.weight.dtype).view(-1, 1, 1, 1))
-            conv.bias = nn.Parameter(shift.to(conv.weight), requires_grad=False)
+        if isinstance(block, BasicBlock) and _foldable(block.conv1, block.bn2):
+            _fold_into(block.conv1, block.bn2)
             block.bn2 = nn.Identity()
+        if isinstance(block, (ResNetBlock, ResNet)):  # a block's two pairs; the network's stem pair
+            for conv, bn in (("conv1", "bn1"), ("conv2", "bn2")):
+                if hasattr(block, conv) and _foldable(getattr(block, conv), getattr(block, bn)):
+                    _fold_into(getattr(block, conv), getattr(block, bn))
+                    setattr(block, bn, nn.Identity())
+        if isinstance(block, nn.Sequential):
+            for i in range(len(block) - 1):
+                if _foldable(block[i], block[i + 1]):
+                    _fold_into(block[i], block[i + 1])
+                    block[i + 1] = nn.Identity()
     for parent in list(frozen.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.BatchNorm2d):

@@ -149,12 +149,9 @@ class WideResNet(nn.Module):
 
     def arch(self) -> dict:
         """Everything needed to rebuild this network; the project's checkpoints record it."""
-        from zskt.models import MODELS  # imported here: the registry lives in the package that imports us
-
-        name = f"wrn-{self.depth}-{self.widen_factor}"
         return {
             "family": "wrn",
-            "name": name if MODELS.get(name) == (self.depth, self.widen_factor) else None,
+            "name": f"wrn-{self.depth}-{self.widen_factor}",  # every wrn-D-W builds by name
             "depth": self.depth,
             "widen_factor": self.widen_factor,
             "num_classes": self.num_classes,

@@ -9,7 +9,7 @@ from pathlib import Path
 from zskt.io import atomic_write_text
 from zskt.methods.registry import data_free_series, series_label
 from zskt.reports import published
-from zskt.reports.collect import Results
+from zskt.reports.collect import Results, Run, RunGroup, Stat, collect_other, group_runs, method_label
 from zskt.reports.plots import num_classes, plot_accuracy_vs_m, plot_transition_curves
 from zskt.runids import FIGURE_PAIR, PAIRS, TABLE1_M
 
@@ -257,7 +257,59 @@ def runs_section(results: Results) -> list[str]:
     return ["## Runs", "", *table(["run", "state", "result", "seconds"], rows)]
 
 
-def header(results: Results, root: Path) -> list[str]:
+def short_path(value) -> str:
+    """A file path as its last two parts (runs/teacher/model.pt -> teacher/model.pt); other values as is."""
+    if not isinstance(value, str) or "/" not in value:
+        return "" if value is None else str(value)
+    return "/".join(Path(value).parts[-2:])
+
+
+def stat_text(stat: Stat | None, digits: int = 2) -> str:
+    if stat is None:
+        return "—"
+    text = f"{stat.mean:.{digits}f}"
+    return text + (f" ± {stat.std:.{digits}f} (n={stat.n})" if stat.n > 1 else "")
+
+
+def option_text(value) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return "—" if value is None else str(value)
+
+
+def group_row(group: RunGroup, with_mte: bool) -> list[str]:
+    run: Run = group.first
+    teacher = run.result.get("teacher_arch") or short_path(run.value("teacher"))
+    student = short_path(run.value("student") or run.value("model"))
+    seconds = group.seconds_per_iteration()
+    cells = [method_label(run.command), teacher or "—", student or "—", str(run.value("dataset") or "—"),
+             ", ".join(f"{k}={option_text(v)}" for k, v in group.options),
+             ",".join(str(s) for s in group.seeds()),
+             stat_text(group.stat("test_accuracy")),
+             stat_text(group.stat("best_test_accuracy") or group.stat("test_accuracy")),
+             f"{seconds.mean:.3g}" if seconds else "—"]
+    if with_mte:
+        cells.append(stat_text(group.stat("mte"), 4))
+    return cells + [", ".join(f"`{r.id}`" for r in group.runs)]
+
+
+def other_runs_section(runs: list[Run], grid: bool) -> list[str]:
+    """The generic table of finished runs in folders that are not grid run ids, grouped over seeds."""
+    groups = group_runs(runs)
+    with_mte = any(isinstance(r.result.get("mte"), (int, float)) for r in runs)
+    header = ["method", "teacher", "student", "data set", "options that differ", "seeds",
+              "final accuracy (%)", "best accuracy (%)", "s / iteration"]
+    header += [*(["MTE"] if with_mte else []), "runs"]
+    title = "## Other runs (folders that are not run ids of the grids)" if grid else "## Runs"
+    note = ("Each row is one configuration: mean ± population std over its seeds (n runs) when runs differ "
+            "only in the seed; options that differ = the config fields that differ between the runs of that "
+            "method; best accuracy = the best test accuracy at any log point (the final one where the run "
+            "records no best); s / iteration = the run's median seconds per iteration (or train seconds / "
+            "iterations). From each run's config.json and result.json.")
+    return [title, "", note, "", *table(header, [group_row(g, with_mte) for g in groups])]
+
+
+def header(results: Results, root: Path, others: int = 0) -> list[str]:
     record = results.record
     done = len(results.rows)
     states = list(results.planned.values())
@@ -270,6 +322,9 @@ def header(results: Results, root: Path) -> list[str]:
     started, missing = states.count("started"), states.count("missing")
     count = f"{done} finished runs" + (f" of {planned} planned ({started} started, {missing} not started)"
                                        if planned else "")
+    if others:
+        count = f"{others} finished runs" if not (done or planned) else \
+            count + f", and {others} finished runs in folders that are not grid run ids"
     lines.append(f"Folder `{root}`: {count}. Built {datetime.datetime.now().isoformat(timespec='seconds')} from "
                  "the runs' result.json files (`zskt report DIR` rebuilds it).")
     lines.append("")
@@ -281,7 +336,7 @@ def header(results: Results, root: Path) -> list[str]:
     if teachers:
         lines.append("Teachers: " + "; ".join(f"{k}: {v}" for k, v in sorted(teachers.items())) + ".")
         lines.append("")
-    return lines + [LEGEND, ""]
+    return lines + ([LEGEND, ""] if done or planned else [])
 
 
 def report(root: str | Path) -> Path:
@@ -292,7 +347,14 @@ def report(root: str | Path) -> Path:
 
         raise ZsktError(f"{root} is not a folder; give an experiment folder (the --out of zskt reproduce/demo)")
     results = Results(root)
-    lines = header(results, root)
+    others = collect_other(root)
+    grid = bool(results.rows or results.planned)
+    lines = header(results, root, others=len(others))
+    if not grid and others:
+        lines += other_runs_section(others, grid=False)
+        path = root / REPORT
+        atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
+        return path
     for dataset in results.datasets():
         body = []
         for teacher, student in figure_pairs(results, dataset):
@@ -306,6 +368,8 @@ def report(root: str | Path) -> Path:
     lines += ["Published sources: " + "; ".join(f"**{published.SOURCES[k]}**: {v}"
                                                for k, v in published.SOURCE_NOTES.items()) + ".", ""]
     lines += runs_section(results)
+    if others:
+        lines += ["", *other_runs_section(others, grid=True)]
     path = root / REPORT
     atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
     return path
