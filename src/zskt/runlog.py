@@ -139,7 +139,8 @@ class RunLog:
                             "rerun with the original options or use another --out")
 
     def record_resolved(self, **values: Any) -> None:
-        """Add derived values (e.g. `schedule={...}`) to config.json under "resolved", after the config fields."""
+        """Add derived values (e.g. `schedule={...}`) to config.json under "resolved", after the config
+        fields."""
         self.resolved.update({k: _plain(v) for k, v in values.items()})
         if self.enabled:
             self._write_config()
