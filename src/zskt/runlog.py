@@ -185,7 +185,8 @@ class RunLog:
         try:
             return torch.load(path, map_location=map_location, weights_only=False), None
         except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing here
-            return None, f"checkpoint {path} cannot be read ({type(e).__name__}); delete it to start the run again"
+            return None, (f"checkpoint {path} cannot be read ({type(e).__name__}); delete it to start the run "
+                          "again")
 
     def _trim_metrics(self, step: int | None) -> None:
         path = self.out / "metrics.jsonl"
