@@ -40,7 +40,7 @@ def test_demo_plan_fits_its_budget():
     assert sum(estimate_seconds(r) for r in EXPERIMENTS["demo-quick"].runs()) < 60
 
 
-def test_thread_policy_uses_one_thread_on_a_busy_machine(monkeypatch):
+def test_thread_count_is_fixed_by_default_and_load_adaptive_only_on_request(monkeypatch):
     import torch
 
     from zskt.experiments import EXPERIMENTS, demo
@@ -49,11 +49,41 @@ def test_thread_policy_uses_one_thread_on_a_busy_machine(monkeypatch):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        policy = demo.ThreadPolicy()
-        monkeypatch.setattr(demo, "other_processes_cpu", lambda: 1.0)
-        assert "1 thread" in policy(run) and torch.get_num_threads() == 1
-        monkeypatch.setattr(demo, "other_processes_cpu", lambda: 0.0)
-        assert policy(run) == "" and torch.get_num_threads() == 2
+        monkeypatch.setattr(demo, "other_processes_cpu", lambda: 1.0)  # a busy machine
+        fixed = demo.ThreadPolicy()
+        assert fixed(run) == "" and torch.get_num_threads() == 2  # the load does not change the arithmetic
         assert demo.ThreadPolicy(fixed=1)(run) == "" and torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        adaptive = demo.ThreadPolicy(adaptive=True)  # --threads auto
+        assert "1 thread" in adaptive(run) and torch.get_num_threads() == 1
+        monkeypatch.setattr(demo, "other_processes_cpu", lambda: 0.0)
+        assert adaptive(run) == "" and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_demo_is_sized_to_the_machine_it_runs_on(tmp_path):
+    import dataclasses
+
+    from zskt.experiments import EXPERIMENTS
+    from zskt.experiments.demo import BUDGET_SECONDS, UnitCosts, fit_scale, probe_costs
+
+    demo = EXPERIMENTS["demo"]
+    reference = UnitCosts.reference()
+    assert fit_scale(demo, tmp_path / "a", reference)[0] == 1.0
+    # A machine five times slower than the reference: the demo shrinks until it fits in 90 % of 10 minutes.
+    slower = {k: 5 * v for k, v in reference.train_per_image.items()}
+    slow = dataclasses.replace(reference, train_per_image=slower,
+                               zero_shot_per_batch=5 * reference.zero_shot_per_batch,
+                               belief_per_pair_step=5 * reference.belief_per_pair_step)
+    scale, expected = fit_scale(demo, tmp_path / "b", slow)
+    assert 0 < scale < 1 and expected <= 0.9 * BUDGET_SECONDS
+    # A folder that holds runs keeps their scale (experiment.json refuses a mix).
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "experiment.json").write_text('{"scale": 0.5}')
+    assert fit_scale(demo, tmp_path / "c", reference)[0] == 0.5
+    # The probe measures positive costs for the demo's networks here, in seconds.
+    costs = probe_costs("cpu")
+    assert set(costs.train_per_image) == {"wrn-16-2", "wrn-16-1"}
+    assert costs.train_per_image["wrn-16-2"] > 0 and costs.zero_shot_per_batch > 0
+    assert "probed on cpu" in costs.source

@@ -7,6 +7,7 @@ and turns any user-fixable problem into a one-line `zskt: error: ...` with exit 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import sys
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from zskt.config import add_config_arguments, config_from_args, option_name, replay_values, to_dict
-from zskt.errors import PeerError, ZsktError
+from zskt.errors import PeerError, ZsktError, describe_os_error
 
 
 class Parser(argparse.ArgumentParser):
@@ -36,10 +37,12 @@ class Command:
 def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *, description: str = "",
                        required: tuple[str, ...] = (), aliases: dict | None = None,
                        prepare: Callable | None = None, out_required: bool = True) -> Command:
-    """A training command: config options + `--out/--resume/--overwrite/--quiet/--config/--tensorboard`, run
-    folder, result line. `out_required=False` leaves checking `--out` to the caller (a command that can also
-    just print). The `required` config fields are checked after parsing (`command_config`), so that
-    `--config RUN/config.json` can supply them."""
+    """A training command: config options + `--out/--resume/--overwrite/--quiet/--config/--tensorboard` (and
+    `--allow-config-change`, `--trust-checkpoint`, `--threads`), run folder, result line. `out_required=False`
+    leaves checking `--out` to the caller (a command that can also just print). The `required` config fields
+    are checked after parsing (`command_config`), so that `--config RUN/config.json` can supply them. The run
+    folder's lock is released however the run ends; a run that fails before its first checkpoint puts back
+    the run an `--overwrite` set aside."""
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         run_opts = parser.add_argument_group("run folder")
@@ -55,16 +58,32 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
         run_opts.add_argument("--tensorboard", action="store_true",
                               help="also write TensorBoard event files to OUT/tensorboard (needs the "
                               "tensorboard extra: pip install 'zskt[tensorboard]')")
+        run_opts.add_argument("--allow-config-change", type=_names, default=(), metavar="NAME,...",
+                              help="with --resume: continue from the checkpoint with these options changed "
+                              "(e.g. lr after a divergence); the change is recorded in config.json")
+        if "trust_checkpoint" not in {f.name for f in dataclasses.fields(config_cls)}:  # else a config field
+            run_opts.add_argument("--trust-checkpoint", action="store_true",
+                                  help="read checkpoint files that need a full unpickle (which can run any "
+                                  "code); only for files whose origin you trust")
+        add_threads_argument(run_opts)
         add_config_arguments(parser, config_cls, required_later=required, aliases=aliases)
 
     def main(args: argparse.Namespace) -> int:
         from zskt.distributed import RunContext
+        from zskt.models.checkpoints import trusting_checkpoints
         from zskt.runlog import RunLog
         from zskt.runtime import environment, resolve_device, resolve_precision
 
+        set_threads(args.threads)
+        if args.allow_config_change and not args.resume:
+            raise ZsktError("--allow-config-change applies to --resume only; add --resume or drop it")
         cfg = command_config(name, config_cls, args, required)
         if prepare is not None:
             prepare(cfg)
+        if getattr(cfg, "sync_bn", False) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from zskt.distributed import check_sync_batchnorm
+
+            check_sync_batchnorm(True, resolve_device(cfg.device))  # every rank, before any collective
         with RunContext(cfg.device) as ctx:
             device = ctx.device or resolve_device(cfg.device)
             # Under torchrun only rank 0 checks and writes the run folder; its verdict reaches every rank, so
@@ -73,12 +92,17 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
             try:
                 log = RunLog(args.out, command=name, config=to_dict(cfg), environment=environment(device),
                              resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
-                             enabled=ctx.is_main, tensorboard=args.tensorboard)
+                             enabled=ctx.is_main, tensorboard=args.tensorboard,
+                             allow_change=args.allow_config_change)
                 precision = getattr(cfg, "precision", None)
                 log.record_runtime(device=device, precision=resolve_precision(precision, device).name
                                    if isinstance(precision, str) else None)
             except ZsktError as e:
                 error = str(e)
+            except OSError as e:  # e.g. an --out that cannot be created: one line, on every rank
+                error = describe_os_error(e)
+            if error and log is not None:
+                log.close(failed=True)
             if ctx.distributed:
                 from zskt.distributed import broadcast_object
 
@@ -87,7 +111,15 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
                     raise PeerError(error)
             if error:
                 raise ZsktError(error)
-            result = run(cfg, log)
+            try:
+                with trusting_checkpoints(bool(getattr(args, "trust_checkpoint", False))):
+                    result = run(cfg, log)
+            except BaseException:
+                log.close(failed=True)
+                if log.restored:  # cli.main adds this to its one line
+                    args._restored = str(log.out)
+                raise
+            log.close()
         if ctx.is_main:
             shown = ", ".join(f"{k} {result[k]:.2f}" + ("%" if "accuracy" in k else "")
                               for k in ("test_accuracy", "mte") if isinstance(result.get(k), float))
@@ -109,10 +141,32 @@ def command_config(name: str, config_cls: type, args: argparse.Namespace, requir
     return config_from_args(config_cls, args, base=base)
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """`lr,student_lr` -> the config field names (dashes as underscores)."""
+    return tuple(n.strip().replace("-", "_") for n in text.split(",") if n.strip())
+
+
+def add_threads_argument(parser) -> None:
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for PyTorch (default: one per core, fixed for the run, "
+                        "recorded in environment.json; the thread count can change a CPU run's rounding)")
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply `--threads`: a fixed count, whatever the machine's load (docs/decisions.md)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ZsktError(f"--threads {threads}: expected a positive number of threads")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 # The subcommands that are not training methods: name -> module that defines `COMMAND`. The training methods'
 # subcommands are built from the method registry (zskt.methods.registry.METHODS) and listed after `demo`.
 COMMANDS = {
-    "demo": "zskt.experiments.demo",
+    "demo": "zskt.commands.demo",
     "belief": "zskt.evaluate.belief_cli",
     "reproduce": "zskt.commands.reproduce",
     "report": "zskt.reports.cli",
@@ -169,14 +223,29 @@ def main(argv: list[str] | None = None) -> int:
         return args._command.main(args) or 0
     except PeerError:
         return 2
-    except ZsktError as e:
+    except (ZsktError, OSError, MemoryError) as e:
+        # Expected failures, one line each: the user's mistake (ZsktError), the file system's refusal
+        # (OSError: permission, not a folder, no space, read-only), host memory running out.
+        if isinstance(e, ZsktError):
+            message = str(e)
+        elif isinstance(e, OSError):
+            message = describe_os_error(e)
+        else:
+            message = "out of host memory; lower --batch-size or --eval-batch-size, or free memory, and rerun"
+        restored = getattr(args, "_restored", None)
+        if restored:
+            message += f"; the run that --overwrite replaced in {restored} was put back intact"
         rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
         where = f" (rank {rank})" if rank not in (None, "0") else ""
-        print(f"zskt {args.command}: error{where}: {e}", file=sys.stderr, flush=True)
+        print(f"zskt {args.command}: error{where}: {message}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
-        hint = "; continue with the same command and --resume" if out else ""
+        restored = getattr(args, "_restored", None)
+        if restored:
+            hint = f"; the run that --overwrite replaced in {restored} was put back intact"
+        else:
+            hint = "; continue with the same command and --resume" if out else ""
         print(f"zskt {args.command}: interrupted{hint}", file=sys.stderr, flush=True)
         return 130
 

@@ -193,6 +193,7 @@ def replay_values(path: str, command: str) -> dict[str, Any]:
         raise ZsktError(f"--config {path} is the config of `zskt {was}`, not of `zskt {command}`; "
                         f"replay it with zskt {was} --config {path}")
     resolved = saved.pop("resolved", None) or {}
+    saved.pop("config_changes", None)  # a resume's record of changed options (runlog.CONFIG_CHANGES)
     for name, record in (resolved.get("inputs") or {}).items():
         value = saved.get(name)
         if isinstance(value, str) and value and not Path(value).is_file() and Path(record["path"]).is_file():

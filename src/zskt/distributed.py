@@ -224,6 +224,15 @@ class Shard:
             sum_gradients(parameters)
 
 
+def check_sync_batchnorm(enabled: bool, device: torch.device) -> None:
+    """Refuse `--sync-bn` off CUDA. The CLI calls it on every rank before the process group is made, so the
+    refusal never waits on a peer (a rank that fails while another is inside a collective could otherwise
+    leave that one to gloo's timeout or a traceback of its own, depending on timing)."""
+    if enabled and device.type != "cuda":
+        raise ZsktError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); on CPU leave it off: "
+                        "each rank then normalises over its own shard of the batch (docs/distributed.md)")
+
+
 def use_sync_batchnorm(module: torch.nn.Module, enabled: bool, device: torch.device) -> torch.nn.Module:
     """`--sync-bn`: under torchrun, BatchNorm layers normalise over the global batch (PyTorch's
     SyncBatchNorm), as a single process does; converted in place (state_dict keys unchanged). Off, or in a
@@ -231,9 +240,7 @@ def use_sync_batchnorm(module: torch.nn.Module, enabled: bool, device: torch.dev
     refused."""
     if not enabled or world()[1] <= 1:
         return module
-    if device.type != "cuda":
-        raise ZsktError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); on CPU leave it off: "
-                        "each rank then normalises over its own shard of the batch (docs/distributed.md)")
+    check_sync_batchnorm(enabled, device)
     converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if converted is not module:
         raise ZsktError("--sync-bn: a bare BatchNorm module cannot be converted in place")

@@ -6,6 +6,7 @@ the KL reduction and the attention distance, and the code's forms are the defaul
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -172,3 +173,142 @@ def kd_at_loss(
     if beta:
         loss = loss + attention_loss(student_acts, teacher_acts, beta)
     return loss
+
+
+# ------------------------------------------------------------------------ data-free generator family
+# The generator objectives of DAFL (Chen et al. 2019), DFAD (Fang et al. 2019) and DFQ (Choi et al. 2020) as
+# the zju-vipa DataFree code computes them (`datafree/synthesis/generative.py`, `datafree/hooks.py`): each
+# term a small function, weighted and summed by the method (docs/data_free.md). Each computes in float32 at
+# least (bf16 inputs under autocast) and keeps float64 as float64, so the step tests can compare in float64.
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def one_hot_loss(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """DAFL's one-hot loss, Eq. (2) of Chen et al.: CE(t, argmax t), mean over the batch. Pushes each pseudo
+    image towards a confident teacher prediction; the target is the teacher's own arg-max (no gradient through
+    it).
+    # (B, C) -> ()
+    """
+    logits = _wide(teacher_logits)
+    return F.cross_entropy(logits, logits.detach().argmax(dim=1))
+
+
+def activation_loss(features: torch.Tensor) -> torch.Tensor:
+    """DAFL's activation loss, Eq. (3): −mean |f_T| over batch and features, f_T the teacher's penultimate
+    features (the pooled input of its classifier). Minimising it makes the features large.
+    # (B, D) -> ()
+    """
+    return -_wide(features).abs().mean()
+
+
+def information_entropy_loss(teacher_logits: torch.Tensor, log_base: float | None = None) -> torch.Tensor:
+    """DAFL's information-entropy loss, Eq. (4), the benchmark code's `loss_balance`: Σ_c p̄_c log p̄_c
+    with p̄ = the teacher's softmax averaged over the batch, i.e. minus the entropy of the mean prediction.
+    Minimising it balances the classes over the batch. Natural log as the DataFree code; DAFL's own code takes
+    log10 (`log_base=10`), which only divides the term by ln 10.
+    # (B, C) -> ()
+    """
+    p = F.softmax(_wide(teacher_logits), dim=1).mean(dim=0)
+    total = (p * torch.log(p)).sum()
+    return total / math.log(log_base) if log_base else total
+
+
+def bn_statistic_loss(mean: torch.Tensor, var: torch.Tensor, running_mean: torch.Tensor,
+                      running_var: torch.Tensor) -> torch.Tensor:
+    """One BatchNorm layer's statistic-matching term (DFQ's BN-statistic loss, DeepInversion's R_feature) as
+    the DataFree code's `DeepInversionHook` computes it: ‖μ − μ_BN‖₂ + ‖σ² − σ²_BN‖₂, plain L2 norms (not
+    squared, no per-layer scale), with μ, σ² the batch mean and *biased* variance of the layer's input over
+    (B, H, W).
+    DFQ's paper states the matching as a divergence between the per-channel Gaussians the statistics describe;
+    the code's norms are what produced the benchmark's numbers and are computed here.
+    # (C,), (C,), (C,), (C,) -> ()
+    """
+    return (torch.linalg.vector_norm(_wide(running_var) - _wide(var))
+            + torch.linalg.vector_norm(_wide(running_mean) - _wide(mean)))
+
+
+def l1_logit_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """DFAD's discrepancy, Eq. (5) of Fang et al. 2019: mean absolute difference of the logits, over batch and
+    classes (`F.l1_loss`). The student minimises it; the generator maximises it (`−l1_logit_loss`).
+    # (B, C), (B, C) -> ()
+    """
+    return F.l1_loss(_wide(student_logits), _wide(teacher_logits))
+
+
+def kd_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+               temperature: float = 1.0) -> torch.Tensor:
+    """The DataFree code's `KLDiv`: T² · KL(softmax(t/T) ‖ softmax(s/T)), summed over classes and averaged
+    over the batch (`batchmean`). Its student loss and, negated, the adversarial term of DFQ and ZSKT there.
+    # (B, C), (B, C) -> ()
+    """
+    log_p_student = F.log_softmax(_wide(student_logits) / temperature, dim=1)
+    log_p_teacher = F.log_softmax(_wide(teacher_logits) / temperature, dim=1)
+    # From log-probabilities (log_target): the value of kl_div(log q, p), finite where p underflows to 0.
+    kl = F.kl_div(log_p_student, log_p_teacher, reduction="sum", log_target=True) / student_logits.shape[0]
+    return kl * temperature**2
+
+
+# ------------------------------------------------------------------------ data-free inversion family
+# DeepInversion (Yin et al. 2020), CMI (Fang et al. 2021) and Fast (Fang et al. 2022) as the zju-vipa code
+# computes their terms (docs/data_free.md); float64 stays float64, as above.
+
+
+def batch_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance over batch and space of a (B, C, H, W) batch: what a train-mode
+    BatchNorm2d would normalise with. One fused `var_mean`, in float32 at least. # (B, C, H, W) -> (C,), (C,)"""
+    x = _wide(features)
+    var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+    return mean, var
+
+
+def js_divergence_clamped(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                          temperature: float = 3.0) -> torch.Tensor:
+    """The adaptive-DeepInversion competition term as both reference codes compute it (NVlabs
+    `deepinversion_cifar10.py`, zju-vipa `criterions.jsdiv`): with P = softmax(s/T), Q = softmax(t/T),
+    M = (P + Q)/2, each clamped to [0.01, 0.99] after M is formed, ½·KL(M ‖ P) + ½·KL(M ‖ Q), batchmean.
+    The paper writes the Jensen-Shannon divergence ½KL(P‖M) + ½KL(Q‖M); the code's arguments are the other
+    way round (F.kl_div(log P, M) is KL(M ‖ P)). # (B, K), (B, K) -> ()"""
+    p = F.softmax(_wide(student_logits) / temperature, dim=1)
+    q = F.softmax(_wide(teacher_logits) / temperature, dim=1)
+    m = (0.5 * (p + q)).clamp(0.01, 0.99)
+    p, q = p.clamp(0.01, 0.99), q.clamp(0.01, 0.99)
+    batch = student_logits.shape[0]
+    return 0.5 * (F.kl_div(p.log(), m, reduction="sum") + F.kl_div(q.log(), m, reduction="sum")) / batch
+
+
+def agreement_adversarial_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """CMI's and Fast's "decision adversarial" term: −mean over the batch of KL(softmax(t) ‖ softmax(s)) per
+    sample, counting only samples on which student and teacher predict the same class (the others add 0 but
+    still count in the mean). Minimising it moves the images towards disagreement. # (B, K), (B, K) -> ()"""
+    log_p_student = F.log_softmax(_wide(student_logits), dim=1)
+    p_teacher = F.softmax(_wide(teacher_logits), dim=1)
+    per_sample = F.kl_div(log_p_student, p_teacher, reduction="none").sum(1)
+    agree = (student_logits.argmax(1) == teacher_logits.argmax(1)).to(per_sample.dtype)
+    return -(per_sample * agree).mean()
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """DeepInversion's image prior R_TV (`get_image_prior_losses`, the L2 form): the sum of the Frobenius
+    norms of the differences to the right, down, down-left and down-right neighbours. # (B, C, H, W) -> ()"""
+    x = _wide(images)
+    diffs = (x[..., :, :-1] - x[..., :, 1:], x[..., :-1, :] - x[..., 1:, :],
+             x[..., 1:, :-1] - x[..., :-1, 1:], x[..., :-1, :-1] - x[..., 1:, 1:])
+    return sum(torch.linalg.vector_norm(d) for d in diffs)
+
+
+def contrastive_loss(local_projection: torch.Tensor, global_projection: torch.Tensor, n_current: int,
+                     temperature: float) -> torch.Tensor:
+    """CMI's instance-discrimination loss (Fang et al. 2021, Eq. 6, the code's "naive implementation"):
+    rows are the L2-normalised head outputs of the local views (current batch first, then the memory bank's
+    cached ones), columns those of the global views, which get no gradient. logits = local · globalᵀ / τ; each
+    row's positive is its own global view (the diagonal); cross-entropy per row. With cached rows the loss is
+    mean(current rows) + mean(cached rows), so the current batch's gradient is not diluted by the bank size;
+    without, the mean over the current rows. # (N, D), (N, D) -> ()"""
+    logits = _wide(local_projection) @ _wide(global_projection.detach()).T / temperature
+    per_row = F.cross_entropy(logits, torch.arange(len(logits), device=logits.device), reduction="none")
+    if len(per_row) > n_current:
+        return per_row[:n_current].mean() + per_row[n_current:].mean()
+    return per_row.mean()

@@ -3,14 +3,28 @@
 A run folder holds `config.json` (resolved config), `environment.json`, `metrics.jsonl` (one JSON row per log
 interval), `checkpoint.pt` (everything needed to resume), the final weights, and `result.json`, written last:
 a folder with `result.json` is finished, and nothing aggregates anything else. All writes are atomic.
+
+Nothing is lost (docs/decisions.md, "Run folders: one writer, safe overwrite"):
+- one writer per run folder: a `RunLog` holds an exclusive lock on the sibling file `.NAME.lock` (process id,
+  host, command, start time) until `close()` or the process's end; a second writer is refused in one line, and
+  a lock left by a killed process (the kernel released its `flock`) is taken over;
+- `--overwrite` renames the old folder to the sibling `.NAME.previous` and deletes it only once the new run
+  has written its first checkpoint or its result (`commit_overwrite`, called by `save_checkpoint`, `finish`);
+  a run that fails before that is rolled back (`close(failed=True)`), and a start after a kill -9 in between
+  finishes the job: it restores the old run unless the new one got as far as a checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import json
 import math
 import os
+import shutil
+import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -18,16 +32,19 @@ from typing import Any
 
 import torch
 
-from zskt.errors import ZsktError
+from zskt.errors import ZsktError, describe_os_error
 from zskt.io import atomic_torch_save, atomic_write_json, atomic_write_text, file_record
 
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"
 # Options that may differ between an interrupted run and its resumption without changing the result.
-RESUME_FREE = frozenset({"device", "data_dir", "download", "quiet"})
+RESUME_FREE = frozenset({"device", "data_dir", "download", "quiet", "trust_checkpoint"})
 # config.json's entry for what a method derives from the config before training (the schedule, a preset):
 # written by `record_resolved`, for reading; a resume does not compare it, since it follows from the config.
 RESOLVED = "resolved"
+# config.json's record of the options changed on a resume with --allow-config-change (a list, one entry per
+# resume: {"step": None or the checkpoint's step, "changed": {name: [before, after]}}).
+CONFIG_CHANGES = "config_changes"
 # Config fields that name input files: a run records each one's absolute path and sha256 (`io.file_record`).
 INPUT_FIELDS = ("teacher", "student", "init")
 # Without a terminal, a progress row at least this often (seconds), so a job under a scheduler shows it is
@@ -53,8 +70,26 @@ def read_json(path: Path) -> dict:
         raise ZsktError(f"{path} is not valid JSON ({e}); delete it and rerun") from None
 
 
+def aside_path(out: Path) -> Path:
+    """Where `--overwrite` keeps the run it replaces until the new run's checkpoint (`.NAME.previous`)."""
+    out = Path(os.path.abspath(out))  # "run/", "./run" and "." name the folder itself
+    return out.parent / f".{out.name}.previous"
+
+
+def lock_path(out: Path) -> Path:
+    """The lock file of run folder `out`: `.NAME.lock` beside it, so that setting the folder aside (an
+    overwrite) or deleting it never drops the lock of the process writing it."""
+    out = Path(os.path.abspath(out))
+    return out.parent / f".{out.name}.lock"
+
+
 class RunLog:
-    """Writes one run folder. Pass `enabled=False` on non-zero ranks of a distributed run: nothing is written.
+    """Writes one run folder. Pass `enabled=False` on non-zero ranks of a distributed run: nothing is written
+    and no lock is taken (rank 0 holds it). Call `close()` when the run ends (`close(failed=True)` when it
+    failed: an overwrite not yet committed is rolled back); the CLI does.
+
+    `allow_change` names config fields that a `resume` may change (e.g. learning rates after a divergence);
+    what changed is recorded in config.json under "config_changes" and kept in `config_changes`.
 
     Provenance: `started` (first start, kept across --resume) and `finished` go to environment.json and
     result.json; config fields named in INPUT_FIELDS that are files get `inputs` records (absolute path,
@@ -65,7 +100,8 @@ class RunLog:
 
     def __init__(self, out: str | Path, *, command: str, config: dict, environment: dict | None = None,
                  resume: bool = False, overwrite: bool = False, quiet: bool = False, enabled: bool = True,
-                 tensorboard: bool = False, progress_every: float | None = None):
+                 tensorboard: bool = False, progress_every: float | None = None,
+                 allow_change: tuple[str, ...] | frozenset[str] = ()):
         self.out = Path(out)
         self.command = command
         self.config = config
@@ -82,36 +118,82 @@ class RunLog:
         self._bar = None
         self._writer = None
         self.environment: dict | None = None
+        self.config_changes: dict[str, list] = {}
+        self._history: list = []
+        self._lock: RunLock | None = None
+        self._aside: Path | None = None
+        self.restored = False  # set by close(failed=True) when it put back the run an overwrite had set aside
         if not enabled:
             return
+        unknown = sorted(set(allow_change) - set(config))
+        if unknown:
+            raise ZsktError(f"--allow-config-change names {', '.join(unknown)}, which "
+                            f"{'is not an option' if len(unknown) == 1 else 'are not options'} of {command}; "
+                            f"choose among {', '.join(sorted(config))}")
         if self.out.exists() and not self.out.is_dir():
-            raise ZsktError(f"--out {self.out} exists and is not a folder")
+            raise ZsktError(f"--out {self.out} exists and is not a folder; choose another --out")
+        try:
+            self._lock = RunLock(self.out, command)
+        except OSError as e:  # e.g. under /proc, or under a regular file
+            raise ZsktError(f"--out {self.out} cannot be made: {describe_os_error(e)}") from None
+        if self._lock.stale:
+            held = self._lock.stale
+            self.print(f"{self.out}: took over the lock of process {held.get('pid', '?')} on "
+                       f"{held.get('host', '?')}, which is no longer running")
+        try:
+            self._open(resume, overwrite, frozenset(allow_change), environment, tensorboard)
+        except BaseException:
+            self.close_tensorboard()
+            self._lock.release()
+            raise
+
+    def _open(self, resume: bool, overwrite: bool, allow_change: frozenset[str], environment: dict | None,
+              tensorboard: bool) -> None:
+        self._recover_overwrite()
         if is_finished(self.out) and not overwrite:
             raise ZsktError(f"{self.out} already holds a finished run ({RESULT}); choose another --out, "
                             "or pass --overwrite to replace it")
         has_checkpoint = (self.out / CHECKPOINT).is_file()
         if overwrite:
-            for name in (RESULT, CHECKPOINT, "metrics.jsonl"):
-                (self.out / name).unlink(missing_ok=True)
             has_checkpoint = False
         elif resume and has_checkpoint:
-            self._check_same_config()
+            self._check_same_config(allow_change)
         elif has_checkpoint:
             raise ZsktError(f"{self.out} holds an unfinished run; pass --resume to continue it, "
                             "or --overwrite to start again")
         if resume and has_checkpoint:
             self.started = self._first_start() or self.started
-        if tensorboard:  # before anything is written: a missing package is a one-line error, no folder
-            self._writer = tensorboard_writer(self.out / "tensorboard")
-        self.inputs = input_records(config)
+        self.inputs = input_records(self.config)
         if self.inputs:
             self.resolved["inputs"] = self.inputs
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._write_config()
-        if environment is not None:
-            self.environment = {**environment, "started": self.started,
-                                **({"inputs": self.inputs} if self.inputs else {})}
-            atomic_write_json(self.out / "environment.json", self.environment)
+        if overwrite and self.out.is_dir() and any(self.out.iterdir()):
+            here = Path.cwd().resolve()
+            if self.out.resolve() in (here, *here.parents):
+                raise ZsktError(f"--overwrite {self.out} would replace the folder this command runs in; "
+                                "run it from another folder")
+            # Set the old run aside in one rename (same parent, so the same file system): it comes back
+            # intact if the new run fails before its first checkpoint.
+            self._aside = aside_path(self.out)
+            os.replace(self.out, self._aside)
+        if not (resume and has_checkpoint):
+            # A run killed before its first checkpoint starts again from step 0: its rows would be doubled.
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        created = not self.out.exists()
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if tensorboard:  # after the set-aside, so the event files go to the new run
+                self._writer = tensorboard_writer(self.out / "tensorboard")
+            self._write_config()
+            if environment is not None:
+                self.environment = {**environment, "started": self.started,
+                                    **({"inputs": self.inputs} if self.inputs else {})}
+                atomic_write_json(self.out / "environment.json", self.environment)
+        except BaseException:  # e.g. no tensorboard package: nothing left behind, the old run back
+            self.close_tensorboard()
+            if created:
+                shutil.rmtree(self.out, ignore_errors=True)
+            self._rollback()
+            raise
 
     def _first_start(self) -> str | None:
         """When the run in this folder first started (environment.json of an earlier process), if known."""
@@ -120,27 +202,74 @@ class RunLog:
         except (OSError, ValueError, AttributeError):
             return None
 
-    def _write_config(self) -> None:
-        resolved = {RESOLVED: self.resolved} if self.resolved else {}
-        atomic_write_json(self.out / "config.json", {"command": self.command, **self.config, **resolved})
+    def _recover_overwrite(self) -> None:
+        """Finish an overwrite that a killed process left half done (we hold the lock: no one else writes).
+        If the new run got as far as a checkpoint or result the old one goes, otherwise it comes back."""
+        aside = aside_path(self.out)
+        if not aside.is_dir():
+            return
+        if (self.out / CHECKPOINT).is_file() or is_finished(self.out):
+            shutil.rmtree(aside)
+            return
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        os.replace(aside, self.out)
+        self.print(f"{self.out}: restored the run that an interrupted --overwrite had set aside")
 
-    def _check_same_config(self) -> None:
+    def _write_config(self) -> None:
+        changes = {CONFIG_CHANGES: self._history} if self._history else {}
+        resolved = {RESOLVED: self.resolved} if self.resolved else {}
+        atomic_write_json(self.out / "config.json",
+                          {"command": self.command, **self.config, **changes, **resolved})
+
+    def _check_same_config(self, allow_change: frozenset[str]) -> None:
         path = self.out / "config.json"
         if not path.is_file():
             return
         saved = read_json(path)
         saved.pop("command", None)
         saved.pop(RESOLVED, None)
+        self._history = list(saved.pop(CONFIG_CHANGES, None) or [])
         differ = sorted(k for k in set(saved) | set(self.config)
                         if k not in RESUME_FREE and saved.get(k) != self.config.get(k))
-        if differ:
-            shown = ", ".join(f"{k}: {saved.get(k)!r} -> {self.config.get(k)!r}" for k in differ[:4])
-            raise ZsktError(f"cannot resume {self.out} with a different config ({shown}); "
-                            "rerun with the original options or use another --out")
+        refused = [k for k in differ if k not in allow_change]
+        if refused:
+            shown = ", ".join(f"{k}: {saved.get(k)!r} -> {self.config.get(k)!r}" for k in refused[:4])
+            raise ZsktError(f"cannot resume {self.out} with a different config ({shown}); rerun with the "
+                            "original options, use another --out, or (to continue from the checkpoint with "
+                            "changed options, e.g. a lower learning rate) pass --allow-config-change "
+                            f"{','.join(refused)}")
+        self.config_changes = {k: [saved.get(k), self.config.get(k)] for k in differ}
+        if self.config_changes:
+            step = _checkpoint_step(self.out / CHECKPOINT)
+            self._history.append({"step": step, "changed": self.config_changes})
+            self.print("resuming with changed options: " + ", ".join(
+                f"{k} {a!r} -> {b!r}" for k, (a, b) in self.config_changes.items()))
+
+    def apply_lr_change(self, name: str, optimizer: Any, *schedules: Any) -> bool:
+        """After `optimizer` and its `schedules` were restored from the checkpoint: when config field `name`
+        (a learning rate) was changed on this resume (`--allow-config-change`), scale the restored learning
+        rates and the schedules' base rates by new/old, so the run continues exactly as if it had been
+        started with the new rate (every schedule here is a factor of its base rate). True if it did."""
+        if name not in self.config_changes:
+            return False
+        old, new = self.config_changes[name]
+        if not (isinstance(old, (int, float)) and isinstance(new, (int, float)) and old > 0):
+            raise ZsktError(f"--allow-config-change {name}: cannot rescale a learning rate of {old!r} to "
+                            f"{new!r}")
+        factor = new / old
+        for group in optimizer.param_groups:
+            group["lr"] *= factor
+            if "initial_lr" in group:
+                group["initial_lr"] *= factor
+        for schedule in schedules:
+            schedule.base_lrs = [lr * factor for lr in schedule.base_lrs]
+            if hasattr(schedule, "_last_lr"):
+                schedule._last_lr = [group["lr"] for group in optimizer.param_groups]
+        return True
 
     def record_resolved(self, **values: Any) -> None:
-        """Add derived values (e.g. `schedule={...}`) to config.json under "resolved", after the config
-        fields."""
+        """Add derived values (e.g. `schedule={...}`) to config.json under "resolved", after the config."""
         self.resolved.update({k: _plain(v) for k, v in values.items()})
         if self.enabled:
             self._write_config()
@@ -155,8 +284,11 @@ class RunLog:
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
+        """Write checkpoint.pt atomically (a failed write, e.g. a full disk, leaves the previous one valid);
+        the first one commits an `--overwrite`."""
         if self.enabled:
             atomic_torch_save(self.out / CHECKPOINT, state)
+            self.commit_overwrite()
 
     def load_checkpoint(self, map_location: Any = "cpu") -> dict | None:
         """The last checkpoint, or None. Metrics rows past the checkpoint are dropped (they will be redone).
@@ -182,11 +314,15 @@ class RunLog:
         path = self.out / CHECKPOINT
         if not path.is_file():
             return None, None
+        from zskt.models.checkpoints import UntrustedCheckpoint, safe_load
+
         try:
-            return torch.load(path, map_location=map_location, weights_only=False), None
+            return safe_load(path, map_location=map_location), None
+        except UntrustedCheckpoint as e:
+            return None, str(e)
         except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing here
-            return None, (f"checkpoint {path} cannot be read ({type(e).__name__}); delete it to start the run "
-                          "again")
+            return None, (f"checkpoint {path} cannot be read ({type(e).__name__}); start the run again with "
+                          "--overwrite (or delete the file)")
 
     def _trim_metrics(self, step: int | None) -> None:
         path = self.out / "metrics.jsonl"
@@ -272,7 +408,7 @@ class RunLog:
             atomic_write_json(self.out / name, obj)
 
     def finish(self, result: dict) -> dict:
-        """Write result.json (last, atomically) and remove the resume checkpoint."""
+        """Write result.json (last, atomically), commit an `--overwrite`, remove the resume checkpoint."""
         self.close_progress()
         result = {"command": self.command, **{k: _plain(v) for k, v in result.items()}}
         for key, value in self.runtime.items():
@@ -288,6 +424,7 @@ class RunLog:
                                                                   "finished": result["finished"]})
             self.close_tensorboard()
             atomic_write_json(self.out / RESULT, result)
+            self.commit_overwrite()
             (self.out / CHECKPOINT).unlink(missing_ok=True)
         return result
 
@@ -295,6 +432,244 @@ class RunLog:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+    # -- overwrite and lock ------------------------------------------------------------------------------
+    def commit_overwrite(self) -> None:
+        """Delete the run that `--overwrite` set aside: the new run has a checkpoint or result of its own."""
+        if self._aside is not None:
+            shutil.rmtree(self._aside, ignore_errors=True)
+            self._aside = None
+
+    def _rollback(self) -> bool:
+        if self._aside is None or not self._aside.is_dir():
+            return False
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        os.replace(self._aside, self.out)
+        self._aside = None
+        return True
+
+    def close(self, failed: bool = False) -> None:
+        """End the run: with `failed`, put back the run an uncommitted `--overwrite` set aside (then
+        `restored` is True); release the lock. Safe to call twice."""
+        self.close_progress()
+        self.close_tensorboard()
+        if failed and self.enabled:
+            self.restored = self._rollback()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    try:
+        from zskt.models.checkpoints import safe_load
+
+        step = safe_load(path).get("step")
+        return step if isinstance(step, int) else None
+    except Exception:  # noqa: BLE001 - a label only; the run reads (and judges) the checkpoint itself
+        return None
+
+
+class RunLock:
+    """One writer per run folder: an exclusive `flock` on `.NAME.lock` beside the folder, holding the writer's
+    process id, host, command and start time (for the message to a second writer).
+
+    The kernel drops a `flock` when its process dies, however it dies, so a lock file left by a killed process
+    is simply taken over (on this host, and on network file systems whose `flock` is honoured across hosts).
+    Where a file system has no `flock`, the lock falls back to the process id: a lock whose process is gone
+    from this host is taken over; one from another host is refused, naming the file to delete.
+
+    Within one process a new lock on a folder takes the lock over from the earlier `RunLock` (whose `release`
+    then does nothing): runs one after another in one process (the demo's in-process executor, tests that
+    resume a run they interrupted) are that process's own business."""
+
+    def __init__(self, out: Path, command: str):
+        import fcntl
+
+        self.path = lock_path(out)
+        self.key = os.path.abspath(self.path)
+        self.fd: int | None = None
+        self.stale: dict = {}
+        self._made: list[Path] = []
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+        earlier = _HELD.get(self.key)
+        if earlier is not None and earlier.fd is not None:
+            self.fd, earlier.fd = earlier.fd, None
+            self._made, earlier._made = earlier._made, []
+            _write_lock(self.fd, info)
+            _HELD[self.key] = self
+            return
+        self._made = _make_parents(self.path.parent)
+        for _ in range(5):  # retry when the file was replaced between our open and our lock
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                _flock_waiting_for_exit(fd, fcntl.LOCK_EX)
+            except BlockingIOError:
+                holder = _read_lock(fd)
+                os.close(fd)
+                self._unmake()
+                raise ZsktError(_held_message(out, holder, self.path)) from None
+            except OSError as e:
+                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    os.close(fd)
+                    raise
+                holder = _read_lock(fd)  # no flock here: judge by the recorded process
+                if holder and not _is_stale(holder):
+                    os.close(fd)
+                    self._unmake()
+                    raise ZsktError(_held_message(out, holder, self.path)) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the previous holder removed the file as we opened it: take the new one
+                os.close(fd)
+                continue
+            self.stale = _read_lock(fd)  # what a killed process left, if anything
+            _write_lock(fd, info)
+            self.fd = fd
+            _HELD[self.key] = self
+            return
+        self._unmake()
+        raise ZsktError(f"cannot lock {self.path}: it keeps being replaced by another process; retry")
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()  # while still locked: a waiting writer then finds a fresh file
+        os.close(self.fd)
+        self.fd = None
+        if _HELD.get(self.key) is self:
+            del _HELD[self.key]
+        self._unmake()
+
+    def _unmake(self) -> None:
+        for folder in reversed(self._made):  # parents this lock created, if nothing else went into them
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        self._made = []
+
+
+_HELD: dict[str, RunLock] = {}  # lock file -> the RunLock of this process that holds it
+
+
+def held_by(out: str | Path) -> dict | None:
+    """The process writing run folder `out` ({"pid", "host", "command", "started"}), or None when no live
+    process holds its lock (the runner skips such a run instead of starting a second writer)."""
+    import fcntl
+
+    path = lock_path(Path(out))
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            _flock_waiting_for_exit(fd, fcntl.LOCK_SH)
+        except BlockingIOError:
+            return _read_lock(fd) or {"pid": "?"}
+        except OSError:
+            holder = _read_lock(fd)
+            return holder if holder and not _is_stale(holder) else None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+EXIT_GRACE = 30.0  # seconds to wait for a killed holder to finish exiting (its memory is freed first)
+
+
+def _flock_waiting_for_exit(fd: int, kind: int) -> None:
+    """`flock(kind | LOCK_NB)`; while the holder (on this host) is a process that is exiting, e.g. killed
+    with SIGKILL a moment ago and still freeing its memory before the kernel closes its files, retry until it
+    is gone (at most EXIT_GRACE seconds). Raises BlockingIOError when a live process holds the lock."""
+    import fcntl
+
+    deadline = time.monotonic() + EXIT_GRACE
+    while True:
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            holder = _read_lock(fd)
+            if time.monotonic() > deadline or not _exiting(holder):
+                raise
+            time.sleep(0.05)
+
+
+def _exiting(holder: dict) -> bool:
+    """Whether the lock's recorded process, on this host, is gone, a zombie, or has SIGKILL pending."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        status = Path(f"/proc/{holder['pid']}/status").read_text()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if fields.get("State", "").strip()[:1] in ("Z", "X"):
+        return True
+    sigkill = 1 << (signal.SIGKILL - 1)
+    try:
+        return any(int(fields.get(key, "0").strip(), 16) & sigkill for key in ("SigPnd", "ShdPnd"))
+    except ValueError:
+        return False
+
+
+def _write_lock(fd: int, info: dict) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """mkdir -p `folder`; returns the folders it created, outermost first."""
+    made = []
+    for parent in reversed([folder, *folder.parents]):
+        if not parent.exists():
+            try:
+                parent.mkdir()
+                made.append(parent)
+            except FileExistsError:
+                pass
+    return made
+
+
+def _read_lock(fd: int) -> dict:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        return info if isinstance(info, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _is_stale(holder: dict) -> bool:
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def describe_holder(holder: dict) -> str:
+    if not holder:
+        return "another zskt process"
+    return (f"zskt {holder.get('command', '?')} (process {holder.get('pid', '?')} on "
+            f"{holder.get('host', '?')}, started {holder.get('started', '?')})")
+
+
+def _held_message(out: Path, holder: dict, path: Path) -> str:
+    who = describe_holder(holder)
+    return (f"{out} is being written by {who}; wait for it to end or stop it, then rerun (if that process is "
+            f"gone, delete {path})")
 
 
 def progress_seconds() -> float:

@@ -148,8 +148,9 @@ def reproduce(experiment: Experiment, spec: GridSpec, out: Path, *, list_only: b
     report_path = report(out) if report else None
     finished = len(outcome.done) + len(outcome.skipped)
     printer(f"{experiment.name}: {len(outcome.done)} run(s) done now, {finished}/{len(runs)} finished, "
-            f"{len(outcome.failed)} failed, {len(outcome.blocked)} waiting on a failed run; "
-            f"{format_seconds(outcome.seconds)}")
+            f"{len(outcome.failed)} failed, {len(outcome.blocked)} waiting on a failed run"
+            + (f", {len(outcome.busy)} being written by another process" if outcome.busy else "")
+            + f"; {format_seconds(outcome.seconds)}")
     for run_id, rc in outcome.failed.items():
         printer(f"  failed (exit status {rc}): {run_id}; see {out / run_id / 'output.log'}")
     if report_path:

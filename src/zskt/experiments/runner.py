@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from zskt.experiments.grid import Run, order_runs
-from zskt.runlog import CHECKPOINT, RESULT, is_finished, read_json
+from zskt.runlog import CHECKPOINT, RESULT, describe_holder, held_by, is_finished, read_json
 
 DONE, PARTIAL, TODO = "done", "partial", "todo"
 OUTPUT_LOG = "output.log"  # the command's own output, appended on every attempt, in its run folder
@@ -183,11 +183,12 @@ class Outcome:
     skipped: list[str] = field(default_factory=list)  # already finished before it
     failed: dict[str, int] = field(default_factory=dict)  # id -> exit status
     blocked: dict[str, str] = field(default_factory=dict)  # id -> the failed run it needs
+    busy: dict[str, str] = field(default_factory=dict)  # id -> the other process writing its folder
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.blocked
+        return not self.failed and not self.blocked and not self.busy
 
 
 def headline(run: Run, out: Path) -> str:
@@ -279,9 +280,14 @@ def execute(runs: list[Run], out: Path, *, executor: Callable[[list[str], Path, 
     running: set[str] = set()
     try:
         while True:
-            for run in ready_runs(runs, out, skip=set(outcome.failed) | running):
+            for run in ready_runs(runs, out, skip=set(outcome.failed) | set(outcome.busy) | running):
                 if not pool.has_room():
                     break
+                holder = held_by(out / run.id)
+                if holder is not None:  # one writer per run folder: another zskt is running this one
+                    outcome.busy[run.id] = describe_holder(holder)
+                    printer(f"    skipped {run.id}: {outcome.busy[run.id]} is writing it; rerun when it ends")
+                    continue
                 index += 1
                 resumed = " (resuming)" if "--resume" in run_argv(run, out, common) else ""
                 expected = f", about {format_seconds(estimate(run))}" if estimate else ""
@@ -299,8 +305,8 @@ def execute(runs: list[Run], out: Path, *, executor: Callable[[list[str], Path, 
         pool.cancel()
         raise
     for run in runs:
-        if not is_finished(out / run.id) and run.id not in outcome.failed:
-            cause = blocked_by(run, by_id, set(outcome.failed))
+        if not is_finished(out / run.id) and run.id not in outcome.failed and run.id not in outcome.busy:
+            cause = blocked_by(run, by_id, set(outcome.failed) | set(outcome.busy))
             if cause:
                 outcome.blocked[run.id] = cause
     outcome.seconds = time.perf_counter() - t_start

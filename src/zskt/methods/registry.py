@@ -9,9 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zskt.data import preset
 from zskt.errors import ZsktError
+from zskt.methods.cmi import CMIConfig, run_cmi
+from zskt.methods.deepinversion import DeepInversionConfig, run_deepinversion
+from zskt.methods.fast import FastConfig, run_fast
 from zskt.methods.kd_at import KDATConfig, check_files, kd_at
-from zskt.methods.schedule import schedule_command
+from zskt.methods.schedule import make_schedule, schedule_command
 from zskt.methods.train import TrainConfig, train
 from zskt.methods.zero_shot import ZeroShotConfig, run_zero_shot
 from zskt.runids import Series
@@ -37,10 +41,36 @@ class Method:
     command: Callable | None = None
     check: Callable[[Any], None] | None = None  # checks the config's files before the run folder is made
     reads: tuple[str, ...] = ("test",)  # the data splits a run reads (data-free methods: the test split only)
+    cost: Callable[[dict, dict, Any, Any], float] | None = None  # seconds of a run at the demo's unit costs
 
     @property
     def label(self) -> str:
         return self.series[0].label
+
+
+# ------------------------------------------------------------------------------------ the demo's time estimates
+
+
+def supervised_seconds(options: dict, tags: dict, info, costs) -> float:
+    """Seconds of a train or kd-at run at the demo's probed unit costs (zskt/experiments/demo.py)."""
+    o = options
+    student = o.get("model") or o.get("student", "wrn-16-1")
+    per_image = costs.per_image(student)
+    m = o.get("images_per_class", -1)
+    epochs = make_schedule(info.name, info.n_train, m, 128, base_epochs=o.get("epochs")).epochs
+    if "teacher" in tags:  # kd-at:  # the teacher's forward pass on every training image
+        per_image += costs.per_image(tags.get("teacher", "wrn-16-2")) / 3
+    evaluations = epochs // max(1, epochs // 100)  # every epochs/100 epochs (the commands' default)
+    return (epochs * (info.n_train if m < 0 else m * info.num_classes) * per_image
+            + evaluations * info.n_test * costs.per_image(student) / 3)
+
+
+def zero_shot_seconds(options: dict, tags: dict, info, costs) -> float:
+    """Seconds of a zero-shot run at the demo's probed unit costs."""
+    iterations = options.get("iterations") or preset(info.name, "zero-shot", "iterations", "--iterations")
+    evaluations = min(iterations, 100)  # every iterations/100 pseudo batches (the command's default)
+    student = options.get("student", "wrn-16-1")
+    return iterations * costs.zero_shot_per_batch + evaluations * info.n_test * costs.per_image(student) / 3
 
 
 def data_free(name: str, label: str) -> tuple[Series, ...]:
@@ -57,7 +87,8 @@ METHODS: dict[str, Method] = {
         "Train a network from scratch with the paper's recipe (SGD 0.1, momentum 0.9, wd 5e-4, lr /5 after 30, "
         "60 and 80 percent of the epochs, batch 128). With --images-per-class M it is the few-shot 'no teacher' "
         "baseline on M images per class, with the authors' epoch scaling (docs/kd_at.md).",
-        required=(), aliases={"images_per_class": ("-M",)}, command=schedule_command, reads=("train", "test")),
+        required=(), aliases={"images_per_class": ("-M",)}, command=schedule_command, reads=("train", "test"),
+        cost=supervised_seconds),
     "zero-shot": Method(
         ZeroShotConfig, run_zero_shot, data_free("zero-shot", "zero-shot"),
         "zero-shot transfer from a teacher file into a student (the paper's Algorithm 1)",
@@ -67,7 +98,7 @@ METHODS: dict[str, Method] = {
         "student 2e-3), cosine annealing, grad-norm clip 5, batch 128. Only the test split is read (for "
         "evaluation). Writes model.pt (the student), generator.pt, pseudo/*.png, metrics.jsonl and result.json "
         "(final test_accuracy, best_test_accuracy, seconds_per_iteration). See docs/zero_shot.md.",
-        aliases={"iterations": ("-N",)}),
+        aliases={"iterations": ("-N",)}, cost=zero_shot_seconds),
     "kd-at": Method(
         KDATConfig, kd_at,
         (Series("kd-at", "{dataset}/kd-at/{teacher}_{student}/M{m}/seed{seed}", "KD+AT"),
@@ -82,7 +113,34 @@ METHODS: dict[str, Method] = {
         "with the same KD+AT run (--finetune-epochs to shorten it). The no-teacher baseline is `zskt train "
         "--images-per-class M`. See docs/kd_at.md.",
         required=("teacher", "images_per_class"), aliases={"images_per_class": ("-M",)}, command=schedule_command,
-        check=check_files, reads=("train", "test")),
+        check=check_files, reads=("train", "test"), cost=supervised_seconds),
+    "deepinversion": Method(
+        DeepInversionConfig, run_deepinversion, data_free("deepinversion", "DeepInversion"),
+        "DeepInversion/ADI: invert the teacher's BN statistics into images, distil on the bank of them",
+        "DeepInversion with the adaptive competition term (Yin et al. 2020) as the zju-vipa benchmark runs it: per "
+        "round, a batch of images optimised from noise (Adam 0.1, 1000 steps) to match the teacher's batch-norm "
+        "statistics (x10), be classified as random classes and make teacher and student disagree (JS), with a "
+        "TV prior; the best batch joins the image bank; 400 student steps (T = 20 KL, SGD 0.1) on the bank. "
+        "Only the test split is read. See docs/data_free.md.",
+        aliases={"iterations": ("-N",)}),
+    "cmi": Method(
+        CMIConfig, run_cmi, data_free("cmi", "CMI"),
+        "CMI: contrastive model inversion (a generator re-initialised per batch, contrastive head, memory bank)",
+        "Contrastive model inversion (Fang et al. 2021) as its authors' benchmark script runs it: per round a "
+        "generator, re-initialised, is optimised with its latent codes for 200 steps on BN statistics, one-hot, "
+        "agreement-masked adversarial and a contrastive loss over a memory bank of earlier images' features; "
+        "the best batch joins the image bank; 400 student steps (T = 20 KL, SGD 0.1) on the bank. See "
+        "docs/data_free.md.",
+        aliases={"iterations": ("-N",)}),
+    "fast": Method(
+        FastConfig, run_fast, data_free("fast", "Fast"),
+        "Fast: a meta-learned generator initialisation, a few synthesis steps per batch (Fast-10 by default)",
+        "Fast data-free distillation (Fang et al. 2022, 'fast_meta') as its authors' scripts run it: per round a "
+        "copy of the meta generator and fresh latent codes take g_steps (10) Adam steps on BN statistics, one-hot "
+        "and agreement-masked adversarial terms; the meta generator takes a first-order MAML (or Reptile) step; "
+        "the best batch joins the image bank; 400 student steps (T = 20 KL, SGD 0.2, cosine) on the bank after "
+        "20 warm-up rounds. See docs/data_free.md.",
+        aliases={"iterations": ("-N",)}),
 }
 
 

@@ -110,6 +110,7 @@ class Scaffold:
         self._trained: list[torch.nn.Module] = []
         self._evaluation: tuple | None = None
         self._on_log: list[Callable[[int], dict | None]] = []
+        self._rates: list[tuple] = []
         self._t0 = time.perf_counter()
 
     # -- networks --------------------------------------------------------------------------------------------
@@ -134,6 +135,11 @@ class Scaffold:
         torch.Generator."""
         for name, obj in objects.items():
             self._tracked[name] = _RNGState(obj) if isinstance(obj, torch.Generator) else obj
+
+    def learning_rate(self, name: str, optimizer: torch.optim.Optimizer, *schedules: Any) -> None:
+        """Config field `name` is the learning rate of `optimizer` (and its `schedules`): a resume with
+        `--allow-config-change name` rescales them after they are restored, as if the run had begun with it."""
+        self._rates.append((name, optimizer, *schedules))
 
     def evaluate_on(self, model: torch.nn.Module, split, mean, std, batch_size: int = 500) -> None:
         """Test `model` on `split` at every log point; the last evaluation is the run's `test_accuracy`."""
@@ -236,6 +242,8 @@ class Scaffold:
                             "with --overwrite")
         for name, obj in self._tracked.items():
             obj.load_state_dict(state["state"][name])
+        for name, optimizer, *schedules in self._rates:
+            self.log.apply_lr_change(name, optimizer, *schedules)
         torch.set_rng_state(state["rng"].cpu())
         if self.device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)

@@ -130,7 +130,7 @@ class ZeroShotState:
     def build(cls, student: torch.nn.Module, generator: Generator, cfg: ZeroShotConfig,
               device: torch.device | str = "cpu") -> ZeroShotState:
         n = cfg.total_iterations
-        cosine = lambda b: 0.5 * (1.0 + math.cos(math.pi * b / n))  # noqa: E731 - CosineAnnealingLR(T_max=N), eta_min 0
+        cosine = lambda b: 0.5 * (1.0 + math.cos(math.pi * b / n))
         stu, gen = adam(student.parameters(), cfg.student_lr), adam(generator.parameters(), cfg.generator_lr)
         lam = torch.optim.lr_scheduler.LambdaLR
         return cls(student, generator, stu, gen, lam(stu, cosine), lam(gen, cosine),
@@ -270,6 +270,8 @@ def zero_shot(cfg: ZeroShotConfig, log: RunLog, teacher: torch.nn.Module, studen
     # The generator is always in train mode (batch statistics), as the authors'.
     state = ZeroShotState.build(run.train_module(student), run.train_module(generator), cfg, run.device)
     run.track(**state.checkpointed())
+    run.learning_rate("student_lr", state.student_optimiser, state.student_schedule)
+    run.learning_rate("generator_lr", state.generator_optimiser, state.generator_schedule)
     run.evaluate_on(state.student, test_split, mean, std, cfg.eval_batch_size)
     teacher_accuracy = run.evaluate(teacher)
     log.print(f"zero-shot {n} pseudo batches of {cfg.batch_size} ({cfg.n_generator_steps} generator + "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import os
 import pickle
 import re
@@ -106,12 +107,87 @@ def _unwrap(module: nn.Module) -> nn.Module:
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+class UntrustedCheckpoint(ZsktError):
+    """A checkpoint that only a full unpickle could read (which can run any code), refused without trust."""
+
+
+_TRUST = contextvars.ContextVar("zskt_trust_checkpoints", default=False)
+
+
+@contextlib.contextmanager
+def trusting_checkpoints(trust: bool = True):
+    """Within this block, checkpoints that need a full unpickle are read (`--trust-checkpoint` sets it for a
+    command): for files whose origin you trust, since unpickling one can run any code."""
+    token = _TRUST.set(bool(trust))
+    try:
+        yield
+    finally:
+        _TRUST.reset(token)
+
+
+def _allowed_globals() -> list:
+    """The classes and functions that the files zskt reads hold besides tensors and plain containers, allowed
+    by name to `torch.load(weights_only=True)`: `argparse.Namespace` (the authors' files keep their `args`)
+    and NumPy arrays and scalars (FSKT's KD+AT files keep a NumPy index array under `indices`), under both the
+    NumPy 1 (`numpy.core`) and NumPy 2 (`numpy._core`) module names."""
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # NumPy 1
+        from numpy.core import multiarray
+    allowed: list = [argparse.Namespace, np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
+    for name in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed += [(multiarray._reconstruct, f"{name}._reconstruct"), (multiarray.scalar, f"{name}.scalar")]
+    dtypes = getattr(np, "dtypes", None)  # NumPy >= 1.25 pickles a dtype's class
+    if dtypes is not None:
+        names = getattr(dtypes, "__all__", ())
+        allowed += [getattr(dtypes, n) for n in names if isinstance(getattr(dtypes, n, None), type)]
+    return allowed
+
+
+def safe_load(path: str | os.PathLike, map_location: Any = "cpu", trust: bool | None = None) -> Any:
+    """`torch.load` that never runs code from the file: `weights_only=True` with `_allowed_globals`. A file
+    that needs anything else raises UntrustedCheckpoint (one line naming what and `--trust-checkpoint`),
+    unless `trust` (default: `trusting_checkpoints`, i.e. --trust-checkpoint) allows a full unpickle."""
+    if trust is None:
+        trust = _TRUST.get()
+    if trust:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        with _allowing(_allowed_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # Only a reference to a Python global that is not allowed means "needs trust"; anything else the
+        # weights-only unpickler stumbles on (an unknown opcode) is a corrupt file, for the caller to report.
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if "weights only load failed" not in str(err).lower() or not found:
+            raise
+        what = f"a reference to {found.group(1)}"
+        raise UntrustedCheckpoint(
+            f"checkpoint {path} holds {what}, which only a full unpickle can read, and that can run any "
+            "code; if you trust the file's origin, pass --trust-checkpoint (Python: trust=True)"
+        ) from None
+
+
+def _allowing(allowed: list):
+    # safe_globals arrived in PyTorch 2.5, add_safe_globals (process-wide) in 2.4; before that only tensors
+    # and plain containers load without trust.
+    serialization = torch.serialization
+    if hasattr(serialization, "safe_globals"):
+        return serialization.safe_globals(allowed)
+    if hasattr(serialization, "add_safe_globals"):
+        serialization.add_safe_globals(allowed)
+    return contextlib.nullcontext()
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", trust: bool | None = None) -> Any:
     """``torch.load`` with a one-line ZsktError for a missing, foreign, truncated or corrupt file.
 
-    Files are first loaded with ``weights_only=True`` (with ``argparse.Namespace`` allowed, which the authors'
-    files hold under ``args``). A file that needs other Python objects (the FSKT files may hold NumPy index
-    arrays under ``indices``) is then unpickled in full: checkpoints are trusted files, as with any pickle.
+    Files load with ``weights_only=True`` and an explicit allow-list (`_allowed_globals`: the authors' `args`
+    and FSKT's NumPy `indices`), so reading one never runs code from it. A file that needs a full unpickle
+    (e.g. a pickled whole network) is refused in one line unless ``trust`` (default: the command's
+    ``--trust-checkpoint``, `trusting_checkpoints`) says its origin is trusted.
     """
     path = Path(path)
     if not path.exists():
@@ -143,13 +219,9 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
             f"checkpoint {path} is not a PyTorch checkpoint ({kind}); expected a file written by torch.save"
         )
     try:
-        try:
-            with _allow_namespace():
-                return torch.load(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as err:
-            if "weights only load failed" not in str(err).lower():
-                raise
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return safe_load(path, map_location, trust)
+    except UntrustedCheckpoint:
+        raise
     except (EOFError, pickle.UnpicklingError, RuntimeError, ValueError, zipfile.BadZipFile) as err:
         raise ZsktError(
             f"checkpoint {path} is truncated or corrupt ({_reason(err)}); "
@@ -160,12 +232,6 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
             f"checkpoint {path} could not be unpickled ({_reason(err)}); expected tensors and plain "
             "containers (a pickled whole network needs the code that defined it)"
         ) from err
-
-
-def _allow_namespace():
-    # safe_globals arrived in PyTorch 2.5; without it a file holding `args` takes the full-unpickling path.
-    safe_globals = getattr(torch.serialization, "safe_globals", None)
-    return safe_globals([argparse.Namespace]) if safe_globals is not None else contextlib.nullcontext()
 
 
 def _reason(err: BaseException) -> str:
@@ -185,6 +251,7 @@ def load_model(
     num_classes: int | None = None,
     in_channels: int | None = None,
     map_location: Any = "cpu",
+    trust: bool | None = None,
 ) -> nn.Module:
     """Rebuild a network from a checkpoint, load it strictly and return it in eval mode.
 
@@ -197,9 +264,10 @@ def load_model(
     ``"resnet-34"``, any case, or an ``arch()`` dict), ``num_classes`` and ``in_channels`` are checks: when
     given, a file holding something else is an error. The network ends up on ``map_location`` when that names
     a device.
+    ``trust=True`` reads a file that needs a full unpickle (`read_checkpoint`).
     """
     path = Path(path)
-    return _model_from(read_checkpoint(path, map_location), path, arch, num_classes=num_classes,
+    return _model_from(read_checkpoint(path, map_location, trust), path, arch, num_classes=num_classes,
                        in_channels=in_channels, map_location=map_location)
 
 
@@ -442,7 +510,8 @@ def check_image_size(model: nn.Module, role: str, path: str | os.PathLike, image
 # ---------------------------------------------------------------------------------------------- generators
 
 
-def load_generator(path: str | os.PathLike, map_location: Any = "cpu") -> Generator:
+def load_generator(path: str | os.PathLike, map_location: Any = "cpu", *,
+                   trust: bool | None = None) -> Generator:
     """Rebuild a Generator from a ``zskt-generator`` file or an authors' zero-shot file, loaded strictly.
 
     From an authors' file the weights are ``generator_state_dict`` with the LearnableLoader's ``generator.``
@@ -450,7 +519,7 @@ def load_generator(path: str | os.PathLike, map_location: Any = "cpu") -> Genera
     The generator is returned in train mode: the authors only ever run it with batch statistics.
     """
     path = Path(path)
-    obj = read_checkpoint(path, map_location)
+    obj = read_checkpoint(path, map_location, trust)
     state, recorded = _unpack(obj, path, own=GENERATOR_FORMAT, other=MODEL_FORMAT,
                               other_is="a Wide ResNet, expected a generator (use load_model)",
                               keys=("generator_state_dict",), what="generator")
