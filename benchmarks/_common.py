@@ -18,6 +18,12 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from zskt.runtime import FORCE_BF16_ENV, cpu_has_native_bf16
+
+# The benchmarks time bf16 on purpose, also on a CPU that only emulates it (the header says which): zskt would
+# otherwise refuse it there. Child processes (the `zskt` command, memory children) inherit this.
+os.environ.setdefault(FORCE_BF16_ENV, "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Peak FLOP/s of the development machine: 2 cores of an AMD EPYC (CPU family 26, Zen 5: full-width AVX-512 and
@@ -62,10 +68,17 @@ def cpu_model() -> str:
 
 def machine(device: torch.device) -> dict:
     """Where and when the numbers were taken."""
-    info = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "torch": torch.__version__, "python": platform.python_version(), "device": str(device),
-            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average": load_average()}
+    info = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
+        "load_average": load_average(),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
@@ -73,8 +86,45 @@ def machine(device: torch.device) -> dict:
 
 
 def describe_machine(info: dict) -> str:
-    where = info.get("gpu") or f"{info['cpu']}, {info['cpu_count']} CPUs, {info['torch_threads']} torch threads"
+    where = info.get("gpu") or (
+        f"{info['cpu']}, {info['cpu_count']} CPUs, {info['torch_threads']} torch threads, "
+        f"native bf16 {'yes' if info['cpu_native_bf16'] else 'NO (bf16 is emulated)'}"
+    )
     return f"{info['date']}  {where}  torch {info['torch']}  load average {info['load_average']}"
+
+
+def require_finite(what: str, *values) -> None:
+    """Stop the benchmark if a loss it computed is NaN or infinite: timing NaN arithmetic measures nothing
+    (and can be faster or slower than the real thing)."""
+    for v in values:
+        v = torch.as_tensor(v)
+        if not bool(torch.isfinite(v).all()):
+            raise RuntimeError(
+                f"{what}: non-finite value {v.flatten()[:4].tolist()}; the benchmark's networks "
+                "produce NaN or inf, so its timings would not be of real arithmetic"
+            )
+
+
+@torch.no_grad()
+def temper_logits(teacher: torch.nn.Module, inputs: torch.Tensor, spread: float = 4.0) -> torch.nn.Module:
+    """Scale a randomly initialised network's classifier so that its logits on `inputs` spread by about
+    `spread` per sample (max − min), as a trained teacher's do (mean max-probability ~0.5-0.9).
+
+    A random WRN-40-2's logits spread by 70-90 on generator output: its softmax is then one-hot, a few steps
+    of the adversarial generator push the gap past ~100, the teacher's probabilities underflow to 0 in
+    float32, and the authors' KL back-propagates NaN. The tempered network does the same arithmetic, on finite
+    numbers. Returns `teacher` (changed in place); its mode is left as it was.
+    """
+    was_training = teacher.training
+    logits, _ = teacher.eval()(inputs)
+    teacher.train(was_training)
+    gap = (logits.amax(1) - logits.amin(1)).mean().item()
+    fc = teacher.fc
+    factor = spread / max(gap, 1e-6)
+    fc.weight.mul_(factor)
+    if fc.bias is not None:
+        fc.bias.mul_(factor)
+    return teacher
 
 
 def measure_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.5, n: int = 2048) -> float:
@@ -85,9 +135,12 @@ def measure_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.5,
     b = torch.randn(n, n, device=device, dtype=dtype)
     c = torch.empty(n, n, device=device, dtype=dtype)
     x = torch.randn(32, 256, 32, 32, device=device, dtype=dtype).to(memory_format=torch.channels_last)
-    conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).to(device, dtype).to(memory_format=torch.channels_last)
-    cases = ((lambda: torch.mm(a, b, out=c), 2 * n**3),
-             (lambda: conv(x), 2 * 32 * 256 * 256 * 9 * 32 * 32))
+    conv = (
+        torch.nn.Conv2d(256, 256, 3, padding=1, bias=False)
+        .to(device, dtype)
+        .to(memory_format=torch.channels_last)
+    )
+    cases = ((lambda: torch.mm(a, b, out=c), 2 * n**3), (lambda: conv(x), 2 * 32 * 256 * 256 * 9 * 32 * 32))
     best = 0.0
     with torch.no_grad():
         for run, flops in cases:
@@ -116,7 +169,9 @@ def peak_for(peak: dict, precision: str) -> float | None:
     return reference or measured
 
 
-def interleaved(cases: dict[str, Callable[[], float]], repeats: int, *, verbose: bool = False) -> dict[str, list]:
+def interleaved(
+    cases: dict[str, Callable[[], float]], repeats: int, *, verbose: bool = False
+) -> dict[str, list]:
     """Run every case once per repeat in turn (A B C A B C ...), so slow drifts of the machine's load hit all
     cases alike; returns each case's list of seconds."""
     times = {name: [] for name in cases}
@@ -124,7 +179,11 @@ def interleaved(cases: dict[str, Callable[[], float]], repeats: int, *, verbose:
         for name, case in cases.items():
             times[name].append(case())
             if verbose:
-                print(f"  repeat {r + 1}/{repeats}  {name:<28} {times[name][-1]:8.3f} s", file=sys.stderr, flush=True)
+                print(
+                    f"  repeat {r + 1}/{repeats}  {name:<28} {times[name][-1]:8.3f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return times
 
 
@@ -162,19 +221,26 @@ def rss_mib() -> float:
 
 
 def child_peak_memory(script: Path, args: list[str], timeout: float = 1800) -> dict:
-    """Run `script --memory-child ...args` in a fresh process and return the JSON it prints last: the peak memory
-    of one configuration, free of what other configurations allocated in the parent."""
-    out = subprocess.run([sys.executable, str(script), *args], check=False, capture_output=True, text=True, timeout=timeout,
-                         cwd=ROOT)
+    """Run `script --memory-child ...args` in a fresh process and return the JSON it prints last: the peak
+    memory of one configuration, free of what other configurations allocated in the parent."""
+    out = subprocess.run(
+        [sys.executable, str(script), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"{script.name} {' '.join(args)} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 class FlopCount:
-    """FLOPs of what runs inside `with FlopCount() as c:` (c.total), counted by torch.utils.flop_counter's formulas
-    (matmuls and convolutions, forward and backward, 2 FLOPs per multiply-add) as FlopCounterMode counts them,
-    but without its module hooks, which `torch.autograd.grad` does not allow (belief matching uses it)."""
+    """FLOPs of what runs inside `with FlopCount() as c:` (c.total), counted by torch.utils.flop_counter's
+    formulas (matmuls and convolutions, forward and backward, 2 FLOPs per multiply-add) as FlopCounterMode
+    counts them, but without its module hooks, which `torch.autograd.grad` does not allow (belief matching
+    uses it)."""
 
     def __enter__(self):
         self.counter = FlopCounterMode(display=False)
@@ -228,8 +294,11 @@ def start(title: str, device: torch.device, measure: bool = True) -> tuple[dict,
     print(f"# {title}: {describe_machine(info)}", flush=True)
     peak = peaks(device, measure=measure)
     for name, (ref, measured) in peak.items():
-        print(f"# peak {name}: reference {ref} GFLOP/s, measured now "
-              f"{'-' if measured is None else f'{measured:.0f}'} GFLOP/s", flush=True)
+        print(
+            f"# peak {name}: reference {ref} GFLOP/s, measured now "
+            f"{'-' if measured is None else f'{measured:.0f}'} GFLOP/s",
+            flush=True,
+        )
     return info, peak
 
 

@@ -32,8 +32,9 @@ def main(argv=None) -> None:
     p.add_argument("--json-dir", default=None, help="write zero_shot.json, train.json, belief.json, data_free.json here")
     args = p.parse_args(argv)
     repeats = "1" if args.quick else str(args.repeats)
-    common = ["--device", args.device, "--repeats", repeats] + (["--threads", str(args.threads)] if args.threads
-                                                                  else [])
+    common = ["--device", args.device, "--repeats", repeats] + (
+        ["--threads", str(args.threads)] if args.threads else []
+    )
     extra = [] if args.quick else ["--memory"]
 
     def out(name):
@@ -48,8 +49,11 @@ def main(argv=None) -> None:
     steps = ["--steps", "10"] if args.device.startswith("cuda") else []
     bench_train.main([*common, *extra, *steps, *out("train")])
     print()
-    belief = ["--pairs", "9000", "--steps", "5", "--authors-images", "3", "--authors-steps", "10"] \
-        if args.device.startswith("cuda") else []
+    belief = (
+        ["--pairs", "9000", "--steps", "5", "--authors-images", "3", "--authors-steps", "10"]
+        if args.device.startswith("cuda")
+        else []
+    )
     bench_belief.main([*common, *belief, *out("belief")])
     print()
     bench_data_free.main([*common, *(["--bf16"] if args.device.startswith("cuda") else []), *out("data_free")])

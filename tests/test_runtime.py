@@ -1,4 +1,5 @@
-"""The host allocator setting the `zskt` command makes (runtime.keep_freed_host_memory)."""
+"""The host allocator setting the `zskt` command makes (runtime.keep_freed_host_memory), and the precision
+defaults (float32 everywhere, bf16 refused on a CPU that can only emulate it)."""
 
 import ctypes
 import json
@@ -7,6 +8,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+from zskt import runtime
+from zskt.errors import ZsktError
 
 # A child process allocates and frees a 64 MiB tensor 20 times and reports its minor page faults over those
 # rounds (after ten warm-up rounds), how much of its memory is in mmap-served blocks while such a tensor is
@@ -38,13 +43,20 @@ print(json.dumps({"setting": setting, "faults": after - before, "mapped_mib": ma
 
 
 def _child(mode: str, **env) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, check=True,
-                          env={**os.environ, **env})
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **env},
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "mallinfo2"),
-                    reason="glibc >= 2.33 (mallopt, mallinfo2)")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "mallinfo2"),
+    reason="glibc >= 2.33 (mallopt, mallinfo2)",
+)
 def test_freed_memory_is_reused_without_new_page_faults():
     default, kept = _child("default"), _child("kept")
     assert kept["setting"].startswith("glibc") and kept["recorded"] == kept["setting"]
@@ -67,8 +79,120 @@ def test_the_zskt_executable_sets_it_and_runs_record_it(tmp_path):
     # `python -m zskt` goes through cli.entry, which makes the setting before the command; the run folder's
     # environment.json says what was in force. (`cli.main` in this process leaves the allocator alone.)
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "zskt", "train", "--dataset", "digits", "--model", "wrn-16-1",
-                           "--epochs", "1", "--device", "cpu", "--quiet", "--out", str(out)],
-                          capture_output=True, text=True, check=False, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zskt",
+            "train",
+            "--dataset",
+            "digits",
+            "--model",
+            "wrn-16-1",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((out / "environment.json").read_text())["host_allocator"].startswith("glibc: freed memory")
+    assert json.loads((out / "environment.json").read_text())["host_allocator"].startswith(
+        "glibc: freed memory"
+    )
+
+
+# ------------------------------------------------------------------------------------ precision defaults
+
+ZEN5 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+SAPPHIRE_RAPIDS = "flags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n"
+AVX2_EPYC = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma bmi2\n"
+NEOVERSE_V1 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "native"),
+    [(ZEN5, True), (SAPPHIRE_RAPIDS, True), (AVX2_EPYC, False), (NEOVERSE_V1, True), ("", False)],
+)
+def test_cpu_has_native_bf16_reads_the_flags(tmp_path, text, native):
+    (tmp_path / "cpuinfo").write_text(text)
+    assert runtime.cpu_has_native_bf16(tmp_path / "cpuinfo") is native
+    assert runtime.cpu_has_native_bf16(tmp_path / "missing") is False
+
+
+@pytest.fixture
+def cpu_flags(monkeypatch):
+    """Pretend the CPU has (True) or lacks (False) native bf16; the force variable starts unset."""
+    monkeypatch.delenv(runtime.FORCE_BF16_ENV, raising=False)
+
+    def pretend(native: bool):
+        monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda *a: native)
+
+    return pretend
+
+
+def test_emulated_bf16_is_refused_in_one_line_unless_forced(cpu_flags, monkeypatch):
+    cpu = torch.device("cpu")
+    cpu_flags(False)
+    with pytest.raises(ZsktError) as error:
+        runtime.resolve_precision("bf16", cpu)
+    message = str(error.value)
+    assert "\n" not in message and "--precision fp32" in message and "16x slower" in message
+    assert runtime.FORCE_BF16_ENV in message
+    assert runtime.resolve_precision("fp32", cpu).name == "fp32"
+    assert runtime.resolve_precision("auto", cpu).name == "fp32"
+    monkeypatch.setenv(runtime.FORCE_BF16_ENV, "1")
+    assert runtime.resolve_precision("bf16", cpu).name == "bf16"
+    monkeypatch.setenv(runtime.FORCE_BF16_ENV, "0")
+    with pytest.raises(ZsktError):
+        runtime.resolve_precision("bf16", cpu)
+    cpu_flags(True)
+    assert runtime.resolve_precision("bf16", cpu).name == "bf16"
+
+
+def test_the_command_refuses_emulated_bf16_before_the_run(cpu_flags, tmp_path, capsys):
+    from zskt.cli import main
+
+    cpu_flags(False)
+    out = tmp_path / "run"
+    argv = [
+        "train",
+        "--dataset",
+        "digits",
+        "--model",
+        "wrn-16-1",
+        "--image-size",
+        "8",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--precision",
+        "bf16",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--precision fp32" in err[0]
+    assert not (out / "result.json").exists()
+
+
+def test_auto_is_float32_with_tf32_on_cuda():
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark
+    try:
+        matmul.allow_tf32 = cudnn.allow_tf32 = False
+        precision = runtime.resolve_precision("auto", torch.device("cuda"))  # resolving needs no GPU
+        assert precision.name == "fp32" and precision.channels_last
+        assert matmul.allow_tf32 and cudnn.allow_tf32
+        assert runtime.resolve_precision("bf16", torch.device("cuda")).name == "bf16"  # one flag away
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark = saved

@@ -86,8 +86,8 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
             check_sync_batchnorm(True, resolve_device(cfg.device))  # every rank, before any collective
         with RunContext(cfg.device) as ctx:
             device = ctx.device or resolve_device(cfg.device)
-            # Under torchrun only rank 0 checks and writes the run folder; its verdict reaches every rank, so a
-            # refused --out stops all ranks at once with rank 0's message.
+            # Under torchrun only rank 0 checks and writes the run folder; its verdict reaches every rank, so
+            # a refused --out stops all ranks at once with rank 0's message.
             log, error = None, None
             try:
                 log = RunLog(args.out, command=name, config=to_dict(cfg), environment=environment(device),

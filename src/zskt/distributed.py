@@ -22,7 +22,8 @@ from zskt.errors import ZsktError
 
 @dataclass
 class RunContext:
-    """Who this process is. Outside torchrun: rank 0 of 1, nothing initialised, `device` left to the caller."""
+    """Who this process is. Outside torchrun: rank 0 of 1, nothing initialised, `device` left to the
+    caller."""
 
     device_name: str = "auto"
     rank: int = 0
@@ -66,7 +67,8 @@ class RunContext:
         if not (self._owns_group and dist.is_initialized()):
             return
         if exc_type is not None:
-            return  # leave teardown to the process exit: a peer may never reach a barrier (torchrun stops all)
+            # Leave teardown to the process exit: a peer may never reach a barrier (torchrun stops all).
+            return
         # Rank 0 finishes later than the others (model, result.json); without this barrier a rank that tore
         # its group down while rank 0 still held connections could abort in gloo's threads at exit
         # ("terminate called without an active exception", SIGABRT) after a successful run.
@@ -79,10 +81,6 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def is_main_process() -> bool:
-    return world()[0] == 0
 
 
 def shard(batch_size: int, rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -182,11 +180,6 @@ def all_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def barrier() -> None:
-    if world()[1] > 1:
-        dist.barrier()
-
-
 def broadcast_object(obj):
     """Rank 0's `obj` on every rank (identity in a single process)."""
     if world()[1] <= 1:
@@ -241,9 +234,10 @@ def check_sync_batchnorm(enabled: bool, device: torch.device) -> None:
 
 
 def use_sync_batchnorm(module: torch.nn.Module, enabled: bool, device: torch.device) -> torch.nn.Module:
-    """`--sync-bn`: under torchrun, BatchNorm layers normalise over the global batch (PyTorch's SyncBatchNorm),
-    as a single process does; converted in place (state_dict keys unchanged). Off, or in a single process, the
-    module is returned as it is. SyncBatchNorm runs on GPUs only: asked for on CPU it is refused."""
+    """`--sync-bn`: under torchrun, BatchNorm layers normalise over the global batch (PyTorch's
+    SyncBatchNorm), as a single process does; converted in place (state_dict keys unchanged). Off, or in a
+    single process, the module is returned as it is. SyncBatchNorm runs on GPUs only: asked for on CPU it is
+    refused."""
     if not enabled or world()[1] <= 1:
         return module
     check_sync_batchnorm(enabled, device)

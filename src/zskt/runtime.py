@@ -1,7 +1,9 @@
 """Devices, seeds, the precision and layout policy, and the environment a run records.
 
-Policy (chosen by measurement, docs/benchmarks.md): float32 is the default on CPU, where bf16 autocast is an
-explicit option (`--precision bf16`); on CUDA the default is bf16 autocast with TF32. channels_last everywhere.
+Policy (docs/decisions.md): float32 is the default everywhere (with TF32 matmuls and convolutions on CUDA)
+until a CIFAR-10 run shows bf16 equal within noise; bf16 autocast is one flag away (`--precision bf16`). On a
+CPU without native bf16 arithmetic that flag is refused unless forced (`cpu_has_native_bf16`). channels_last
+everywhere.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from zskt.errors import ZsktError
 
 PRECISIONS = ("auto", "fp32", "bf16")
+FORCE_BF16_ENV = "ZSKT_FORCE_BF16"  # set to 1 to run bf16 autocast on a CPU that can only emulate it
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -62,38 +65,70 @@ class Precision:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def describe(self) -> dict:
-        return {"precision": self.name, "channels_last": self.channels_last,
-                "tf32": self.device_type == "cuda" and torch.backends.cuda.matmul.allow_tf32}
+        return {
+            "precision": self.name,
+            "channels_last": self.channels_last,
+            "tf32": self.device_type == "cuda" and torch.backends.cuda.matmul.allow_tf32,
+        }
+
+
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 natively: x86 AVX-512 BF16 or AMX-BF16, or Arm's BF16 extension (Linux's
+    /proc/cpuinfo flags `avx512_bf16`, `amx_bf16`, `bf16`). Without them oneDNN emulates bf16 autocast with
+    conversions around float32 arithmetic, far slower than plain float32. False where it cannot be read."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features") and {"avx512_bf16", "amx_bf16", "bf16"} & set(
+            value.split()
+        ):
+            return True
+    return False
 
 
 def resolve_precision(precision: str, device: torch.device) -> Precision:
-    """`auto` is float32 on CPU (bf16 there is opt-in until shown equal in accuracy) and bf16 on CUDA."""
+    """`auto` is float32 on every device (TF32 on CUDA): the paper's experiments run in float32 until a
+    CIFAR-10 run shows bf16 equal within noise (docs/decisions.md). bf16 on a CPU without native bf16 is
+    refused with a one-line error unless $ZSKT_FORCE_BF16=1 (the benchmarks and tests set it)."""
     if precision not in PRECISIONS:
         raise ZsktError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    name = precision
-    if name == "auto":
-        name = "bf16" if device.type == "cuda" else "fp32"
+    name = "fp32" if precision == "auto" else precision
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    # channels_last on every device and precision: cuDNN and oneDNN's CPU kernels, float32 included, are faster
-    # in NHWC. On the 2-core Zen 4 CPU in float32 it took 15-19 % off a WRN-40-2 training step and 16-19 % off
-    # the zero-shot loop (docs/benchmarks.md). A layout changes rounding only, never the function computed
+    forced = os.environ.get(FORCE_BF16_ENV, "") not in ("", "0")
+    if name == "bf16" and device.type == "cpu" and not forced and not cpu_has_native_bf16():
+        raise ZsktError(
+            "this CPU has no native bf16 (no AVX-512 BF16 or AMX): bf16 autocast would be emulated, "
+            f"about 16x slower than float32; use --precision fp32 (or set {FORCE_BF16_ENV}=1 to run "
+            "it anyway)"
+        )
+    # channels_last on every device and precision: cuDNN and oneDNN's CPU kernels, float32 included, are
+    # faster in NHWC (docs/benchmarks.md). A layout changes rounding only, never the function computed
     # (tests/test_models.py::test_channels_last_gives_same_output); it is recorded with every result.
-    channels_last = True
-    return Precision(name=name, device_type=device.type, channels_last=channels_last)
+    return Precision(name=name, device_type=device.type, channels_last=True)
 
 
 def git_revision() -> str | None:
     try:
         root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5,
-                             check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=False
+        )
         if out.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5, check=False).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -107,10 +142,11 @@ def keep_freed_host_memory() -> str:
 
     By default glibc serves blocks over its mmap threshold (at most 32 MiB) with a fresh mmap and trims the
     heap's free top, so a training loop on the CPU gets new pages from the kernel for its large activations
-    on every step: 20-70 thousand page faults per zero-shot pseudo batch here, ~1 µs each (docs/benchmarks.md).
-    With mmap off (M_MMAP_MAX 0) and no trimming, freed blocks are reused; the process keeps its peak memory
-    until it exits, as PyTorch's CUDA caching allocator does on a GPU. Results do not change. Called once by
-    the `zskt` executable (`cli.entry`; not on import, not by `cli.main`); ZSKT_MALLOC=system skips it. Returns what is in force, which runs record.
+    on every step: tens of thousands of page faults per zero-shot pseudo batch (docs/benchmarks.md). With
+    mmap off (M_MMAP_MAX 0) and no trimming, freed blocks are reused; the process keeps its peak memory until
+    it exits, as PyTorch's CUDA caching allocator does on a GPU. Results do not change. Called once by the
+    `zskt` executable (`cli.entry`; not on import, not by `cli.main`); ZSKT_MALLOC=system skips it. Returns
+    what is in force, which runs record.
     """
     if _HOST_ALLOCATOR["setting"] != "system default" or os.environ.get("ZSKT_MALLOC", "") == "system":
         return _HOST_ALLOCATOR["setting"]
@@ -141,6 +177,7 @@ def environment(device: torch.device | None = None) -> dict:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
         "torch_threads": torch.get_num_threads(),
         "host_allocator": _HOST_ALLOCATOR["setting"],
         "argv": sys.argv,

@@ -2,8 +2,9 @@
 error (MTE). The attacked network (the student) is pushed by plain gradient steps towards each other class and
 both networks' probability of that class is recorded; MTE is the mean gap between the two over the curves.
 
-`authors_transition_curves` is the authors' `utils/transition_curves.py` loop, one image and one target at a
-time; `transition_curves` gets the same numbers with the (image, target) pairs of a chunk stepped together.
+`transition_curves` gets the numbers of the authors' `utils/transition_curves.py` loop (one image and one
+target at a time; kept literally in tests/reference_transition_curves.py) with the (image, target) pairs of a
+chunk stepped together.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from zskt.config import check, field
-from zskt.data import ImageData, ImageSplit, dataset_name, load_dataset, normalize
+from zskt.data import ImageData, dataset_name, load_dataset, normalize
 from zskt.distributed import shard, world
 from zskt.errors import ZsktError
+from zskt.evaluate.accuracy import predict
 from zskt.io import atomic_write_bytes
 from zskt.models.frozen import frozen_copy
 from zskt.runlog import RunLog, Timer
@@ -33,16 +35,11 @@ from zskt.runtime import PRECISIONS, Precision, resolve_device, resolve_precisio
 logger = logging.getLogger(__name__)
 
 # Pairs stepped together when --chunk-size is not given. Memory is set by what the student's backward keeps
-# per pair (saved activations, fp32, measured with saved_tensors_hooks): WRN-16-1 1.15 MB at 32x32 and 0.35 MB
-# at 16x16; WRN-16-2 2.3 MB; WRN-40-2 6.8 MB at 32x32. The teacher runs under no_grad and keeps nothing.
-# CPU: small chunks stay in the caches. On the idle 2-core CPU (benchmarks/bench_belief.py, WRN-16-1 attacked,
-# WRN-40-2 reference, 32x32), pair-steps per second: fp32 348 / 336 / 352 / 249 / 212 / 137 at 32 / 64 / 128 /
-# 256 / 512 / 2048 pairs, bf16 696 / 778 / 615-750 / 752 at 32 / 64 / 128 / 256; on digits (16x16, WRN-16-2)
-# 64 / 256 / 2048 pairs gave 3427 / 3502 / 3057. 128 it is (~150 MB). CUDA: 16384 pairs (~19 GB for a
-# WRN-16-1; a WRN-40-2 student would need ~110 GB, so lower it then) hold the paper's 1000 x 9 = 9000 pairs
-# at once.
+# per pair (its saved activations; the teacher runs under no_grad and keeps nothing): about 1.2 MB for a
+# WRN-16-1 at 32x32, 7 MB for a WRN-40-2. CPU: small chunks stay in the caches, and 128 pairs (~150 MB) were
+# as fast as any (docs/benchmarks.md). CUDA: 16384 pairs (~19 GB for a WRN-16-1; lower it for a bigger
+# student) hold the paper's 1000 x 9 = 9000 pairs at once.
 DEFAULT_CHUNK = {"cpu": 128, "cuda": 16384}
-FIGURE_STEPS = 30  # Figure 4 plots the first 30 steps (SPEC §6)
 
 
 # ---------------------------------------------------------------------------------------------- procedure
@@ -83,37 +80,15 @@ def _layout(precision: Precision | None, images: torch.Tensor) -> torch.Tensor:
     return precision.layout(images) if precision is not None else images
 
 
-@torch.no_grad()
-def predict(model: nn.Module, split: ImageSplit, mean, std, *, batch_size: int = 500,
-            precision: Precision | None = None) -> torch.Tensor:
-    """argmax of `model` on every image of `split`, in eval mode: int64 (N,) on the CPU."""
-    device = _device_of(model)
-    out = []
-    with _frozen_eval(model), _autocast(precision):
-        for start in range(0, len(split), batch_size):
-            images = normalize(split.images[start:start + batch_size].to(device), mean, std)
-            logits, _ = model(_layout(precision, images))
-            out.append(logits.argmax(1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
-
-
-def select_agreeing(student: nn.Module, teacher: nn.Module, split: ImageSplit, mean, std, n_images: int,
-                    seed: int = 0, *, batch_size: int = 500,
-                    precision: Precision | None = None) -> torch.Tensor:
-    """Indices into `split` of `n_images` images on which both networks predict the same class (SPEC §6).
+def shuffle_and_collect(agree: torch.Tensor, n_images: int, seed: int) -> torch.Tensor:
+    """Indices into the test split of `n_images` images on which both networks predict the same class (SPEC
+    §6): the first `n_images` indices i with agree[i] ((N,) bool) along a permutation seeded by `seed`.
 
     The authors shuffle the test set and walk it one image at a time, keeping agreeing images until n are
-    collected; here the predictions are computed in batches and the same walk is taken over a permutation
-    seeded by `seed`. Agreement is all that counts: both may be wrong. If fewer than n agree, all that do are
-    used (the authors stop with an error) and a warning is logged.
+    collected; here the predictions are computed in batches beforehand and the same walk is taken over a
+    permutation seeded by `seed`. Agreement is all that counts: both may be wrong. If fewer than n agree, all
+    that do are used (the authors stop with an error) and a warning is logged.
     """
-    agree = predict(student, split, mean, std, batch_size=batch_size, precision=precision) == predict(
-        teacher, split, mean, std, batch_size=batch_size, precision=precision)
-    return shuffle_and_collect(agree, n_images, seed)
-
-
-def shuffle_and_collect(agree: torch.Tensor, n_images: int, seed: int) -> torch.Tensor:
-    """The first `n_images` indices i with agree[i] ((N,) bool) along a permutation seeded by `seed`."""
     order = torch.randperm(len(agree), generator=torch.Generator().manual_seed(seed))
     chosen = order[agree[order]]
     if len(chosen) < n_images:
@@ -140,8 +115,8 @@ def transition_curves(student: nn.Module, teacher: nn.Module, images: torch.Tens
     `images` are normalised (n, C, H, W), `targets` (n, T) int64. For each pair, x starts at the image and
     takes `steps` plain gradient steps x <- x - step_size * d CE(student(x), j) / dx in normalised-input space
     (no sign, no projection, no clamping); entry s holds softmax(.)[j] of both networks *before* step s's
-    update, so entry 0 is the clean image. This is the authors' loop (`authors_transition_curves`), with the
-    pairs of a chunk of `chunk_size` advancing together on the networks' device.
+    update, so entry 0 is the clean image. This is the authors' loop (tests/reference_transition_curves.py),
+    with the pairs of a chunk of `chunk_size` advancing together on the networks' device.
     """
     n, n_targets = targets.shape
     device = _device_of(student)
@@ -187,48 +162,6 @@ def transition_curves(student: nn.Module, teacher: nn.Module, images: torch.Tens
 def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
     # Softmax and cross-entropy of bf16-autocast logits in fp32; float64 logits keep their precision.
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
-
-
-def authors_transition_curves(student: nn.Module, teacher: nn.Module, images: torch.Tensor,
-                              sources: torch.Tensor, steps: int = 200,
-                              step_size: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The authors' `TransitionCurves.run`, one image and one target at a time: (p_student, p_teacher), each
-    float32 (n, C-1, steps). Slow by design; kept as the reference the batched version is tested against.
-
-    `images` normalised (n, C, H, W); `sources` (n,) the classes targets are taken relative to (the authors:
-    the label). Statement for statement: clone x with requires_grad; per step logits_A with grad, logits_B
-    under no_grad, CrossEntropyLoss(logits_A, j) (mean over a batch of one), backward, x -= xi * grad, zero
-    the grad, record both softmax(.)[j] from the logits computed before the update.
-    """
-    student.eval()
-    teacher.eval()
-    criterion = nn.CrossEntropyLoss()
-    device = _device_of(student)
-    n = len(images)
-    with torch.no_grad():
-        num_classes = student(images[:1].to(device))[0].shape[1]
-    curves_a = torch.zeros(n, num_classes - 1, steps)
-    curves_b = torch.zeros(n, num_classes - 1, steps)
-    for im_idx in range(n):
-        x = images[im_idx:im_idx + 1].to(device)
-        y = sources[im_idx:im_idx + 1].to(device)
-        for class_idx in range(num_classes - 1):
-            x_adversarial = x.detach().clone()
-            x_adversarial.requires_grad = True
-            y_adversarial = (y + class_idx + 1) % num_classes
-            for step_idx in range(steps):
-                logits_a, _ = student(x_adversarial)
-                with torch.no_grad():
-                    logits_b, _ = teacher(x_adversarial)
-                loss = criterion(logits_a, y_adversarial)
-                student.zero_grad()
-                loss.backward()
-                x_adversarial.data -= step_size * x_adversarial.grad.data
-                x_adversarial.grad.data.zero_()
-                with torch.no_grad():
-                    curves_a[im_idx, class_idx, step_idx] = torch.softmax(logits_a, dim=1)[0, y_adversarial]
-                    curves_b[im_idx, class_idx, step_idx] = torch.softmax(logits_b, dim=1)[0, y_adversarial]
-    return curves_a, curves_b
 
 
 # ---------------------------------------------------------------------------------------------- the error
@@ -292,8 +225,8 @@ class BeliefConfig:
                                          "16384 on CUDA (memory ~1.2 MB per pair for WRN-16-1 at 32x32)")
     seed: int = field(0, "seed of the shuffle that picks the images (authors: 0)")
     device: str = field("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
-    precision: str = field("fp32", "fp32 (the curves are a measurement), bf16 autocast, or auto "
-                                   "(fp32 on CPU, bf16 on CUDA)")
+    precision: str = field("fp32", "fp32 (the curves are a measurement), bf16 autocast, or auto (fp32; "
+                                   "docs/decisions.md)")
     image_size: int | None = field(None, "digits only: side of the resized images (default 16); must match "
                                          "what the networks were trained on")
     data_dir: str | None = field(None, "data root (default: $ZSKT_DATA or ~/.cache/zskt/data)")
@@ -338,9 +271,9 @@ def run_belief(cfg: BeliefConfig, log: RunLog, data: ImageData | None = None) ->
     num_classes = data.info.num_classes
     test = data.test
 
-    student_pred = predict(student, test, data.mean, data.std, precision=precision)
-    teacher_pred = predict(teacher, test, data.mean, data.std, precision=precision)
-    # select_agreeing's walk, on the predictions already made (they also give both accuracies).
+    # Predictions on the whole test split: they choose the images and give both accuracies.
+    student_pred = predict(student, test, data.mean, data.std, precision=precision).cpu()
+    teacher_pred = predict(teacher, test, data.mean, data.std, precision=precision).cpu()
     indices = shuffle_and_collect(student_pred == teacher_pred, cfg.images, cfg.seed)
     if len(indices) == 0:
         raise ZsktError(f"the two networks agree on none of the {len(test)} {data.info.title} test images; "
@@ -380,10 +313,8 @@ def run_belief(cfg: BeliefConfig, log: RunLog, data: ImageData | None = None) ->
                      labels=labels.numpy(), predictions=predictions.numpy(), sources=sources.numpy(),
                      targets=targets.numpy(), mte_per_step=parts.per_step, mte_per_pair=parts.per_pair,
                      pair_counts=parts.pair_counts)
-        _plot(log, p_student, p_teacher, parts.per_step, cfg, mte, data.info.title)
     curves = n * (num_classes - 1)
-    log.print(f"MTE (first {cfg.mte_steps} steps) {mte:.4f} over {curves} curves; {seconds:.1f} s")
-    return log.finish({
+    result = {
         "mte": mte,
         "images": n,
         "images_asked": cfg.images,
@@ -410,7 +341,11 @@ def run_belief(cfg: BeliefConfig, log: RunLog, data: ImageData | None = None) ->
         "seconds": seconds,
         "pair_steps_per_second": curves * cfg.steps / max(seconds, 1e-9),
         **precision.describe(),
-    })
+    }
+    if log.enabled:
+        _plot(log, result, cfg, data.info.title)
+    log.print(f"MTE (first {cfg.mte_steps} steps) {mte:.4f} over {curves} curves; {seconds:.1f} s")
+    return log.finish(result)
 
 
 def _gather_curves(p_student: torch.Tensor, p_teacher: torch.Tensor,
@@ -452,31 +387,20 @@ def _save_curves(log: RunLog, **arrays: np.ndarray) -> None:
     atomic_write_bytes(log.out / "curves.npz", buffer.getvalue())
 
 
-def _plot(log: RunLog, p_student: torch.Tensor, p_teacher: torch.Tensor, per_step: np.ndarray,
-          cfg: BeliefConfig, mte: float, title: str) -> None:
-    """Figure 4's form (mean curves of both networks, +-2 standard errors, first 30 steps) and the per-step
+def _plot(log: RunLog, result: dict, cfg: BeliefConfig, title: str) -> None:
+    """The report's Figure 4 panel for this run (`reports.plots.draw_transition_curves`) and the per-step
     |difference| whose first K steps average to the MTE."""
-    import matplotlib
+    from zskt.reports.plots import _pyplot, draw_transition_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shown = min(FIGURE_STEPS, cfg.steps)
-    steps = np.arange(shown)
+    plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    networks = ((p_student, "student (attacked)", "tab:blue"), (p_teacher, "teacher", "tab:red"))
-    for curves, label, colour in networks:
-        mean = curves.double().mean((0, 1)).numpy()[:shown]
-        band = 2 * _sem(curves).numpy()[:shown]
-        left.plot(steps, mean, color=colour, label=label)
-        left.fill_between(steps, mean - band, mean + band, color=colour, alpha=0.25, linewidth=0)
-    left.set(xlabel="adversarial step", ylabel="mean $p_j$", ylim=(0, 1),
-             title=f"{title}: transition curves ({p_student.shape[0]}x{p_student.shape[1]})")
-    left.legend(loc="upper left")
+    draw_transition_curves(left, [result], "", "")
+    left.set_title(f"{title}: transition curves ({result['images']}x{result['targets_per_image']})")
+    per_step = result["mte_per_step"]
     right.plot(np.arange(len(per_step)), per_step, color="black")
     right.axvline(cfg.mte_steps - 1, color="grey", linestyle="--", linewidth=1)
     right.set(xlabel="adversarial step", ylabel="mean $|p_j^T - p_j^S|$", ylim=(0, 1),
-              title=f"MTE over first {cfg.mte_steps} steps = {mte:.3f}")
+              title=f"MTE over first {cfg.mte_steps} steps = {result['mte']:.3f}")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zskt.errors import ZsktError
-from zskt.experiments import EXPERIMENTS, Experiment
+from zskt.experiments import Experiment
 from zskt.experiments.grid import GridSpec, Run, order_runs
 from zskt.experiments.runner import DONE, PARTIAL, Outcome, Pool, execute, format_seconds, run_argv, status
 from zskt.io import atomic_write_json
@@ -28,13 +28,7 @@ RECORD = "experiment.json"
 FORMAT = "zskt-experiments"
 
 
-def get_experiment(name: str) -> Experiment:
-    if name not in EXPERIMENTS:
-        raise ZsktError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
-    return EXPERIMENTS[name]
-
-
-def teacher_sources(spec: GridSpec, runs: list[Run]) -> dict[str, str]:
+def teacher_sources(runs: list[Run]) -> dict[str, str]:
     """'dataset/arch' -> the given file, or 'trained: <run id>', for every teacher the grid's students use."""
     sources = {}
     for run in runs:
@@ -64,7 +58,7 @@ def record_experiment(out: Path, experiment: Experiment, spec: GridSpec, runs: l
     if abs(record.get("scale", 1.0) - spec.scale) > 1e-12:
         raise ZsktError(f"{out} holds runs made at --scale {record['scale']:g}, not {spec.scale:g}; pass "
                         f"--scale {record['scale']:g} or choose another --out")
-    sources = teacher_sources(spec, runs)
+    sources = teacher_sources(runs)
     for key, source in sources.items():
         before = record["teachers"].get(key)
         if before is not None and before != source:

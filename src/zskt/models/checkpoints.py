@@ -36,7 +36,8 @@ FORMAT_VERSION = 1
 # network as `self.generator`, so their generator_state_dict keys read "generator.layers.0.weight".
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
-# Ferles et al. name the same modules differently; their files map one to one onto the authors' keys (SPEC §7).
+# Ferles et al. name the same modules differently; their files map one to one onto the authors' keys (SPEC
+# §7).
 _FERLES_RENAMES = (
     (re.compile(r"^(block\d+)\.nblockLayer\."), r"\1.layer."),
     (re.compile(r"^batch_norm\."), "bn1."),
@@ -71,7 +72,8 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, spec: str | None = 
 
 
 def save_generator(generator: nn.Module, path: str | os.PathLike, **meta: Any) -> None:
-    """Write a Generator atomically as a self-describing ``zskt-generator`` file; ``meta`` is stored as given."""
+    """Write a Generator atomically as a self-describing ``zskt-generator`` file; ``meta`` is stored as
+    given."""
     generator = _unwrap(generator)
     if not isinstance(generator, Generator):
         raise TypeError(f"save_generator expects a Generator, got {type(generator).__name__}")
@@ -378,7 +380,8 @@ def infer_vgg_arch(state_dict: Mapping[str, torch.Tensor], source: Any = "state_
 
 
 def infer_wrn_arch(state_dict: Mapping[str, torch.Tensor], source: Any = "state_dict") -> dict:
-    """depth, widen_factor, num_classes and in_channels of the Wide ResNet whose (authors'-named) weights these are.
+    """depth, widen_factor, num_classes and in_channels of the Wide ResNet whose (authors'-named) weights
+    these are.
 
     depth = 6n+4 with n the number of ``block1.layer.i`` blocks; the widen factor is block3's width / 64;
     the class count is fc's output size and the input channels are conv1's.

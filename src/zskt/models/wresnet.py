@@ -1,7 +1,8 @@
 """The Wide ResNet used as teacher and student (SPEC.md §1).
 
 Module names, registration order and init follow the authors' `models/wresnet.py` (ZSKT and FSKT, itself
-adapted from xternalz/WideResNet-pytorch), so the state_dict keys are theirs and their checkpoints load strictly.
+adapted from xternalz/WideResNet-pytorch), so the state_dict keys are theirs and their checkpoints load
+strictly.
 """
 
 from __future__ import annotations
@@ -79,14 +80,15 @@ class NetworkBlock(nn.Module):
 class WideResNet(nn.Module):
     """WRN-depth-k of Zagoruyko & Komodakis, as the authors of the paper define it.
 
-    Project convention: ``logits, acts = model(x)``, where ``acts = (act1, act2, act3)`` are the raw outputs of
-    ``block1``..``block3`` (residual sums before the final ``bn1``/ReLU), the maps attention transfer compares.
-    The authors' forward returns the flat 4-tuple ``(logits, act1, act2, act3)`` instead (unpacked there as
-    ``logits, *acts = model(x)``); the values are identical, only the nesting differs.
+    Project convention: ``logits, acts = model(x)``, where ``acts = (act1, act2, act3)`` are the raw outputs
+    of ``block1``..``block3`` (residual sums before the final ``bn1``/ReLU), the maps attention transfer
+    compares. The authors' forward returns the flat 4-tuple ``(logits, act1, act2, act3)`` instead (unpacked
+    there as ``logits, *acts = model(x)``); the values are identical, only the nesting differs.
 
-    Shapes for a (B, C, H, W) input with widths [16, 16k, 32k, 64k]: act1 (B, 16k, H, W), act2 (B, 32k, H/2, W/2),
-    act3 (B, 64k, H/4, W/4), logits (B, num_classes). H and W should be divisible by 4 (32x32 for CIFAR/SVHN,
-    16x16 for the embedded digits). ``in_channels`` changes only ``conv1`` (1 for grey images, 3 for colour).
+    Shapes for a (B, C, H, W) input with widths [16, 16k, 32k, 64k]: act1 (B, 16k, H, W), act2 (B, 32k, H/2,
+    W/2), act3 (B, 64k, H/4, W/4), logits (B, num_classes). H and W should be divisible by 4 (32x32 for
+    CIFAR/SVHN, 16x16 for the embedded digits). ``in_channels`` changes only ``conv1`` (1 for grey images, 3
+    for colour).
     """
 
     def __init__(
@@ -122,7 +124,8 @@ class WideResNet(nn.Module):
         self.fc = nn.Linear(widths[3], self.num_classes)
 
         # The authors' init: He normal in fan-out mode for every conv, BN scale 1 and shift 0 (set explicitly,
-        # so the PyTorch 1.0 U(0,1) BN default never applied here), Linear bias 0 with PyTorch's default weight.
+        # so the PyTorch 1.0 U(0,1) BN default never applied here), Linear bias 0 with PyTorch's default
+        # weight.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
@@ -138,9 +141,9 @@ class WideResNet(nn.Module):
         act2 = self.block2(act1)
         act3 = self.block3(act2)
         out = F.relu(self.bn1(act3))
-        # The authors use F.avg_pool2d(out, 8), which at 32x32 inputs covers the whole 8x8 map: the same numbers
-        # as a global average, which also serves other image sizes (a 4x4 map at 16x16). flatten, not .view,
-        # because channels_last outputs are not contiguous in NCHW order.
+        # The authors use F.avg_pool2d(out, 8), which at 32x32 inputs covers the whole 8x8 map: the same
+        # numbers as a global average, which also serves other image sizes (a 4x4 map at 16x16). flatten, not
+        # .view, because channels_last outputs are not contiguous in NCHW order.
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)  # (B, 64k, h, w) -> (B, 64k)
         return self.fc(out), (act1, act2, act3)
 

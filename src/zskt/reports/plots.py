@@ -40,7 +40,7 @@ def accuracy_points(results: Results, dataset: str, teacher: str, student: str, 
                                     student=student, m=0).stat
             else:  # chance, by definition (the paper plots 10 for 10 classes)
                 xs.append(0)
-                means.append(100.0 / num_classes(results, dataset))
+                means.append(100.0 / num_classes(dataset))
                 stds.append(0.0)
                 continue
         else:
@@ -54,7 +54,7 @@ def accuracy_points(results: Results, dataset: str, teacher: str, student: str, 
     return xs, means, stds
 
 
-def num_classes(results: Results, dataset: str) -> int:
+def num_classes(dataset: str) -> int:
     from zskt.data import get_info
     from zskt.errors import ZsktError
 
@@ -66,8 +66,9 @@ def num_classes(results: Results, dataset: str) -> int:
 
 def plot_accuracy_vs_m(results: Results, dataset: str, teacher: str, student: str, ms: list[int],
                        path: Path) -> Path:
-    """Figure 2's form: the three methods (mean ± population std over seeds), chance at M = 0 for the baselines,
-    our teacher and scratch student as reference lines, and the published curves where they exist."""
+    """Figure 2's form: the three methods (mean ± population std over seeds), chance at M = 0 for the
+    baselines, our teacher and scratch student as reference lines, and the published curves where they
+    exist."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, label, colour in SERIES:
@@ -128,42 +129,54 @@ def pooled_curves(results: list[dict], which: str) -> tuple[np.ndarray, np.ndarr
     return mean, np.sqrt(var / total)
 
 
-def plot_transition_curves(results: Results, dataset: str, teacher: str, student: str, path: Path) -> Path | None:
-    """Figure 4's form per belief student (zero-shot, KD+AT at each M): mean probability of the target class for
-    the attacked student and its teacher over the first 30 steps, ±2 standard errors, pooled over seeds."""
+def draw_transition_curves(ax, runs: list[dict], student: str, teacher: str) -> None:
+    """Figure 4's form on one axis: the mean probability of the target class along the first 30 adversarial
+    steps for the attacked student and its teacher, ±2 standard errors, pooled over `runs` (belief result.json
+    values: `mean_p_*`, `sem_p_*`). `zskt belief` draws one run with it, the report each group of seeds."""
+    labels = {"student": " ".join(["student", student, "(attacked)"]).replace("  ", " "),
+              "teacher": f"teacher {teacher}".strip()}
+    for which, colour in (("student", "tab:blue"), ("teacher", "tab:red")):
+        label = labels[which]
+        pooled = pooled_curves(runs, which)
+        if pooled is None:
+            continue
+        mean, sem = pooled
+        shown = min(FIGURE_STEPS, len(mean))
+        x = np.arange(shown)
+        ax.plot(x, mean[:shown], color=colour, label=label)
+        ax.fill_between(x, mean[:shown] - 2 * sem[:shown], mean[:shown] + 2 * sem[:shown], color=colour,
+                        alpha=0.25, linewidth=0)
+    ax.set_xlabel("adversarial step")
+    ax.set_ylabel("p(target class)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
+
+
+def plot_transition_curves(results: Results, dataset: str, teacher: str, student: str,
+                           path: Path) -> Path | None:
+    """Figure 4's form per belief student (zero-shot, KD+AT at each M), pooled over seeds."""
     groups: dict[tuple[str, int], list[dict]] = {}
     for row in results.rows:
         t = row.tags
-        if t["method"] == "belief" and t["dataset"] == dataset and t["teacher"] == teacher and t["student"] == student:
+        if t["method"] == "belief" and t["dataset"] == dataset and t["teacher"] == teacher \
+                and t["student"] == student:  # not every row has a teacher tag
             groups.setdefault((t["of"], t["m"]), []).append(row.result)
     if not groups:
         return None
     plt = _pyplot()
     keys = sorted(groups, key=lambda k: (k[0] != "zero-shot", k))
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    for ax, key in zip(axes[0], keys, strict=True):
         runs = groups[key]
-        for which, label, colour in (("student", f"student {student} (attacked)", "tab:blue"),
-                                     ("teacher", f"teacher {teacher}", "tab:red")):
-            pooled = pooled_curves(runs, which)
-            if pooled is None:
-                continue
-            mean, sem = pooled
-            shown = min(FIGURE_STEPS, len(mean))
-            x = np.arange(shown)
-            ax.plot(x, mean[:shown], color=colour, label=label)
-            ax.fill_between(x, mean[:shown] - 2 * sem[:shown], mean[:shown] + 2 * sem[:shown], color=colour,
-                            alpha=0.25, linewidth=0)
+        draw_transition_curves(ax, runs, student, teacher)
         mtes = [r["mte"] for r in runs if isinstance(r.get("mte"), (int, float))]
         name = METHOD_TITLES.get(key[0], series_label(key[0])) + (f", M = {key[1]}" if key[1] > 0 else "")
-        mte_text = f"MTE {np.mean(mtes):.3f}" + (f" ± {np.std(mtes):.3f}" if len(mtes) > 1 else "") if mtes else ""
+        mte_text = ""
+        if mtes:
+            mte_text = f"MTE {np.mean(mtes):.3f}" + (f" ± {np.std(mtes):.3f}" if len(mtes) > 1 else "")
         ax.set_title(f"{name} student: {mte_text} (n={len(runs)})", fontsize=10)
-        ax.set_xlabel("adversarial step")
-        ax.set_ylabel("p(target class)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="best")
     fig.suptitle(f"{dataset}: transition curves, mean ± 2 SE over all curves", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

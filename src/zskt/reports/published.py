@@ -1,6 +1,6 @@
-"""The published numbers our reports stand beside: the paper's and the two reproductions' (SPEC §8), as literal
-dicts. Accuracies in %, (mean, std) with the std None where a single run was reported; seeds 0, 1, 2 unless
-said. Every table names its source tag (SPEC "Sources used"):
+"""The published numbers our reports stand beside: the paper's and the two reproductions' (SPEC §8), as
+literal dicts. Accuracies in %, (mean, std) with the std None where a single run was reported; seeds 0, 1, 2
+unless said. Every table names its source tag (SPEC "Sources used"):
 
 PAPER     arXiv v3 text and tables          NB-ACC    the authors' notebook behind Figure 2
 NB-MTE    the authors' MTE notebook         FERLES    the ReScience reproduction (3 seeds)
@@ -24,8 +24,8 @@ SOURCE_NOTES = {  # the report's footnote
     "PAPER": "Micaelli & Storkey, NeurIPS 2019 (arXiv:1905.09768v3), text and tables",
     "NB-ACC": "the authors' notebooks/accuracy_plots.ipynb, the numbers behind Figure 2 (3-seed means)",
     "NB-MTE": "the authors' notebooks/transition_curves_and_error.ipynb, printed MTE values",
-    "FERLES": "Ferles et al., [Re] Zero-Shot Knowledge Transfer via Adversarial Belief Matching, ReScience 2020 "
-              "(3 seeds; Figure 2 points: mean ± population std of their per-seed tables)",
+    "FERLES": "Ferles et al., [Re] Zero-Shot Knowledge Transfer via Adversarial Belief Matching, "
+              "ReScience 2020 (3 seeds; Figure 2 points: mean ± population std of their per-seed tables)",
     "COMP6248": "COMP6248 reproducibility report, University of Southampton (KD+AT and zero-shot: one seed)",
 }
 
@@ -84,10 +84,11 @@ TABLE1 = {
 }
 TABLE1_DATASET = "cifar10"
 
-# ---------------------------------------------------------------------------------- Figure 2 (WRN-40-2 -> WRN-16-1)
+# ---------------------------------------------------------------------------- Figure 2 (WRN-40-2 -> WRN-16-1)
 # dataset -> series -> M -> (mean, std). Series: no-teacher, kd-at, zero-shot (M = 0; fine-tuned for M > 0).
 # NB-ACC gives 3-seed means only (std only at the last zero-shot point); its M = 0 values of 10 for the two
-# baselines are chance, plotted by the authors. FERLES: mean ± population std of their per-seed appendix tables.
+# baselines are chance, plotted by the authors. FERLES: mean ± population std of their per-seed appendix
+# tables.
 _FERLES_SEEDS = {
     "cifar10": {
         "no-teacher": {10: (23.7, 21.68, 25.86), 25: (34.4, 38.0, 36.07), 50: (41.69, 44.2, 45.27),
@@ -141,10 +142,6 @@ REFERENCE_LINES = {
 }
 OTHER_POINTS = {"cifar10": {"VID (Ahn et al.), M = 100": 81.59}}  # PAPER §4.2
 
-# Zero-shot WRN-40-2 -> WRN-16-1 as stated in text (PAPER; SPEC §9.7 notes NB-ACC's 94.37 for SVHN).
-ZERO_SHOT_TEXT = {"PAPER": {"svhn": (94.06, 0.27), "cifar10": (83.69, 0.58)},
-                  "COMP6248": {"svhn": (92.6, None), "cifar10": (81.86, None)}}
-
 # ---------------------------------------------------------------------------------- Table 2 (MTE, K = 100)
 # source -> dataset -> {"zero-shot": mte, "kd-at": mte}. The KD+AT student's M: not stated by the paper;
 # both reproductions used M = 200.
@@ -157,10 +154,10 @@ TABLE2 = {
 
 
 # ---------------------------------------------------------------------------------- the data-free benchmark
-# The zju-vipa Fast-Datafree README table (Fang et al. 2022; the same code base as CMI, Fang et al. 2021): top-1
-# test accuracy (%), **best over training** (their datafree_kd.py keeps the best epoch), and GPU-hours. Keys are
-# our run-id series names; `fast` carries Fast-2/5/10 (their synthesis steps per batch). The README's "KD" row
-# (95.20 in every column, a copy error) is left out.
+# The zju-vipa Fast-Datafree README table (Fang et al. 2022; the same code base as CMI, Fang et al. 2021):
+# top-1 test accuracy (%), **best over training** (their datafree_kd.py keeps the best epoch), and GPU-hours.
+# Keys are our run-id series names; `fast` carries Fast-2/5/10 (their synthesis steps per batch). The README's
+# "KD" row (95.20 in every column, a copy error) is left out.
 BENCHMARK_SOURCE = "Fast-Datafree README (best over training)"
 BENCHMARK_TEACHERS = {"cifar10": {"resnet-34": 95.70, "vgg-11": 92.25, "wrn-40-2": 94.87},
                       "cifar100": {"resnet-34": 78.05, "vgg-11": 71.32, "wrn-40-2": 75.83}}

@@ -15,8 +15,8 @@ from zskt.runids import FIGURE_PAIR, PAIRS, TABLE1_M
 
 REPORT = "report.md"
 TITLES = {"cifar10": "CIFAR-10", "svhn": "SVHN", "fashion-mnist": "Fashion-MNIST", "digits": "digits"}
-# Figure 2's series (the method at M > 0; M = 0 is chance for the baselines and the zero-shot run for ours), with
-# their labels from the method registry.
+# Figure 2's series (the method at M > 0; M = 0 is chance for the baselines and the zero-shot run for ours),
+# with their labels from the method registry.
 SERIES = tuple((name, series_label(name)) for name in ("no-teacher", "kd-at", "finetune"))
 PUBLISHED_SERIES = {"no-teacher": "no-teacher", "kd-at": "kd-at", "finetune": "zero-shot"}
 LEGEND = ("Ours: mean ± population std over seeds (as the paper's np.std), with n, from each run's result.json. "
@@ -65,7 +65,7 @@ def our_ms(results: Results, dataset: str, teacher: str, student: str) -> list[i
 
 def figure2_section(results: Results, dataset: str, teacher: str, student: str, root: Path) -> list[str]:
     ms = our_ms(results, dataset, teacher, student)
-    nc = num_classes(results, dataset)
+    nc = num_classes(dataset)
     published_here = (teacher, student) == FIGURE_PAIR and dataset in published.FIGURE2["NB-ACC"]
     columns = sorted({0, *ms, *(published.FIGURE2["NB-ACC"]["cifar10"]["kd-at"] if published_here else ())})
     lines = [f"### Accuracy against M (Figure 2): {arch(teacher)} → {arch(student)}", ""]
@@ -112,7 +112,8 @@ def reference_lines(results: Results, dataset: str, teacher: str, student: str, 
 
 
 def figure2_context() -> list[str]:
-    """The published Figure 2 numbers (CIFAR-10, SVHN), for a data set or pair the paper has no numbers for."""
+    """The published Figure 2 numbers (CIFAR-10, SVHN), for a data set or pair the paper has no numbers
+    for."""
     columns = [0, 10, 25, 50, 75, 100]
     rows = []
     for method, label in SERIES:
@@ -228,10 +229,10 @@ def table2_section(results: Results, root: Path) -> list[str]:
                                                                          else 3 if source == "COMP6248" else 2),
                          pub(values["kd-at"], 4 if source == "NB-MTE" else 3 if source == "COMP6248" else 2), m])
     lines = ["## Mean transition error (Table 2) and transition curves (Figure 4)", "",
-             ("MTE: the mean |p_teacher − p_student| of the target class over the first K adversarial steps on "
-              "the student, over N agreeing test images × 9 target classes (the paper: K = 100, N = 1000; runs made "
-              "with --scale or by the demo use fewer, as each run's result.json records). Published values are "
-              "WRN-40-2 → WRN-16-1."), ""]
+             ("MTE: the mean |p_teacher − p_student| of the target class over the first K adversarial steps "
+              "on the student, over N agreeing test images × 9 target classes (the paper: K = 100, N = 1000; "
+              "runs made with --scale or by the demo use fewer, as each run's result.json records). Published "
+              "values are WRN-40-2 → WRN-16-1."), ""]
     lines += table(["data set", "source", "zero-shot", "KD+AT", "KD+AT student's M"], rows)
     return lines + [*(p + "\n" for p in plots)]
 
