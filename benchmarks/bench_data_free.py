@@ -2,17 +2,19 @@
 `datafree/synthesis/generative.py` + `datafree_kd.py` at acbbea6) beside zskt's `generative_round`, in float32
 (and bf16 with --bf16), measured interleaved in one process.
 
-    python benchmarks/bench_data_free.py                              # the three methods, WRN-16-2 -> WRN-16-1
-    python benchmarks/bench_data_free.py --methods dfq --batch-size 256 --image-size 32 --repeats 5
-    python benchmarks/bench_data_free.py --check                      # reference loop here vs zskt: max |diff|
+    python benchmarks/bench_data_free.py                              # the three methods, WRN-16-2 ->
+    WRN-16-1 python benchmarks/bench_data_free.py --methods dfq --batch-size 256 --image-size 32 --repeats 5
+    python benchmarks/bench_data_free.py --check                      # reference loop here vs zskt: max
+    |diff|
 
 One round = the method's generator steps (1) and student steps (5 for DAFL and DFAD, 10 for DFQ) at the
-method's loss weights. Each case runs `--rounds` rounds per repeat after a warm-up round; cases are interleaved
-(A B C A B C ...) and the table gives medians over `--repeats`. The reference loop runs as that code does: eager
-NCHW float32; the generator's literal layers and a separate normaliser; the teacher with its batch norms and
-`DeepInversionHook`s on all of them in every forward (the synthesizer registers them whatever the BN weight);
-all five loss terms computed whatever their weights; `loss.backward()` into the student's parameters in the
-generator step; plain Adam and SGD. zskt's loop is set up as `zskt dafl|dfad|dfq` sets it up.
+method's loss weights. Each case runs `--rounds` rounds per repeat after a warm-up round; cases are
+interleaved (A B C A B C ...) and the table gives medians over `--repeats`. The reference loop runs as that
+code does: eager NCHW float32; the generator's literal layers and a separate normaliser; the teacher with its
+batch norms and `DeepInversionHook`s on all of them in every forward (the synthesizer registers them whatever
+the BN weight); all five loss terms computed whatever their weights; `loss.backward()` into the student's
+parameters in the generator step; plain Adam and SGD. zskt's loop is set up as `zskt dafl|dfad|dfq` sets it
+up.
 """
 
 from __future__ import annotations
@@ -41,11 +43,13 @@ CONFIGS = {"dafl": DAFLConfig, "dfad": DFADConfig, "dfq": DFQConfig}
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)  # CIFAR-10's, the reference's NORMALIZE_DICT
 
 
-# ------------------------------------------------------------------------------ the reference loop, written out
+# ------------------------------------------------------------------------------ the reference loop, written
+# out
 
 
 class DeepInversionHook:
-    """`datafree.hooks.DeepInversionHook`: on in every forward; the input's statistics through a transposed copy."""
+    """`datafree.hooks.DeepInversionHook`: on in every forward; the input's statistics through a transposed
+    copy."""
 
     def __init__(self, module):
         self.hook = module.register_forward_hook(self.hook_fn)
@@ -54,11 +58,17 @@ class DeepInversionHook:
         nch = inputs[0].shape[1]
         mean = inputs[0].mean([0, 2, 3])
         var = inputs[0].permute(1, 0, 2, 3).contiguous().view([nch, -1]).var(1, unbiased=False)
-        self.r_feature = torch.norm(module.running_var.data - var, 2) + torch.norm(module.running_mean.data - mean, 2)
+        self.r_feature = torch.norm(module.running_var.data - var, 2) + torch.norm(
+            module.running_mean.data - mean, 2
+        )
 
 
 def kldiv(logits, targets, T=1.0):
-    return F.kl_div(F.log_softmax(logits / T, dim=1), F.softmax(targets / T, dim=1), reduction="batchmean") * T * T
+    return (
+        F.kl_div(F.log_softmax(logits / T, dim=1), F.softmax(targets / T, dim=1), reduction="batchmean")
+        * T
+        * T
+    )
 
 
 def with_features(teacher, x):
@@ -78,8 +88,9 @@ class ReferenceLoop:
         self.generator.fuse_upsample = False
         self.hooks = [DeepInversionHook(m) for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)]
         self.opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.generator_lr, betas=(0.5, 0.999))
-        self.opt_s = torch.optim.SGD(student.parameters(), cfg.student_lr, weight_decay=cfg.weight_decay,
-                                     momentum=0.9)
+        self.opt_s = torch.optim.SGD(
+            student.parameters(), cfg.student_lr, weight_decay=cfg.weight_decay, momentum=0.9
+        )
         self.criterion = torch.nn.L1Loss() if cfg.discrepancy == "l1" else kldiv
         self.mean = torch.tensor(MEAN[: generator.out_channels], device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(STD[: generator.out_channels], device=device).view(1, -1, 1, 1)
@@ -107,8 +118,13 @@ class ReferenceLoop:
                 loss_adv = -self.criterion(student(inputs)[0], t_out) if cfg.adv > 0 else loss_oh.new_zeros(1)
                 p = F.softmax(t_out, dim=1).mean(0)
                 loss_balance = (p * torch.log(p)).sum()
-                loss = (cfg.bn * loss_bn + cfg.oh * loss_oh + cfg.adv * loss_adv + cfg.balance * loss_balance
-                        + cfg.act * loss_act)
+                loss = (
+                    cfg.bn * loss_bn
+                    + cfg.oh * loss_oh
+                    + cfg.adv * loss_adv
+                    + cfg.balance * loss_balance
+                    + cfg.act * loss_act
+                )
                 loss.backward()
                 self.opt_g.step()
             student.train()
@@ -132,8 +148,12 @@ class ZsktLoop:
     def __init__(self, cfg, teacher, student, generator, precision: Precision):
         self.cfg, self.precision = cfg, precision
         self.teacher = Teacher.build(precision.prepare(teacher).eval().requires_grad_(False), cfg)
-        self.state = GenerativeState.build(precision.prepare(student).train(), precision.prepare(generator).train(),
-                                           cfg, next(student.parameters()).device)
+        self.state = GenerativeState.build(
+            precision.prepare(student).train(),
+            precision.prepare(generator).train(),
+            cfg,
+            next(student.parameters()).device,
+        )
 
     def run(self, rounds: int) -> None:
         for _ in range(rounds):
@@ -150,8 +170,9 @@ def make_networks(pair: str, cfg, image_size: int, device, seed: int = 0):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     student = build_model(student_name, 10, 3).to(device)
-    generator = DataFreeGenerator(cfg.z_dim, image_size=image_size, out_channels=3, ngf=cfg.generator_width,
-                                  mean=MEAN, std=STD).to(device)
+    generator = DataFreeGenerator(
+        cfg.z_dim, image_size=image_size, out_channels=3, ngf=cfg.generator_width, mean=MEAN, std=STD
+    ).to(device)
     return teacher, student, generator
 
 
@@ -179,16 +200,22 @@ def check(method: str = "dfq", pair: str = "wrn-16-1:wrn-16-1") -> float:
         ours.run(1)
     finally:
         torch.set_default_dtype(torch.float32)
-    pairs = [*zip(ref.student.parameters(), ours.state.student.parameters(), strict=True),
-             *zip(ref.generator.parameters(), ours.state.generator.parameters(), strict=True)]
+    pairs = [
+        *zip(ref.student.parameters(), ours.state.student.parameters(), strict=True),
+        *zip(ref.generator.parameters(), ours.state.generator.parameters(), strict=True),
+    ]
     return max((a - b).abs().max().item() for a, b in pairs)
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
     p.add_argument("--methods", default="dafl,dfad,dfq")
     p.add_argument("--pair", default="wrn-16-2:wrn-16-1", help="teacher:student (default wrn-16-2:wrn-16-1)")
-    p.add_argument("--batch-size", type=int, default=64, help="pseudo images per step (reference scripts: 256)")
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="pseudo images per step (reference scripts: 256)"
+    )
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--rounds", type=int, default=1, help="rounds per timed repeat")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the table gives medians")
@@ -196,21 +223,31 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--no-peak", action="store_true", help="do not measure the peak now")
-    p.add_argument("--check", action="store_true", help="only compare the reference loop here with zskt's "
-                                                        "(parameters after one round, float64)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="only compare the reference loop here with zskt's (parameters after one round, float64)",
+    )
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.check:
         diffs = {m: check(m) for m in CONFIGS}
         for m, d in diffs.items():
-            print(f"{m}: reference loop here vs zskt generative_round, float64: max |parameter difference| {d:.2e}")
+            print(
+                f"{m}: reference loop here vs zskt generative_round, float64: max |parameter difference| "
+                f"{d:.2e}"
+            )
         return diffs
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    info, peak = common.start(f"data-free generator family, {args.pair}, batch {args.batch_size}, "
-                              f"{args.image_size}x{args.image_size}", device, measure=not args.no_peak)
+    info, peak = common.start(
+        f"data-free generator family, {args.pair}, batch {args.batch_size}, "
+        f"{args.image_size}x{args.image_size}",
+        device,
+        measure=not args.no_peak,
+    )
     loops = ["reference", "zskt-fp32"] + (["zskt-bf16"] if args.bf16 else [])
     rows = []
     for method in [m for m in args.methods.split(",") if m]:
@@ -231,13 +268,29 @@ def main(argv=None) -> dict:
         reference = common.median(times["reference"])
         for name, values in times.items():
             sec = common.median(values)
-            rows.append({"method": method, "loop": name, "steps": f"{cfg.generator_steps}+{cfg.student_steps}",
-                         "seconds": sec, "min": min(values), "max": max(values), "n": len(values),
-                         "speedup": reference / sec})
+            rows.append(
+                {
+                    "method": method,
+                    "loop": name,
+                    "steps": f"{cfg.generator_steps}+{cfg.student_steps}",
+                    "seconds": sec,
+                    "min": min(values),
+                    "max": max(values),
+                    "n": len(values),
+                    "speedup": reference / sec,
+                }
+            )
         del runs, cases
-    columns = [("method", "method"), ("loop", "loop"), ("steps", "G+S steps / round"),
-               ("seconds", "s / round (median)"), ("min", "min"), ("max", "max"), ("n", "n"),
-               ("speedup", "x reference")]
+    columns = [
+        ("method", "method"),
+        ("loop", "loop"),
+        ("steps", "G+S steps / round"),
+        ("seconds", "s / round (median)"),
+        ("min", "min"),
+        ("max", "max"),
+        ("n", "n"),
+        ("speedup", "x reference"),
+    ]
     return common.finish(rows, columns, info, peak, args)
 
 

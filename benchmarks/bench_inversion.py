@@ -1,15 +1,15 @@
-"""Seconds per synthesis iteration of DeepInversion, CMI and Fast and per student step, the reference's semantics
-(tests/reference_inversion.py, written out from the zju-vipa code) beside zskt's step functions, interleaved in
-one process, float32; then each method's synthesis cost per batch (iterations per batch x seconds per
-iteration) beside DeepInversion's, Fast's headline ratio.
+"""Seconds per synthesis iteration of DeepInversion, CMI and Fast and per student step, the reference's
+semantics (tests/reference_inversion.py, written out from the zju-vipa code) beside zskt's step functions,
+interleaved in one process, float32; then each method's synthesis cost per batch (iterations per batch x
+seconds per iteration) beside DeepInversion's, Fast's headline ratio.
 
     python benchmarks/bench_inversion.py                       # WRN-40-2 -> WRN-16-1, 32x32x3, batch 64, CPU
     python benchmarks/bench_inversion.py --batch 256 --repeats 5 --device cuda
 
 What the reference spends and zskt does not: the networks' weight gradients in every synthesis backward (the
-reference's teacher and student keep requires_grad=True), the BN statistics through a permuted contiguous copy,
-a host sync per iteration for the best batch, CMI's BN term recomputed on the local view, and the unfolded
-teacher in the student step (zskt distils from the BN-folded copy, models/frozen.py).
+reference's teacher and student keep requires_grad=True), the BN statistics through a permuted contiguous
+copy, a host sync per iteration for the best batch, CMI's BN term recomputed on the local view, and the
+unfolded teacher in the student step (zskt distils from the BN-folded copy, models/frozen.py).
 """
 
 from __future__ import annotations
@@ -27,14 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests"))
 import _common as common
-from reference_inversion import (
-    RefInstanceMeanHook,
-    ref_cmi_iteration,
-    ref_deepinversion_iteration,
-    ref_fast_round,
-    ref_hooks,
-    ref_student_step,
-)
 
 from zskt.methods.bn_hooks import BNStatistics
 from zskt.methods.cmi import CMIConfig, ProjectionHead, cmi_step
@@ -45,6 +37,15 @@ from zskt.models import build_model
 from zskt.models.cmi_generator import CMIGenerator
 from zskt.models.frozen import frozen_copy
 from zskt.runtime import resolve_precision
+
+from reference_inversion import (
+    RefInstanceMeanHook,
+    ref_cmi_iteration,
+    ref_deepinversion_iteration,
+    ref_fast_round,
+    ref_hooks,
+    ref_student_step,
+)
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 # Synthesis iterations per batch: DeepInv-2k and CMI-500 of the published table, and the scripts' values.
@@ -68,6 +69,7 @@ def timed(device, fn, iterations):
         for _ in range(iterations):
             fn()
         return (common.now(device) - t0) / iterations
+
     fn()  # warm-up
     return case
 
@@ -88,8 +90,10 @@ def main() -> None:
     def copies():
         """A fresh (reference, zskt) pair of teacher copies, so each method's hooks see only its own forwards;
         the reference's weights keep requires_grad, as in its code."""
-        return (copy.deepcopy(teacher).requires_grad_(True),
-                precision.prepare(copy.deepcopy(teacher)).requires_grad_(False))
+        return (
+            copy.deepcopy(teacher).requires_grad_(True),
+            precision.prepare(copy.deepcopy(teacher)).requires_grad_(False),
+        )
 
     student.eval()
     # zskt's side as the command runs it: float32 with its layout policy (channels_last on this CPU).
@@ -109,11 +113,31 @@ def main() -> None:
     opt_ref = torch.optim.Adam([x_ref], lr=di.generator_lr, betas=(0.5, 0.99))
     hooks_ours_di, hooks_ref_di = BNStatistics(teacher_ours_di), ref_hooks(teacher_ref_di)
     weights = {"bn": di.bn, "oh": di.oh, "adv": di.adv, "tv": di.tv, "l2": di.l2}
-    cases["deepinversion reference"] = timed(device, lambda: ref_deepinversion_iteration(
-        x_ref, opt_ref, teacher_ref_di, student, hooks_ref_di, targets, (1, -2), True, weights, MEAN, STD), args.iterations)
-    cases["deepinversion zskt"] = timed(device, lambda: deepinversion_step(
-        x_ours, opt_ours, teacher_ours_di, student_ours, hooks_ours_di, targets, (1, -2), True, di, low, high,
-        precision), args.iterations)
+    cases["deepinversion reference"] = timed(
+        device,
+        lambda: ref_deepinversion_iteration(
+            x_ref, opt_ref, teacher_ref_di, student, hooks_ref_di, targets, (1, -2), True, weights, MEAN, STD
+        ),
+        args.iterations,
+    )
+    cases["deepinversion zskt"] = timed(
+        device,
+        lambda: deepinversion_step(
+            x_ours,
+            opt_ours,
+            teacher_ours_di,
+            student_ours,
+            hooks_ours_di,
+            targets,
+            (1, -2),
+            True,
+            di,
+            low,
+            high,
+            precision,
+        ),
+        args.iterations,
+    )
 
     # CMI: one iteration of generator, z and head, with 4096 cached feature pairs as the reference draws.
     cmi = CMIConfig(teacher="t")
@@ -137,42 +161,125 @@ def main() -> None:
     g1.fuse_upsample = False  # the reference's generator runs its layers as written
     g2, h2, z2, o2, oh2 = cmi_parts()
     w_cmi = {"bn": cmi.bn, "oh": cmi.oh, "adv": cmi.adv, "cr": cmi.cr, "cr_T": cmi.cr_temperature}
-    cases["cmi reference"] = timed(device, lambda: ref_cmi_iteration(
-        g1, z1, o1, h1, oh1, teacher_ref_cmi, student, hooks_ref_cmi, cmi_hooks_ref, targets, cached, global_aug, local_aug,
-        w_cmi, MEAN, STD, 4, n), args.iterations)
-    cases["cmi zskt"] = timed(device, lambda: cmi_step(
-        g2, z2, o2, h2, oh2, teacher_ours_cmi, student_ours, hooks_cmi, targets, cached, global_aug, local_aug, cmi,
-        MEAN, STD, 4, precision), args.iterations)
+    cases["cmi reference"] = timed(
+        device,
+        lambda: ref_cmi_iteration(
+            g1,
+            z1,
+            o1,
+            h1,
+            oh1,
+            teacher_ref_cmi,
+            student,
+            hooks_ref_cmi,
+            cmi_hooks_ref,
+            targets,
+            cached,
+            global_aug,
+            local_aug,
+            w_cmi,
+            MEAN,
+            STD,
+            4,
+            n,
+        ),
+        args.iterations,
+    )
+    cases["cmi zskt"] = timed(
+        device,
+        lambda: cmi_step(
+            g2,
+            z2,
+            o2,
+            h2,
+            oh2,
+            teacher_ours_cmi,
+            student_ours,
+            hooks_cmi,
+            targets,
+            cached,
+            global_aug,
+            local_aug,
+            cmi,
+            MEAN,
+            STD,
+            4,
+            precision,
+        ),
+        args.iterations,
+    )
 
     # Fast: one iteration of the fast generator plus the meta-gradient accumulation (the round's meta step is
     # one Adam step on a 2.3M-parameter generator, included in the reference's last iteration only).
     fast = FastConfig(teacher="t")
     teacher_ref_fast, teacher_ours_fast = copies()
-    hooks_fast, hooks_fast_ref = BNStatistics(teacher_ours_fast, momentum=0.9), ref_hooks(teacher_ref_fast, mmt_rate=0.9)
+    hooks_fast, hooks_fast_ref = (
+        BNStatistics(teacher_ours_fast, momentum=0.9),
+        ref_hooks(teacher_ref_fast, mmt_rate=0.9),
+    )
     meta1, meta2 = CMIGenerator().to(device).train(), CMIGenerator().to(device).train()
     meta1.fuse_upsample = False
     f1, f2 = meta1.clone(), meta2.clone()
-    zf1, zf2 = torch.randn(n, 256, device=device).requires_grad_(), torch.randn(n, 256, device=device).requires_grad_()
-    of1 = torch.optim.Adam([{"params": f1.parameters()}, {"params": [zf1], "lr": 0.01}], lr=2e-3, betas=(0.5, 0.999))
-    of2 = torch.optim.Adam([{"params": f2.parameters()}, {"params": [zf2], "lr": 0.01}], lr=2e-3, betas=(0.5, 0.999))
+    zf1, zf2 = (
+        torch.randn(n, 256, device=device).requires_grad_(),
+        torch.randn(n, 256, device=device).requires_grad_(),
+    )
+    of1 = torch.optim.Adam(
+        [{"params": f1.parameters()}, {"params": [zf1], "lr": 0.01}], lr=2e-3, betas=(0.5, 0.999)
+    )
+    of2 = torch.optim.Adam(
+        [{"params": f2.parameters()}, {"params": [zf2], "lr": 0.01}], lr=2e-3, betas=(0.5, 0.999)
+    )
     mo1 = torch.optim.Adam(meta1.parameters(), lr=0.02, betas=(0.5, 0.999))
     w_fast = {"bn": fast.bn, "oh": fast.oh, "adv": fast.adv}
     aug = crop_flip_params(n, 4, g)
-    cases["fast reference"] = timed(device, lambda: ref_fast_round(
-        meta1, mo1, f1, zf1, of1, teacher_ref_fast, student, hooks_fast_ref, targets, [aug], w_fast, MEAN, STD, 4),
-        args.iterations)
+    cases["fast reference"] = timed(
+        device,
+        lambda: ref_fast_round(
+            meta1,
+            mo1,
+            f1,
+            zf1,
+            of1,
+            teacher_ref_fast,
+            student,
+            hooks_fast_ref,
+            targets,
+            [aug],
+            w_fast,
+            MEAN,
+            STD,
+            4,
+        ),
+        args.iterations,
+    )
 
     def ours_fast():
-        fast_step(f2, zf2, of2, teacher_ours_fast, student_ours, hooks_fast, targets, aug, fast, MEAN, STD, 4, True,
-                  precision)
+        fast_step(
+            f2,
+            zf2,
+            of2,
+            teacher_ours_fast,
+            student_ours,
+            hooks_fast,
+            targets,
+            aug,
+            fast,
+            MEAN,
+            STD,
+            4,
+            True,
+            precision,
+        )
         accumulate_maml(meta2, f2)
+
     cases["fast zskt"] = timed(device, ours_fast, args.iterations)
 
-    # The student step, from the stored images to the SGD step. The reference keeps each synthesised image as a
-    # PNG and reads a batch through a DataLoader (PIL decode, RandomCrop(32, 4), RandomHorizontalFlip, ToTensor,
-    # Normalize; here in the main process, as its workers would on these 2 cores) and distils from the unfolded
-    # teacher; zskt samples the uint8 bank on the device, crops/flips/normalises the batch at once and distils
-    # from the BN-folded teacher.
+    # The student step, from the stored images to the SGD step. The reference keeps each synthesised image as
+    # a PNG and reads a batch through a DataLoader (PIL decode, RandomCrop(32, 4), RandomHorizontalFlip,
+    # ToTensor, Normalize; here in the main process, as its workers would on these 2 cores) and distils from
+    # the unfolded teacher; zskt samples the uint8 bank on the device, crops/flips/normalises the batch at
+    # once and distils from the BN-folded teacher.
     from PIL import Image
 
     from zskt.methods.image_bank import ImageBank
@@ -193,10 +300,12 @@ def main() -> None:
     def reference_batch():
         batch = []
         for k in torch.randperm(len(files))[:n].tolist():
-            img = torch.from_numpy(np.array(Image.open(files[k]).convert("RGB"))).permute(2, 0, 1).float() / 255
+            img = (
+                torch.from_numpy(np.array(Image.open(files[k]).convert("RGB"))).permute(2, 0, 1).float() / 255
+            )
             padded = torch.nn.functional.pad(img, (4, 4, 4, 4))
             r, c = torch.randint(0, 9, (2,)).tolist()
-            img = padded[:, r:r + 32, c:c + 32]
+            img = padded[:, r : r + 32, c : c + 32]
             if torch.rand(()) < 0.5:
                 img = img.flip(2)
             batch.append((img - mean_t) / std_t)
@@ -204,11 +313,16 @@ def main() -> None:
 
     bank = ImageBank(len(stored), device=device)
     bank.add(stored.to(device))
-    cases["student step reference"] = timed(device, lambda: ref_student_step(
-        s1, teacher_ref_kd, sgd1, reference_batch(), 20.0), args.iterations)
-    cases["student step zskt"] = timed(device, lambda: student_step(
-        s2, folded, sgd2, precision.layout(student_images(bank, n, True, MEAN, STD)), 20.0, precision),
-        args.iterations)
+    cases["student step reference"] = timed(
+        device, lambda: ref_student_step(s1, teacher_ref_kd, sgd1, reference_batch(), 20.0), args.iterations
+    )
+    cases["student step zskt"] = timed(
+        device,
+        lambda: student_step(
+            s2, folded, sgd2, precision.layout(student_images(bank, n, True, MEAN, STD)), 20.0, precision
+        ),
+        args.iterations,
+    )
 
     times = common.interleaved(cases, args.repeats)
     info = common.machine(device)
@@ -221,8 +335,11 @@ def main() -> None:
     medians = {k: common.median(v) for k, v in times.items()}
     for what in ("deepinversion", "cmi", "fast", "student step"):
         ref, ours = medians[f"{what} reference"], medians[f"{what} zskt"]
-        print(f"| {what} | {common.spread(times[f'{what} reference'])} | {common.spread(times[f'{what} zskt'])} | "
-              f"{ref / ours:.2f}x |")
+        print(
+            f"| {what} | {common.spread(times[f'{what} reference'])} | "
+            f"{common.spread(times[f'{what} zskt'])} | "
+            f"{ref / ours:.2f}x |"
+        )
     print()
     print("| method, scripts' round (iterations + 400 student steps) | reference s | zskt s | speed-up |")
     print("|---|---|---|---|")

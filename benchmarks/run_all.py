@@ -29,7 +29,9 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="1 repeat each, no memory or CLI check")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json-dir", default=None, help="write zero_shot.json, train.json, belief.json, data_free.json here")
+    p.add_argument(
+        "--json-dir", default=None, help="write zero_shot.json, train.json, belief.json, data_free.json here"
+    )
     args = p.parse_args(argv)
     repeats = "1" if args.quick else str(args.repeats)
     common = ["--device", args.device, "--repeats", repeats] + (
@@ -56,7 +58,9 @@ def main(argv=None) -> None:
     )
     bench_belief.main([*common, *belief, *out("belief")])
     print()
-    bench_data_free.main([*common, *(["--bf16"] if args.device.startswith("cuda") else []), *out("data_free")])
+    bench_data_free.main(
+        [*common, *(["--bf16"] if args.device.startswith("cuda") else []), *out("data_free")]
+    )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """SLOW REFERENCE: the zju-vipa synthesisers' iterations written out literally (CMI `datafree/synthesis/
-deepinversion.py`, `contrastive.py`; Fast-Datafree `fast_meta.py`, `hooks.py`, `criterions.py`, `datafree_kd.py`
-`train()`), for the equivalence tests and benchmarks/bench_inversion.py. Networks keep `requires_grad=True` as
-in the reference (their weight gradients are computed and never used), hooks compute the statistics as the
-reference does (permute, contiguous copy, var), the best batch is chosen with a host sync per iteration
-(`loss.item()`), and CMI's second teacher forward recomputes the BN term. Kornia's augmentations are replaced by
-an independent per-sample implementation taking the same crop parameters as zskt's (a loop of slices, and an
-explicit bilinear sampler), so the two can be compared on equal draws.
+deepinversion.py`, `contrastive.py`; Fast-Datafree `fast_meta.py`, `hooks.py`, `criterions.py`,
+`datafree_kd.py` `train()`), for the equivalence tests and benchmarks/bench_inversion.py. Networks keep
+`requires_grad=True` as in the reference (their weight gradients are computed and never used), hooks compute
+the statistics as the reference does (permute, contiguous copy, var), the best batch is chosen with a host
+sync per iteration (`loss.item()`), and CMI's second teacher forward recomputes the BN term. Kornia's
+augmentations are replaced by an independent per-sample implementation taking the same crop parameters as
+zskt's (a loop of slices, and an explicit bilinear sampler), so the two can be compared on equal draws.
 """
 
 from __future__ import annotations
@@ -28,8 +28,11 @@ class RefDeepInversionHook:
             r = torch.norm(module.running_var.data - var, 2) + torch.norm(module.running_mean.data - mean, 2)
         else:
             mean_mmt, var_mmt = self.mmt
-            r = torch.norm(module.running_var.data - (1 - self.mmt_rate) * var - self.mmt_rate * var_mmt, 2) + \
-                torch.norm(module.running_mean.data - (1 - self.mmt_rate) * mean - self.mmt_rate * mean_mmt, 2)
+            r = torch.norm(
+                module.running_var.data - (1 - self.mmt_rate) * var - self.mmt_rate * var_mmt, 2
+            ) + torch.norm(
+                module.running_mean.data - (1 - self.mmt_rate) * mean - self.mmt_rate * mean_mmt, 2
+            )
         self.r_feature = r
         self.tmp_val = (mean, var)
 
@@ -39,8 +42,10 @@ class RefDeepInversionHook:
             self.mmt = (mean.data, var.data)
         else:
             mean_mmt, var_mmt = self.mmt
-            self.mmt = (self.mmt_rate * mean_mmt + (1 - self.mmt_rate) * mean.data,
-                        self.mmt_rate * var_mmt + (1 - self.mmt_rate) * var.data)
+            self.mmt = (
+                self.mmt_rate * mean_mmt + (1 - self.mmt_rate) * mean.data,
+                self.mmt_rate * var_mmt + (1 - self.mmt_rate) * var.data,
+            )
 
     def remove(self):
         self.hook.remove()
@@ -74,7 +79,9 @@ def ref_jsdiv(logits, targets, T=1.0, reduction="batchmean"):
     P = torch.clamp(P, 0.01, 0.99)
     Q = torch.clamp(Q, 0.01, 0.99)
     M = torch.clamp(M, 0.01, 0.99)
-    return 0.5 * F.kl_div(torch.log(P), M, reduction=reduction) + 0.5 * F.kl_div(torch.log(Q), M, reduction=reduction)
+    return 0.5 * F.kl_div(torch.log(P), M, reduction=reduction) + 0.5 * F.kl_div(
+        torch.log(Q), M, reduction=reduction
+    )
 
 
 def ref_tv(x):
@@ -104,14 +111,15 @@ def ref_crop_flip(x, offsets, flips, pad):
     out = []
     for i in range(len(x)):
         r, c = int(offsets[i, 0]), int(offsets[i, 1])
-        img = padded[i, :, r:r + h, c:c + w]
+        img = padded[i, :, r : r + h, c : c + w]
         out.append(torch.flip(img, dims=(2,)) if flips[i] else img)
     return torch.stack(out)
 
 
 def ref_resized_crop(x, boxes, flips):
     """Bilinear resampling of box (x0, y0, w, h) to the full size: output pixel i reads input coordinate
-    x0 + (i + ½)·w/W − ½ (pixel centres), clamped to the image (border), as an affine warp of the whole image."""
+    x0 + (i + ½)·w/W − ½ (pixel centres), clamped to the image (border), as an affine warp of the whole
+    image."""
     n, _, height, width = x.shape
     out = []
     for k in range(n):
@@ -130,7 +138,9 @@ def ref_resized_crop(x, boxes, flips):
     return torch.stack(out)
 
 
-def ref_deepinversion_iteration(inputs, optimizer, teacher, student, hooks, targets, shift, flip, w, mean, std):
+def ref_deepinversion_iteration(
+    inputs, optimizer, teacher, student, hooks, targets, shift, flip, w, mean, std
+):
     """One iteration of DeepInvSyntheiszer.synthesize (w: dict of bn, oh, adv, tv, l2)."""
     inputs_aug = torch.roll(inputs, shifts=shift, dims=(2, 3))
     if flip:
@@ -151,8 +161,26 @@ def ref_deepinversion_iteration(inputs, optimizer, teacher, student, hooks, targ
     return best_cost
 
 
-def ref_cmi_iteration(generator, z, optimizer, head, optimizer_head, teacher, student, hooks, cmi_hooks,
-                      targets, cached, global_aug, local_aug, w, mean, std, pad, synthesis_batch_size):
+def ref_cmi_iteration(
+    generator,
+    z,
+    optimizer,
+    head,
+    optimizer_head,
+    teacher,
+    student,
+    hooks,
+    cmi_hooks,
+    targets,
+    cached,
+    global_aug,
+    local_aug,
+    w,
+    mean,
+    std,
+    pad,
+    synthesis_batch_size,
+):
     """One iteration of CMISynthesizer.synthesize (w: bn, oh, adv, cr, cr_T)."""
     inputs = generator(z)
     global_view = ref_normalize(ref_crop_flip(inputs, *global_aug, pad), mean, std)
@@ -168,7 +196,9 @@ def ref_cmi_iteration(generator, z, optimizer, head, optimizer_head, teacher, st
     _ = teacher(local_view)
     local_feature = torch.cat([h.instance_mean for h in cmi_hooks], dim=1)
     cached_local_feature, cached_global_feature = torch.chunk(cached, chunks=2, dim=1)
-    proj_feature = head(torch.cat([local_feature, cached_local_feature, global_feature, cached_global_feature], dim=0))
+    proj_feature = head(
+        torch.cat([local_feature, cached_local_feature, global_feature, cached_global_feature], dim=0)
+    )
     proj_local_feature, proj_global_feature = torch.chunk(proj_feature, chunks=2, dim=0)
     cr_logits = torch.mm(proj_local_feature, proj_global_feature.detach().T) / w["cr_T"]
     cr_labels = torch.arange(start=0, end=len(cr_logits))
@@ -185,16 +215,30 @@ def ref_cmi_iteration(generator, z, optimizer, head, optimizer_head, teacher, st
 
 
 def ref_fomaml_grad(src, tar):
-    for p, tar_p in zip(src.parameters(), tar.parameters()):
+    for p, tar_p in zip(src.parameters(), tar.parameters(), strict=False):
         if p.grad is None:
             p.grad = torch.zeros(p.size(), dtype=p.dtype)
         p.grad.data.add_(tar_p.grad.data)
 
 
-def ref_fast_round(meta_generator, meta_optimizer, fast_generator, z, optimizer, teacher, student, hooks, targets,
-                   augs, w, mean, std, pad):
-    """The g_steps iterations of FastMetaSynthesizer.synthesize (is_maml=1, adversarial on), meta step included;
-    `augs` holds each iteration's (offsets, flips)."""
+def ref_fast_round(
+    meta_generator,
+    meta_optimizer,
+    fast_generator,
+    z,
+    optimizer,
+    teacher,
+    student,
+    hooks,
+    targets,
+    augs,
+    w,
+    mean,
+    std,
+    pad,
+):
+    """The g_steps iterations of FastMetaSynthesizer.synthesize (is_maml=1, adversarial on), meta step
+    included; `augs` holds each iteration's (offsets, flips)."""
     iterations = len(augs)
     for it in range(iterations):
         inputs = fast_generator(z)

@@ -92,8 +92,9 @@ def test_batched_equals_authors_one_at_a_time(dtype, tolerance, random_wrn):
     images = torch.randn(2, 1, 8, 8, dtype=dtype)
     labels = torch.tensor([0, 3])
     a_s, a_t = authors_transition_curves(student, teacher, images, labels, steps=6, step_size=1.0)
-    b_s, b_t = transition_curves(student, teacher, images, targets_for(labels, 5), steps=6, step_size=1.0,
-                                 chunk_size=5)
+    b_s, b_t = transition_curves(
+        student, teacher, images, targets_for(labels, 5), steps=6, step_size=1.0, chunk_size=5
+    )
     torch.testing.assert_close(b_s, a_s, rtol=0, atol=tolerance)
     torch.testing.assert_close(b_t, a_t, rtol=0, atol=tolerance)
     assert abs(mean_transition_error(b_s, b_t, 6) - mean_transition_error(a_s, a_t, 6)) < tolerance / 10
@@ -215,9 +216,29 @@ def checkpoints(tmp_path_factory, random_wrn):
 
 
 def _belief(tmp_path, checkpoints, out, *extra):
-    return main(["belief", "--student", str(checkpoints / "student.pt"), "--teacher",
-                 str(checkpoints / "teacher.pt"), "--dataset", "digits", "--out", str(tmp_path / out),
-                 "--quiet", "-N", "6", "-K", "3", "--mte-steps", "2", "--step-size", "0.5", *extra])
+    return main(
+        [
+            "belief",
+            "--student",
+            str(checkpoints / "student.pt"),
+            "--teacher",
+            str(checkpoints / "teacher.pt"),
+            "--dataset",
+            "digits",
+            "--out",
+            str(tmp_path / out),
+            "--quiet",
+            "-N",
+            "6",
+            "-K",
+            "3",
+            "--mte-steps",
+            "2",
+            "--step-size",
+            "0.5",
+            *extra,
+        ]
+    )
 
 
 def test_cli_end_to_end_on_digits(tmp_path, checkpoints, capsys):
@@ -249,11 +270,33 @@ def test_cli_end_to_end_on_digits(tmp_path, checkpoints, capsys):
 
 
 def test_cli_rejects_a_checkpoint_for_another_class_count(tmp_path, checkpoints, capsys):
-    code = main(["belief", "--student", str(checkpoints / "five.pt"), "--teacher",
-                 str(checkpoints / "teacher.pt"), "--dataset", "digits", "--out", str(tmp_path / "x"),
-                 "--quiet"])
+    code = main(
+        [
+            "belief",
+            "--student",
+            str(checkpoints / "five.pt"),
+            "--teacher",
+            str(checkpoints / "teacher.pt"),
+            "--dataset",
+            "digits",
+            "--out",
+            str(tmp_path / "x"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "--student" in err and "5-class" in err and "10 classes" in err
-    code = main(["belief", "--student", str(checkpoints / "student.pt"), "--teacher",
-                 str(checkpoints / "teacher.pt"), "--out", str(tmp_path / "y"), "--mte-steps", "300"])
+    code = main(
+        [
+            "belief",
+            "--student",
+            str(checkpoints / "student.pt"),
+            "--teacher",
+            str(checkpoints / "teacher.pt"),
+            "--out",
+            str(tmp_path / "y"),
+            "--mte-steps",
+            "300",
+        ]
+    )
     assert code == 2 and "mte_steps" in capsys.readouterr().err

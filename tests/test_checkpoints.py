@@ -1,8 +1,8 @@
-"""Specification of checkpoint files: the project's round trip, the authors' and the Ferles reproduction's files
-as published (SPEC.md §7), and a one-line ZsktError for every way a file can be wrong.
+"""Specification of checkpoint files: the project's round trip, the authors' and the Ferles reproduction's
+files as published (SPEC.md §7), and a one-line ZsktError for every way a file can be wrong.
 
-The authors' files are written here by `AuthorsWideResNet` (test_models.py), an independent restatement of their
-network, with torch.save exactly as their code calls it; PyTorch 1.0 wrote the legacy (non-zip) format.
+The authors' files are written here by `AuthorsWideResNet` (test_models.py), an independent restatement of
+their network, with torch.save exactly as their code calls it; PyTorch 1.0 wrote the legacy (non-zip) format.
 """
 
 from __future__ import annotations
@@ -219,7 +219,8 @@ class AuthorsLearnableLoader(nn.Module):
         randomise_bn(self.generator, seed=5)
 
 
-# ------------------------------------------------------------------------------ other layouts of the same weights
+# ------------------------------------------------------------------------------ other layouts of the same
+# weights
 
 
 def to_ferles(state: dict) -> OrderedDict:

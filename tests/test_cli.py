@@ -93,8 +93,11 @@ def test_config_replays_a_run_with_overrides_and_records_provenance(tmp_path, mo
     assert first["device"] == "auto"
     assert first["resolved"]["runtime"] == {"device": "cpu", "precision": "fp32"}
     result = json.loads((tmp_path / "a" / "result.json").read_text())
-    assert result["inputs"]["teacher"] == {"path": str(tmp_path / "t.pt"), "bytes": 15,
-                                           "sha256": hashlib.sha256(b"teacher weights").hexdigest()}
+    assert result["inputs"]["teacher"] == {
+        "path": str(tmp_path / "t.pt"),
+        "bytes": 15,
+        "sha256": hashlib.sha256(b"teacher weights").hexdigest(),
+    }
     assert result["started"] <= result["finished"] and result["device"] == "cpu"
     # Replayed from another folder: the relative teacher path is found through the recorded absolute one;
     # the seed given on the command line overrides the replayed one.

@@ -18,23 +18,34 @@ def parse(argv):
 def test_defaults_are_the_papers_recipe():
     cfg = TrainConfig()
     assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.batch_size, cfg.lr_decay) == (
-        0.1, 0.9, 5e-4, False, 128, 0.2)
+        0.1,
+        0.9,
+        5e-4,
+        False,
+        128,
+        0.2,
+    )
 
 
 def test_options_override_typed_fields():
-    cfg = parse(["--dataset", "cifar10", "--epochs", "3", "--lr", "0.05", "--nesterov", "--model", "wrn-40-2"])
+    cfg = parse(
+        ["--dataset", "cifar10", "--epochs", "3", "--lr", "0.05", "--nesterov", "--model", "wrn-40-2"]
+    )
     assert cfg.epochs == 3 and cfg.lr == 0.05 and cfg.nesterov is True and cfg.model == "wrn-40-2"
     assert parse([]).epochs is None
 
 
-@pytest.mark.parametrize("argv,words", [
-    (["--epochs", "-3"], "epochs must be positive"),
-    (["--epochs", "three"], "bad value 'three' for --epochs"),
-    (["--model", "resnet-50"], "unknown model"),
-    (["--dataset", "imagenet"], "unknown data set"),
-    (["--precision", "fp8"], "unknown precision"),
-    (["--images-per-class", "0"], "images_per_class"),
-])
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--epochs", "-3"], "epochs must be positive"),
+        (["--epochs", "three"], "bad value 'three' for --epochs"),
+        (["--model", "resnet-50"], "unknown model"),
+        (["--dataset", "imagenet"], "unknown data set"),
+        (["--precision", "fp8"], "unknown precision"),
+        (["--images-per-class", "0"], "images_per_class"),
+    ],
+)
 def test_bad_values_are_one_line_errors(argv, words):
     with pytest.raises(ZsktError) as e:
         parse(argv)

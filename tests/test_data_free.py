@@ -1,6 +1,6 @@
-"""DAFL, DFAD and DFQ: one round of zskt's loop against the DataFree reference code's semantics written out here
-(CMI `datafree/synthesis/generative.py` and `datafree_kd.py` at acbbea6), equal parameters in float64; the
-generator; the configs' reference settings."""
+"""DAFL, DFAD and DFQ: one round of zskt's loop against the DataFree reference code's semantics written out
+here (CMI `datafree/synthesis/generative.py` and `datafree_kd.py` at acbbea6), equal parameters in float64;
+the generator; the configs' reference settings."""
 
 import copy
 import dataclasses
@@ -29,7 +29,8 @@ MEAN, STD = (0.4, 0.5, 0.3), (0.2, 0.25, 0.3)
 
 
 class ReferenceHook:
-    """`datafree.hooks.DeepInversionHook`: always on; the last forward's ‖var_run − var‖ + ‖mean_run − mean‖."""
+    """`datafree.hooks.DeepInversionHook`: always on; the last forward's ‖var_run − var‖ + ‖mean_run −
+    mean‖."""
 
     def __init__(self, module):
         self.handle = module.register_forward_hook(self.hook_fn)
@@ -38,11 +39,17 @@ class ReferenceHook:
         nch = inputs[0].shape[1]
         mean = inputs[0].mean([0, 2, 3])
         var = inputs[0].permute(1, 0, 2, 3).contiguous().view([nch, -1]).var(1, unbiased=False)
-        self.r_feature = torch.norm(module.running_var.data - var, 2) + torch.norm(module.running_mean.data - mean, 2)
+        self.r_feature = torch.norm(module.running_var.data - var, 2) + torch.norm(
+            module.running_mean.data - mean, 2
+        )
 
 
 def reference_kldiv(logits, targets, T=1.0):
-    return F.kl_div(F.log_softmax(logits / T, dim=1), F.softmax(targets / T, dim=1), reduction="batchmean") * T * T
+    return (
+        F.kl_div(F.log_softmax(logits / T, dim=1), F.softmax(targets / T, dim=1), reduction="batchmean")
+        * T
+        * T
+    )
 
 
 def teacher_with_features(teacher, x):
@@ -52,13 +59,28 @@ def teacher_with_features(teacher, x):
     return teacher.fc(features), features
 
 
-def reference_round(teacher, student, generator, opt_g, opt_s, criterion, w, z_source, g_steps, kd_steps,
-                    batch_size, sample_eval=True):
+def reference_round(
+    teacher,
+    student,
+    generator,
+    opt_g,
+    opt_s,
+    criterion,
+    w,
+    z_source,
+    g_steps,
+    kd_steps,
+    batch_size,
+    sample_eval=True,
+):
     """One pass of `for _ in range(ep_steps // kd_steps)`: `synthesizer.synthesize()` then `train(...)`."""
     hooks = [ReferenceHook(m) for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)]
     mean = torch.tensor(MEAN, dtype=torch.float64).view(1, -1, 1, 1)
     std = torch.tensor(STD, dtype=torch.float64).view(1, -1, 1, 1)
-    normalizer = lambda x: (x - mean) / std  # their Normalizer
+
+    def normalizer(x):  # their Normalizer
+        return (x - mean) / std
+
     # synthesize()
     student.eval()
     generator.train()
@@ -78,8 +100,13 @@ def reference_round(teacher, student, generator, opt_g, opt_s, criterion, w, z_s
             loss_adv = loss_oh.new_zeros(1)
         p = F.softmax(t_out, dim=1).mean(0)
         loss_balance = (p * torch.log(p)).sum()
-        loss = (w["bn"] * loss_bn + w["oh"] * loss_oh + w["adv"] * loss_adv + w["balance"] * loss_balance
-                + w["act"] * loss_act)
+        loss = (
+            w["bn"] * loss_bn
+            + w["oh"] * loss_oh
+            + w["adv"] * loss_adv
+            + w["balance"] * loss_balance
+            + w["act"] * loss_act
+        )
         loss.backward()
         opt_g.step()
     # train()
@@ -116,22 +143,31 @@ def networks(seed=0):
             m.bias.data.uniform_(-0.2, 0.2)
     teacher.eval().requires_grad_(False)
     student = build_model("wrn-16-1", 10, 3).double().train()
-    generator = DataFreeGenerator(8, image_size=8, out_channels=3, ngf=4, fuse_upsample=False).double().train()
+    generator = (
+        DataFreeGenerator(8, image_size=8, out_channels=3, ngf=4, fuse_upsample=False).double().train()
+    )
     return teacher, student, generator
 
 
-@pytest.mark.parametrize("config", [
-    DAFLConfig(dataset="cifar10"), DFADConfig(dataset="cifar10"), DFQConfig(dataset="cifar10"),
-    DFQConfig(dataset="cifar10", act=0.1, student_steps=2, sample_mode="train"),
-    DAFLConfig(dataset="cifar10", adv=0.5, discrepancy="l1", generator_steps=2, student_steps=2),
-], ids=["dafl", "dfad", "dfq", "dfq-all-terms-train-sampling", "dafl-adv-l1"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        DAFLConfig(dataset="cifar10"),
+        DFADConfig(dataset="cifar10"),
+        DFQConfig(dataset="cifar10"),
+        DFQConfig(dataset="cifar10", act=0.1, student_steps=2, sample_mode="train"),
+        DAFLConfig(dataset="cifar10", adv=0.5, discrepancy="l1", generator_steps=2, student_steps=2),
+    ],
+    ids=["dafl", "dfad", "dfq", "dfq-all-terms-train-sampling", "dafl-adv-l1"],
+)
 def test_one_round_equals_the_reference_in_float64(config):
     cfg = dataclasses.replace(config, batch_size=6, z_dim=8, ngf=4)
     teacher, student, generator = networks()
     ref_student, ref_generator = copy.deepcopy(student), copy.deepcopy(generator)
     ref_teacher = copy.deepcopy(teacher).requires_grad_(True)  # the reference's teacher keeps requires_grad
 
-    # zskt: normalisation inside the generator, fused upsample-convs, folded answering teacher, our optimisers.
+    # zskt: normalisation inside the generator, fused upsample-convs, folded answering teacher, our
+    # optimisers.
     generator.mean.copy_(torch.tensor(MEAN, dtype=torch.float64).view(1, -1, 1, 1))
     generator.std.copy_(torch.tensor(STD, dtype=torch.float64).view(1, -1, 1, 1))
     generator.fuse_upsample = True
@@ -141,12 +177,25 @@ def test_one_round_equals_the_reference_in_float64(config):
     try:
         generative_round(Teacher.build(teacher, cfg), state, cfg, Precision("fp32", "cpu", False))
         opt_g = torch.optim.Adam(ref_generator.parameters(), lr=cfg.generator_lr, betas=(0.5, 0.999))
-        opt_s = torch.optim.SGD(ref_student.parameters(), cfg.student_lr, weight_decay=cfg.weight_decay, momentum=0.9)
+        opt_s = torch.optim.SGD(
+            ref_student.parameters(), cfg.student_lr, weight_decay=cfg.weight_decay, momentum=0.9
+        )
         criterion = torch.nn.L1Loss() if cfg.discrepancy == "l1" else reference_kldiv
         weights = {k: getattr(cfg, k) for k in ("adv", "bn", "oh", "act", "balance")}
-        reference_round(ref_teacher, ref_student, ref_generator, opt_g, opt_s, criterion, weights,
-                        torch.Generator().manual_seed(7), cfg.generator_steps, cfg.student_steps, cfg.batch_size,
-                        sample_eval=cfg.sample_mode == "eval")
+        reference_round(
+            ref_teacher,
+            ref_student,
+            ref_generator,
+            opt_g,
+            opt_s,
+            criterion,
+            weights,
+            torch.Generator().manual_seed(7),
+            cfg.generator_steps,
+            cfg.student_steps,
+            cfg.batch_size,
+            sample_eval=cfg.sample_mode == "eval",
+        )
     finally:
         torch.set_default_dtype(torch.float32)
     for ours, ref in ((student, ref_student), (generator, ref_generator)):
@@ -154,7 +203,10 @@ def test_one_round_equals_the_reference_in_float64(config):
         for key, value in ours.state_dict().items():
             if key in ("mean", "std"):
                 continue
-            assert torch.allclose(value, theirs[key], rtol=1e-9, atol=1e-11), (key, (value - theirs[key]).abs().max())
+            assert torch.allclose(value, theirs[key], rtol=1e-9, atol=1e-11), (
+                key,
+                (value - theirs[key]).abs().max(),
+            )
     # The round did change the networks (a comparison of untouched weights would prove nothing).
     assert not torch.equal(student.fc.weight, networks()[1].fc.weight)
     assert not torch.equal(generator.l1[0].weight, networks()[2].l1[0].weight)
@@ -166,7 +218,9 @@ def test_generator_is_the_reference_large_generator_with_their_keys():
     assert "l1.0.weight" in keys and "conv_blocks.2.weight" in keys and "conv_blocks.9.bias" in keys
     assert "conv_blocks.2.bias" not in keys  # their convs before BN have no bias
     # Linear 256 -> 256*8*8, BN 256, conv 256->128, BN 128, conv 128->64, BN 64, conv 64->3 + bias.
-    expected = (256 * 16384 + 16384) + 2 * 256 + 256 * 128 * 9 + 2 * 128 + 128 * 64 * 9 + 2 * 64 + 64 * 3 * 9 + 3
+    expected = (
+        (256 * 16384 + 16384) + 2 * 256 + 256 * 128 * 9 + 2 * 128 + 128 * 64 * 9 + 2 * 64 + 64 * 3 * 9 + 3
+    )
     assert sum(p.numel() for p in g.parameters()) == expected
     z = torch.randn(4, 256, dtype=torch.float64)
     g = g.double()
@@ -178,13 +232,22 @@ def test_generator_is_the_reference_large_generator_with_their_keys():
 
 
 def test_reference_settings():
-    dafl, dfad, dfq = DAFLConfig(dataset="cifar10"), DFADConfig(dataset="cifar10"), DFQConfig(dataset="cifar10")
+    dafl, dfad, dfq = (
+        DAFLConfig(dataset="cifar10"),
+        DFADConfig(dataset="cifar10"),
+        DFQConfig(dataset="cifar10"),
+    )
     assert (dafl.oh, dafl.act, dafl.balance, dafl.adv, dafl.bn) == (1.0, 0.1, 20.0, 0.0, 0.0)
     assert (dfad.adv, dfad.discrepancy, dfad.oh, dfad.bn, dfad.balance) == (1.0, "l1", 0.0, 0.0, 0.0)
     assert (dfq.adv, dfq.bn, dfq.oh, dfq.balance, dfq.student_steps) == (1.0, 1.0, 1.0, 20.0, 10)
     for cfg in (dafl, dfad, dfq):
         assert (cfg.batch, cfg.generator_width, cfg.student_lr, cfg.weight_decay, cfg.generator_lr) == (
-            256, 64, 0.1, 1e-4, 1e-3)
+            256,
+            64,
+            0.1,
+            1e-4,
+            1e-3,
+        )
         # 200 epochs of 400 student steps
         assert cfg.total_iterations * cfg.student_steps == 200 * 400
         assert cfg.eval_interval == cfg.rounds_per_epoch
@@ -222,14 +285,44 @@ def teacher_file(tmp_path_factory):
 @pytest.mark.parametrize("method", ["dafl", "dfad", "dfq"])
 def test_command_end_to_end(method, tmp_path, teacher_file, capsys):
     out = tmp_path / method
-    args = [method, "--teacher", str(teacher_file), "--dataset", "digits", "--image-size", "8", "--out", str(out),
-            "--device", "cpu", "--quiet", "--iterations", "3", "--eval-every", "2", "--batch-size", "8",
-            "--ngf", "4", "--z-dim", "8", "--student-steps", "2", "--epoch-steps", "4"]
+    args = [
+        method,
+        "--teacher",
+        str(teacher_file),
+        "--dataset",
+        "digits",
+        "--image-size",
+        "8",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--iterations",
+        "3",
+        "--eval-every",
+        "2",
+        "--batch-size",
+        "8",
+        "--ngf",
+        "4",
+        "--z-dim",
+        "8",
+        "--student-steps",
+        "2",
+        "--epoch-steps",
+        "4",
+    ]
     assert cli_main(args) == 0
     result = json.loads((out / "result.json").read_text())
     for key in ("test_accuracy", "best_test_accuracy", "seconds_per_iteration", "teacher_test_accuracy"):
         assert isinstance(result[key], float), key
-    assert (result["method"], result["iterations"], result["dataset"], result["batch_size"]) == (method, 3, "digits", 8)
+    assert (result["method"], result["iterations"], result["dataset"], result["batch_size"]) == (
+        method,
+        3,
+        "digits",
+        8,
+    )
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [2, 3]
     assert {"generator_loss", "student_loss", "test_accuracy", "student_lr"} <= rows[-1].keys()
@@ -244,9 +337,17 @@ def test_command_end_to_end(method, tmp_path, teacher_file, capsys):
 def test_command_errors(tmp_path, teacher_file, capsys):
     assert cli_main(["dfq", "--teacher", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")]) == 2
     assert "missing.pt" in capsys.readouterr().err
-    assert cli_main(["dafl", "--teacher", str(teacher_file), "--dataset", "svhn", "--out", str(tmp_path / "y")]) == 2
+    assert (
+        cli_main(["dafl", "--teacher", str(teacher_file), "--dataset", "svhn", "--out", str(tmp_path / "y")])
+        == 2
+    )
     assert "trained on digits" in capsys.readouterr().err
-    assert cli_main(["dfad", "--teacher", str(teacher_file), "--discrepancy", "l2", "--out", str(tmp_path / "z")]) == 2
+    assert (
+        cli_main(
+            ["dfad", "--teacher", str(teacher_file), "--discrepancy", "l2", "--out", str(tmp_path / "z")]
+        )
+        == 2
+    )
 
 
 def _run(tmp_path, name, cfg, *, resume=False, stop_at=None):
@@ -254,7 +355,9 @@ def _run(tmp_path, name, cfg, *, resume=False, stop_at=None):
     from zskt.runlog import RunLog
 
     digits = load_dataset("digits", image_size=8, splits=("test",))
-    log = RunLog(tmp_path / name, command="dfq", config={"iterations": cfg.iterations}, quiet=True, resume=resume)
+    log = RunLog(
+        tmp_path / name, command="dfq", config={"iterations": cfg.iterations}, quiet=True, resume=resume
+    )
     if stop_at is not None:
         save = log.save_checkpoint
 
@@ -271,30 +374,72 @@ def _run(tmp_path, name, cfg, *, resume=False, stop_at=None):
 
 
 def test_resume_gives_the_uninterrupted_result(tmp_path):
-    # DFQ: every piece of state is in play (generator BN buffers, SGD momentum, the epoch schedule, the z stream).
-    cfg = DFQConfig(iterations=6, eval_every=2, batch_size=8, ngf=4, z_dim=8, student_steps=2, epoch_steps=4,
-                    device="cpu", act=0.1)
+    # DFQ: every piece of state is in play (generator BN buffers, SGD momentum, the epoch schedule, the z
+    # stream).
+    cfg = DFQConfig(
+        iterations=6,
+        eval_every=2,
+        batch_size=8,
+        ngf=4,
+        z_dim=8,
+        student_steps=2,
+        epoch_steps=4,
+        device="cpu",
+        act=0.1,
+    )
     straight = _run(tmp_path, "straight", cfg)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, "resumed", cfg, stop_at=2)
     resumed = _run(tmp_path, "resumed", cfg, resume=True)
     a, b = load_model(tmp_path / "straight" / "model.pt"), load_model(tmp_path / "resumed" / "model.pt")
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
     assert resumed["test_accuracy"] == straight["test_accuracy"]
     rows = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6]
-    assert rows[0]["student_lr"] == 0.1 and rows[-1]["student_lr"] < 0.1  # one epoch (2 rounds) at the full rate
+    assert (
+        rows[0]["student_lr"] == 0.1 and rows[-1]["student_lr"] < 0.1
+    )  # one epoch (2 rounds) at the full rate
 
 
 def test_command_with_resnets(tmp_path):
-    # A ResNet teacher (BN hooks on its layers, activation term from its `linear` input) into a ResNet student.
+    # A ResNet teacher (BN hooks on its layers, activation term from its `linear` input) into a ResNet
+    # student.
     torch.manual_seed(0)
     teacher = tmp_path / "resnet.pt"
     save_model(build_model("resnet-18", 10, 1), teacher, dataset="digits", image_size=8)
     out = tmp_path / "run"
-    args = ["dfq", "--teacher", str(teacher), "--student", "resnet-18", "--dataset", "digits", "--image-size", "8",
-            "--out", str(out), "--device", "cpu", "--quiet", "--iterations", "1", "--batch-size", "4", "--ngf", "4",
-            "--z-dim", "8", "--student-steps", "1", "--epoch-steps", "1", "--act", "0.1"]
+    args = [
+        "dfq",
+        "--teacher",
+        str(teacher),
+        "--student",
+        "resnet-18",
+        "--dataset",
+        "digits",
+        "--image-size",
+        "8",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--iterations",
+        "1",
+        "--batch-size",
+        "4",
+        "--ngf",
+        "4",
+        "--z-dim",
+        "8",
+        "--student-steps",
+        "1",
+        "--epoch-steps",
+        "1",
+        "--act",
+        "0.1",
+    ]
     assert cli_main(args) == 0
     result = json.loads((out / "result.json").read_text())
     assert result["student"] == "resnet-18" and isinstance(result["test_accuracy"], float)

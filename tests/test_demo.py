@@ -73,9 +73,12 @@ def test_the_demo_is_sized_to_the_machine_it_runs_on(tmp_path):
     assert fit_scale(demo, tmp_path / "a", reference)[0] == 1.0
     # A machine five times slower than the reference: the demo shrinks until it fits in 90 % of 10 minutes.
     slower = {k: 5 * v for k, v in reference.train_per_image.items()}
-    slow = dataclasses.replace(reference, train_per_image=slower,
-                               zero_shot_per_batch=5 * reference.zero_shot_per_batch,
-                               belief_per_pair_step=5 * reference.belief_per_pair_step)
+    slow = dataclasses.replace(
+        reference,
+        train_per_image=slower,
+        zero_shot_per_batch=5 * reference.zero_shot_per_batch,
+        belief_per_pair_step=5 * reference.belief_per_pair_step,
+    )
     scale, expected = fit_scale(demo, tmp_path / "b", slow)
     assert 0 < scale < 1 and expected <= 0.9 * BUDGET_SECONDS
     # A folder that holds runs keeps their scale (experiment.json refuses a mix).

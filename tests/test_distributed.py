@@ -5,6 +5,7 @@ failure on one rank stops all of them. Plus the exact-arithmetic helpers, in one
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -26,14 +27,28 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 def zskt(*args: str, ranks: int = 1, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
     """`python -m zskt ARGS`, or `torchrun --standalone --nproc-per-node RANKS -m zskt ARGS`."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
-                "-m", "zskt"] if ranks > 1 else [sys.executable, "-m", "zskt"]
-    proc = subprocess.run([*launcher, *args], env=ENV, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    launcher = (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={ranks}",
+            "-m",
+            "zskt",
+        ]
+        if ranks > 1
+        else [sys.executable, "-m", "zskt"]
+    )
+    proc = subprocess.run(
+        [*launcher, *args], env=ENV, capture_output=True, text=True, timeout=timeout, check=False
+    )
     if check and proc.returncode != 0:
         # The ranks' own messages come before torchrun's summary of the failure.
-        raise AssertionError(f"zskt {' '.join(args)} on {ranks} rank(s) failed ({proc.returncode}):\n"
-                             f"{proc.stdout[-2000:]}\n{proc.stderr[:4000]}\n...\n{proc.stderr[-1500:]}")
+        raise AssertionError(
+            f"zskt {' '.join(args)} on {ranks} rank(s) failed ({proc.returncode}):\n"
+            f"{proc.stdout[-2000:]}\n{proc.stderr[:4000]}\n...\n{proc.stderr[-1500:]}"
+        )
     return proc
 
 
@@ -61,8 +76,23 @@ def result(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("teacher") / "t"
-    assert main(["train", "--dataset", "digits", "--model", "wrn-16-1", "--epochs", "3", "--quiet",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "digits",
+                "--model",
+                "wrn-16-1",
+                "--epochs",
+                "3",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out / "model.pt"
 
 
@@ -122,15 +152,48 @@ def test_train_on_two_ranks(tmp_path):
 
 def test_kd_at_and_belief_on_two_ranks(tmp_path, teacher):
     student = tmp_path / "kd"
-    zskt("kd-at", "--dataset", "digits", "--teacher", str(teacher), "--student", "wrn-16-1", "-M", "5",
-         "--epochs", "2", "--device", "cpu", "--out", str(student), ranks=2)
+    zskt(
+        "kd-at",
+        "--dataset",
+        "digits",
+        "--teacher",
+        str(teacher),
+        "--student",
+        "wrn-16-1",
+        "-M",
+        "5",
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(student),
+        ranks=2,
+    )
     r = result(student)
-    assert r["distributed"]["weights_identical_across_ranks"] and r["epochs"] == 56  # 2 x M-scaling on 5/class
+    assert (
+        r["distributed"]["weights_identical_across_ranks"] and r["epochs"] == 56
+    )  # 2 x M-scaling on 5/class
     assert json.loads((student / "subset.json").read_text())["images_per_class"] == 5
     # Belief: the images split across ranks; every curve is independent of the others, so the gathered curves
     # are the single-process ones.
-    args = ["belief", "--dataset", "digits", "--teacher", str(teacher), "--student", str(student / "model.pt"),
-            "--images", "9", "--steps", "4", "--mte-steps", "4", "--device", "cpu"]
+    args = [
+        "belief",
+        "--dataset",
+        "digits",
+        "--teacher",
+        str(teacher),
+        "--student",
+        str(student / "model.pt"),
+        "--images",
+        "9",
+        "--steps",
+        "4",
+        "--mte-steps",
+        "4",
+        "--device",
+        "cpu",
+    ]
     zskt(*args, "--out", str(tmp_path / "b1"))
     zskt(*args, "--out", str(tmp_path / "b2"), ranks=2)
     b1, b2 = result(tmp_path / "b1"), result(tmp_path / "b2")
@@ -140,8 +203,21 @@ def test_kd_at_and_belief_on_two_ranks(tmp_path, teacher):
 
 
 def test_zero_shot_on_two_ranks(tmp_path, teacher):
-    args = ["zero-shot", "--dataset", "digits", "--teacher", str(teacher), "--iterations", "4",
-            "--batch-size", "32", "--eval-every", "2", "--device", "cpu"]
+    args = [
+        "zero-shot",
+        "--dataset",
+        "digits",
+        "--teacher",
+        str(teacher),
+        "--iterations",
+        "4",
+        "--batch-size",
+        "32",
+        "--eval-every",
+        "2",
+        "--device",
+        "cpu",
+    ]
     zskt(*args, "--out", str(tmp_path / "one"))
     zskt(*args, "--out", str(tmp_path / "two"), ranks=2)
     r1, r2 = result(tmp_path / "one"), result(tmp_path / "two")
@@ -156,10 +232,26 @@ def test_zero_shot_on_two_ranks(tmp_path, teacher):
 
 
 def _kill_after_first_checkpoint(args: list[str], out: Path, ranks: int) -> None:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
-                "-m", "zskt"] if ranks > 1 else [sys.executable, "-m", "zskt"]
-    proc = subprocess.Popen([*launcher, *args, "--out", str(out)], env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    launcher = (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={ranks}",
+            "-m",
+            "zskt",
+        ]
+        if ranks > 1
+        else [sys.executable, "-m", "zskt"]
+    )
+    proc = subprocess.Popen(
+        [*launcher, *args, "--out", str(out)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 240
     try:
         while not (out / "checkpoint.pt").is_file():
@@ -168,10 +260,8 @@ def _kill_after_first_checkpoint(args: list[str], out: Path, ranks: int) -> None
             time.sleep(0.05)
     finally:
         for pid in [proc.pid, *descendants(proc.pid)]:  # the whole process tree, as a lost machine would
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         proc.wait()
         time.sleep(0.5)  # let the killed workers' last writes settle
     assert not (out / "result.json").exists()
@@ -180,8 +270,21 @@ def _kill_after_first_checkpoint(args: list[str], out: Path, ranks: int) -> None
 @pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
 def test_killed_run_resumes_with_another_world_size(tmp_path, teacher, before, after):
     out = tmp_path / "zs"
-    args = ["zero-shot", "--dataset", "digits", "--teacher", str(teacher), "--iterations", "40",
-            "--batch-size", "16", "--eval-every", "2", "--device", "cpu"]
+    args = [
+        "zero-shot",
+        "--dataset",
+        "digits",
+        "--teacher",
+        str(teacher),
+        "--iterations",
+        "40",
+        "--batch-size",
+        "16",
+        "--eval-every",
+        "2",
+        "--device",
+        "cpu",
+    ]
     _kill_after_first_checkpoint(args, out, before)
     proc = zskt(*args, "--out", str(out), "--resume", ranks=after)
     assert "resumed from pseudo batch" in proc.stdout
@@ -194,8 +297,19 @@ def test_killed_run_resumes_with_another_world_size(tmp_path, teacher, before, a
 
 def test_refusal_on_rank_0_stops_every_rank_with_one_message(tmp_path, teacher):
     out = tmp_path / "done"
-    args = ["train", "--dataset", "digits", "--model", "wrn-16-1", "--epochs", "1", "--device", "cpu",
-            "--out", str(out)]
+    args = [
+        "train",
+        "--dataset",
+        "digits",
+        "--model",
+        "wrn-16-1",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     zskt(*args)
     # A rank left waiting on rank 0 would hang for gloo's 10-minute timeout: the run's own timeout (well under
     # that, well over a start-up on a busy machine) is the check, not a wall-clock bound.
@@ -207,8 +321,23 @@ def test_refusal_on_rank_0_stops_every_rank_with_one_message(tmp_path, teacher):
 def test_sync_bn_on_cpu_is_refused_in_one_line(tmp_path):
     # Every rank refuses before the process group is made (no collective to wait on, whatever the timing);
     # the timeout only catches a hang, however busy the machine.
-    proc = zskt("train", "--dataset", "digits", "--model", "wrn-16-1", "--epochs", "1", "--device", "cpu",
-                "--sync-bn", "--out", str(tmp_path / "x"), ranks=2, check=False, timeout=400)
+    proc = zskt(
+        "train",
+        "--dataset",
+        "digits",
+        "--model",
+        "wrn-16-1",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--sync-bn",
+        "--out",
+        str(tmp_path / "x"),
+        ranks=2,
+        check=False,
+        timeout=400,
+    )
     assert proc.returncode != 0
     # Each rank's one-line error; the only traceback is torchrun's own report of the failed workers.
     assert "zskt train: error: --sync-bn needs CUDA" in proc.stderr
@@ -217,16 +346,20 @@ def test_sync_bn_on_cpu_is_refused_in_one_line(tmp_path):
 
 
 def test_a_torchrun_rank_leaves_without_the_interpreters_shutdown():
-    # cli.entry: under torchrun (WORLD_SIZE > 1) a rank exits with os._exit after flushing its output, so gloo's
-    # threads cannot abort the interpreter's shutdown after a successful run; the status is kept. The probe: an
-    # atexit handler runs on an ordinary exit only. (The command fails in its options, before any process group.)
-    probe = ("import atexit, sys; atexit.register(lambda: print('shutdown ran', flush=True)); "
-             "sys.argv = ['zskt', 'train', '--model', 'nope', '--out', 'unused']; "
-             "from zskt.cli import entry; entry()")
+    # cli.entry: under torchrun (WORLD_SIZE > 1) a rank exits with os._exit after flushing its output, so
+    # gloo's threads cannot abort the interpreter's shutdown after a successful run; the status is kept. The
+    # probe: an atexit handler runs on an ordinary exit only. (The command fails in its options, before any
+    # process group.)
+    probe = (
+        "import atexit, sys; atexit.register(lambda: print('shutdown ran', flush=True)); "
+        "sys.argv = ['zskt', 'train', '--model', 'nope', '--out', 'unused']; "
+        "from zskt.cli import entry; entry()"
+    )
     for world_size, shutdown in (("1", True), ("2", False)):
         env = {**os.environ, "WORLD_SIZE": world_size}
-        proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120,
-                              check=False)
+        proc = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120, check=False
+        )
         assert proc.returncode == 2, proc.stderr
         assert "unknown model 'nope'" in proc.stderr
         assert ("shutdown ran" in proc.stdout) is shutdown, (world_size, proc.stdout)

@@ -73,8 +73,9 @@ def test_demo_run_count():
 
 def test_seeds_and_given_teacher_change_the_count(tmp_path):
     teacher = tmp_path / "last.pth.tar"
-    runs = EXPERIMENTS["accuracy-vs-m"].runs(datasets=("svhn",), seeds=(0, 1),
-                                             teachers={("svhn", "wrn-40-2"): str(teacher)})
+    runs = EXPERIMENTS["accuracy-vs-m"].runs(
+        datasets=("svhn",), seeds=(0, 1), teachers={("svhn", "wrn-40-2"): str(teacher)}
+    )
     assert len(runs) == 2 * (2 + 15)  # no teacher run
     students = [r for r in runs if r.command in ("kd-at", "zero-shot")]
     assert all(r.options["teacher"] == str(teacher) and "teacher" not in r.needs for r in students)
@@ -93,7 +94,13 @@ def test_dependency_order_teachers_first():
 
 def test_run_ids_parse_back():
     assert parse_run_id("cifar10/kd-at/wrn-40-2_wrn-16-1/M10/seed2") == {
-        "method": "kd-at", "dataset": "cifar10", "teacher": "wrn-40-2", "student": "wrn-16-1", "m": 10, "seed": 2}
+        "method": "kd-at",
+        "dataset": "cifar10",
+        "teacher": "wrn-40-2",
+        "student": "wrn-16-1",
+        "m": 10,
+        "seed": 2,
+    }
     assert parse_run_id("svhn/belief/zero-shot/wrn-40-2_wrn-16-1/seed1")["of"] == "zero-shot"
     assert parse_run_id("digits/scratch/wrn-16-2/seed0")["m"] == -1
     with pytest.raises(ValueError):
@@ -117,7 +124,7 @@ def test_run_argv(tmp_path):
     run = runs["svhn/finetune/wrn-40-2_wrn-16-1/M25/seed1"]
     argv = run_argv(run, tmp_path, ["--device", "cpu"])
     assert argv[0] == "kd-at"
-    flags = dict(zip(argv[1::2], argv[2::2]))
+    flags = dict(zip(argv[1::2], argv[2::2], strict=False))
     assert flags["--teacher"] == str(tmp_path / "svhn/scratch/wrn-40-2/seed0/model.pt")
     assert flags["--init"] == str(tmp_path / "svhn/zero-shot/wrn-40-2_wrn-16-1/seed1/model.pt")
     assert flags["--images-per-class"] == "25" and flags["--seed"] == "1" and flags["--dataset"] == "svhn"
@@ -152,8 +159,12 @@ def test_skip_finished_and_rerun_runs_nothing(tmp_path):
 def test_failed_run_blocks_only_its_dependents(tmp_path):
     runs = EXPERIMENTS["mte"].runs(datasets=("svhn",), seeds=(0, 1))
     calls = []
-    outcome = execute(runs, tmp_path, executor=fake_executor(calls, fail=("zero-shot/wrn-40-2_wrn-16-1/seed0",)),
-                      printer=lambda s: None)
+    outcome = execute(
+        runs,
+        tmp_path,
+        executor=fake_executor(calls, fail=("zero-shot/wrn-40-2_wrn-16-1/seed0",)),
+        printer=lambda s: None,
+    )
     assert list(outcome.failed) == ["svhn/zero-shot/wrn-40-2_wrn-16-1/seed0"]
     assert list(outcome.blocked) == ["svhn/belief/zero-shot/wrn-40-2_wrn-16-1/seed0"]
     assert len(outcome.done) == len(runs) - 2 and not outcome.ok
@@ -187,8 +198,13 @@ def test_record_and_folder_scale_is_fixed(tmp_path):
     assert record["runs"]["svhn/zero-shot/wrn-40-2_wrn-16-1/seed0"]["argv"][0] == "zero-shot"
     assert (tmp_path / "report.md").is_file()
     with pytest.raises(ZsktError, match="scale"):
-        reproduce(experiment, experiment.spec(datasets=("svhn",), seeds=(0,)), tmp_path,
-                  executor=fake_executor([]), printer=lambda s: None)
+        reproduce(
+            experiment,
+            experiment.spec(datasets=("svhn",), seeds=(0,)),
+            tmp_path,
+            executor=fake_executor([]),
+            printer=lambda s: None,
+        )
 
 
 def test_given_teacher_file_must_exist(tmp_path):
@@ -208,8 +224,12 @@ def test_grid_spec_checks():
 def test_reproduce_cli_list_and_errors(tmp_path, capsys):
     from zskt.cli import main
 
-    assert main(["reproduce", "mte", "--dataset", "svhn", "--seeds", "0", "--out", str(tmp_path / "x"),
-                 "--list"]) == 0
+    assert (
+        main(
+            ["reproduce", "mte", "--dataset", "svhn", "--seeds", "0", "--out", str(tmp_path / "x"), "--list"]
+        )
+        == 0
+    )
     assert "5 runs" in capsys.readouterr().out
     assert main(["reproduce", "mte", "--out", str(tmp_path), "--pair", "wrn-40-2"]) == 2
     assert "--pair" in capsys.readouterr().err
@@ -223,7 +243,9 @@ def test_changed_options_for_existing_runs_are_refused(tmp_path):
     spec = experiment.spec(datasets=("svhn",), seeds=(0,))
     reproduce(experiment, spec, tmp_path, executor=fake_executor([]), printer=lambda s: None)
     other = experiment.spec(datasets=("svhn",), seeds=(0,), iterations={"svhn": 10})
-    with pytest.raises(ZsktError, match="other options, e.g. svhn/zero-shot/wrn-40-2_wrn-16-1/seed0 \\(iterations\\)"):
+    with pytest.raises(
+        ZsktError, match="other options, e.g. svhn/zero-shot/wrn-40-2_wrn-16-1/seed0 \\(iterations\\)"
+    ):
         reproduce(experiment, other, tmp_path, executor=fake_executor([]), printer=lambda s: None)
     # More seeds into the same folder are fine: the finished runs are reused.
     calls = []

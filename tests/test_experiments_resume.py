@@ -14,16 +14,34 @@ from zskt.cli import main
 
 # The mte grid on digits at toy lengths: teacher (1 epoch), zero-shot (10 pseudo batches, a checkpoint after
 # each), KD+AT at M = 2, and the belief run of each student: 5 runs.
-GRID = ["reproduce", "mte", "--dataset", "digits", "--seeds", "0", "--pair", "wrn-16-1,wrn-16-1", "-M", "2",
-        "--scale", "0.05", "--device", "cpu"]
+GRID = [
+    "reproduce",
+    "mte",
+    "--dataset",
+    "digits",
+    "--seeds",
+    "0",
+    "--pair",
+    "wrn-16-1,wrn-16-1",
+    "-M",
+    "2",
+    "--scale",
+    "0.05",
+    "--device",
+    "cpu",
+]
 ZERO_SHOT = "digits/zero-shot/wrn-16-1_wrn-16-1/seed0"
 TEACHER = "digits/scratch/wrn-16-1/seed0"
 
 
 def test_kill_and_rerun_at_toy_scale(tmp_path):
     out = tmp_path / "grid"
-    proc = subprocess.Popen([sys.executable, "-m", "zskt", *GRID, "--out", str(out), "--executor", "subprocess"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zskt", *GRID, "--out", str(out), "--executor", "subprocess"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     checkpoint = out / ZERO_SHOT / "checkpoint.pt"
     deadline = time.monotonic() + 300
     try:

@@ -34,14 +34,36 @@ from zskt.runlog import RunLog, aside_path, held_by, is_finished, lock_path
 SRC = str(Path(zskt.__file__).resolve().parents[1])
 ENV = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
 # A train run of seconds: 3 epochs of WRN-16-1 on 20 digits per class, a checkpoint after epochs 1 and 2.
-TINY = ["train", "--dataset", "digits", "--model", "wrn-16-1", "--images-per-class", "20", "--epochs", "3",
-        "--eval-every", "1", "--batch-size", "32", "--device", "cpu", "--quiet"]
+TINY = [
+    "train",
+    "--dataset",
+    "digits",
+    "--model",
+    "wrn-16-1",
+    "--images-per-class",
+    "20",
+    "--epochs",
+    "3",
+    "--eval-every",
+    "1",
+    "--batch-size",
+    "32",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 def zskt_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """`python -m zskt ARGV` in a child process (the CLI's exit status and stderr as a user sees them)."""
-    return subprocess.run([sys.executable, "-m", "zskt", *argv], capture_output=True, text=True, env=ENV,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "zskt", *argv],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def one_line(stderr: str) -> str:
@@ -76,8 +98,19 @@ def test_failed_overwrite_puts_the_old_run_back_intact(finished_run, tmp_path):
     before = files(out)
     empty = tmp_path / "no-data"
     empty.mkdir()
-    failed = zskt_cli("train", "--dataset", "cifar10", "--data-dir", str(empty), "--epochs", "1",
-                      "--out", str(out), "--overwrite", "--quiet")
+    failed = zskt_cli(
+        "train",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        str(empty),
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--overwrite",
+        "--quiet",
+    )
     assert failed.returncode == 2
     assert one_line(failed.stderr).startswith("zskt train: error: ")
     assert files(out) == before  # result, metrics, config and model exactly as they were
@@ -136,8 +169,9 @@ HOLD = textwrap.dedent("""
 
 
 def hold_lock(out: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], env=ENV, stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)], env=ENV, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "holding"
     return proc
 
@@ -168,14 +202,18 @@ def test_runner_reports_a_busy_run_and_leaves_it_alone(tmp_path):
     from zskt.experiments.grid import Run
     from zskt.experiments.runner import execute
 
-    run = Run(id="digits/scratch/wrn-16-1/seed0", command="train",
-              options={"dataset": "digits", "model": "wrn-16-1", "epochs": 1, "images_per_class": 5})
+    run = Run(
+        id="digits/scratch/wrn-16-1/seed0",
+        command="train",
+        options={"dataset": "digits", "model": "wrn-16-1", "epochs": 1, "images_per_class": 5},
+    )
     holder = hold_lock(tmp_path / run.id)
     started = []
     try:
         lines: list[str] = []
-        outcome = execute([run], tmp_path, executor=lambda argv, log, echo: started.append(argv) or 0,
-                          printer=lines.append)
+        outcome = execute(
+            [run], tmp_path, executor=lambda argv, log, echo: started.append(argv) or 0, printer=lines.append
+        )
     finally:
         holder.kill()
         holder.wait()
@@ -213,8 +251,15 @@ def test_an_out_without_write_permission_is_one_line(tmp_path):
     assert failed.returncode == 2 and "permission" in one_line(failed.stderr)
 
 
-@pytest.mark.parametrize(("code", "words"), [(errno.ENOSPC, "no space left"), (errno.EROFS, "read-only"),
-                                              (errno.EACCES, "permission"), (errno.ENOTDIR, "not a folder")])
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [
+        (errno.ENOSPC, "no space left"),
+        (errno.EROFS, "read-only"),
+        (errno.EACCES, "permission"),
+        (errno.ENOTDIR, "not a folder"),
+    ],
+)
 def test_os_errors_name_the_path_and_the_fix(code, words):
     line = describe_os_error(OSError(code, os.strerror(code), "/some/where/checkpoint.pt"))
     assert "\n" not in line and line.startswith("/some/where/checkpoint.pt: ") and words in line
@@ -296,9 +341,23 @@ def test_the_cli_refuses_an_untrusted_teacher_in_one_line(tmp_path):
 
     marker = tmp_path / "the-pickle-ran"
     path = malicious_file(tmp_path / "teacher.pt", marker, WideResNet(16, 1, num_classes=10).state_dict())
-    failed = zskt_cli("kd-at", "--dataset", "digits", "--teacher", str(path), "--student", "wrn-16-1",
-                      "--images-per-class", "2", "--epochs", "1", "--device", "cpu",
-                      "--out", str(tmp_path / "kd"))
+    failed = zskt_cli(
+        "kd-at",
+        "--dataset",
+        "digits",
+        "--teacher",
+        str(path),
+        "--student",
+        "wrn-16-1",
+        "--images-per-class",
+        "2",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "kd"),
+    )
     assert failed.returncode == 2 and "--trust-checkpoint" in one_line(failed.stderr)
     assert not marker.exists()
 
@@ -351,8 +410,11 @@ def test_a_changed_learning_rate_continues_as_if_started_with_it(tmp_path, sched
     def make(lr):
         w = torch.nn.Parameter(torch.ones(3))
         opt = torch.optim.SGD([w], lr=lr, momentum=0.9)
-        sched = (torch.optim.lr_scheduler.MultiStepLR(opt, [2, 4], 0.2) if schedule == "multistep"
-                 else torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 / (1 + step)))
+        sched = (
+            torch.optim.lr_scheduler.MultiStepLR(opt, [2, 4], 0.2)
+            if schedule == "multistep"
+            else torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 / (1 + step))
+        )
         return w, opt, sched
 
     def steps(w, opt, sched, n):
@@ -393,8 +455,14 @@ def test_allow_config_change_needs_resume_and_real_option_names(tmp_path, capsys
     assert "--resume" in one_line(capsys.readouterr().err)
     RunLog(tmp_path / "b", command="train", config={"lr": 0.1}, quiet=True).save_checkpoint({"step": 1})
     with pytest.raises(ZsktError, match="no_such_option"):
-        RunLog(tmp_path / "b", command="train", config={"lr": 0.2}, resume=True, quiet=True,
-               allow_change=("no_such_option",))
+        RunLog(
+            tmp_path / "b",
+            command="train",
+            config={"lr": 0.2},
+            resume=True,
+            quiet=True,
+            allow_change=("no_such_option",),
+        )
 
 
 # ----------------------------------------------------------------------------------------------- same numbers
@@ -418,8 +486,12 @@ def test_the_same_seed_gives_the_same_numbers_with_a_fixed_thread_count(tmp_path
 def test_kill_during_a_run_then_resume_gives_the_uninterrupted_result(tmp_path):
     assert main([*TINY, "--out", str(tmp_path / "straight")]) == 0
     out = tmp_path / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "zskt", *TINY, "--out", str(out)], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zskt", *TINY, "--out", str(out)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.pt").is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

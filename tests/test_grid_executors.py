@@ -20,12 +20,32 @@ from zskt.io import atomic_write_json
 
 # The mte grid on digits at toy lengths (teacher 1 epoch, 2 pseudo batches, KD+AT at M = 2, belief runs of 10
 # images x 2 steps): 5 runs in 3 waves, a few seconds each.
-GRID = ["reproduce", "mte", "--dataset", "digits", "--seeds", "0", "--pair", "wrn-16-1,wrn-16-1", "-M", "2",
-        "--scale", "0.01", "--device", "cpu"]
+GRID = [
+    "reproduce",
+    "mte",
+    "--dataset",
+    "digits",
+    "--seeds",
+    "0",
+    "--pair",
+    "wrn-16-1,wrn-16-1",
+    "-M",
+    "2",
+    "--scale",
+    "0.01",
+    "--device",
+    "cpu",
+]
 TEACHER = "digits/scratch/wrn-16-1/seed0"
 ZERO_SHOT = "digits/zero-shot/wrn-16-1_wrn-16-1/seed0"
 KD_AT = "digits/kd-at/wrn-16-1_wrn-16-1/M2/seed0"
-WAVES = {TEACHER: 1, ZERO_SHOT: 2, KD_AT: 2, f"digits/belief/{ZERO_SHOT[7:]}": 3, f"digits/belief/{KD_AT[7:]}": 3}
+WAVES = {
+    TEACHER: 1,
+    ZERO_SHOT: 2,
+    KD_AT: 2,
+    f"digits/belief/{ZERO_SHOT[7:]}": 3,
+    f"digits/belief/{KD_AT[7:]}": 3,
+}
 
 
 def commands_by_wave(script: str, out: Path) -> dict[str, int]:
@@ -63,10 +83,14 @@ def test_print_commands_script_runs_the_grid_in_waves(tmp_path, capsys):
     script.write_text(printed.out)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    done = subprocess.run(["bash", str(script)], cwd=elsewhere, env=env, capture_output=True, text=True,
-                          check=False)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    done = subprocess.run(
+        ["bash", str(script)], cwd=elsewhere, env=env, capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert all((out / run_id / "result.json").is_file() for run_id in WAVES)
     assert main(["report", str(out)]) == 0
@@ -82,23 +106,38 @@ def test_print_commands_script_runs_the_grid_in_waves(tmp_path, capsys):
 def test_print_commands_resumes_started_runs_and_skips_finished_ones(tmp_path):
     experiment = EXPERIMENTS["mte"]
     spec = experiment.spec(datasets=("svhn",), seeds=(0,))
-    teacher, zero_shot = tmp_path / "svhn/scratch/wrn-40-2/seed0", tmp_path / "svhn/zero-shot/wrn-40-2_wrn-16-1/seed0"
+    teacher, zero_shot = (
+        tmp_path / "svhn/scratch/wrn-40-2/seed0",
+        tmp_path / "svhn/zero-shot/wrn-40-2_wrn-16-1/seed0",
+    )
     teacher.mkdir(parents=True)
     atomic_write_json(teacher / "result.json", {"test_accuracy": 90.0})
     zero_shot.mkdir(parents=True)
     (zero_shot / "checkpoint.pt").write_bytes(b"x")
     lines: list[str] = []
-    n = print_commands(experiment, spec, tmp_path, common=["--data-dir", "/data"], script=lines.append,
-                       printer=lambda s: None)
+    n = print_commands(
+        experiment,
+        spec,
+        tmp_path,
+        common=["--data-dir", "/data"],
+        script=lines.append,
+        printer=lambda s: None,
+    )
     assert n == 4
     script = "\n".join(lines)
     assert commands_by_wave(script, tmp_path) == {
-        "svhn/zero-shot/wrn-40-2_wrn-16-1/seed0": 1, "svhn/kd-at/wrn-40-2_wrn-16-1/M200/seed0": 1,
-        "svhn/belief/zero-shot/wrn-40-2_wrn-16-1/seed0": 2, "svhn/belief/kd-at/wrn-40-2_wrn-16-1/M200/seed0": 2}
+        "svhn/zero-shot/wrn-40-2_wrn-16-1/seed0": 1,
+        "svhn/kd-at/wrn-40-2_wrn-16-1/M200/seed0": 1,
+        "svhn/belief/zero-shot/wrn-40-2_wrn-16-1/seed0": 2,
+        "svhn/belief/kd-at/wrn-40-2_wrn-16-1/M200/seed0": 2,
+    }
     resumed = [line for line in lines if line.startswith("python") and "--resume" in line]
     assert len(resumed) == 1 and f"--out {zero_shot.resolve()}" in resumed[0]
-    assert all(line.endswith("--data-dir /data") for line in lines if line.startswith("python") and
-               "--resume" not in line)
+    assert all(
+        line.endswith("--data-dir /data")
+        for line in lines
+        if line.startswith("python") and "--resume" not in line
+    )
     assert "# wave 1: 2 runs with no unfinished dependencies" in lines
 
 
@@ -141,14 +180,19 @@ def test_several_runs_in_flight_keep_dependency_order_and_failures(tmp_path):
     assert len(outcome.done) == 7
     # With several runs in flight, each line names its run.
     assert any(re.fullmatch(r"\[2/9\] submitted svhn/.*", line) for line in lines)
-    assert any(line.startswith(f"    FAILED {failing} (exit status 1)") and "on node-2" in line for line in lines)
+    assert any(
+        line.startswith(f"    FAILED {failing} (exit status 1)") and "on node-2" in line for line in lines
+    )
 
 
 def test_executor_ray_without_ray_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails, as where it is not installed
     out = tmp_path / "grid"
     assert main([*GRID, "--out", str(out), "--executor", "ray"]) == 2
-    assert capsys.readouterr().err == "zskt reproduce: error: --executor ray needs Ray; pip install 'zskt[ray]'\n"
+    assert (
+        capsys.readouterr().err
+        == "zskt reproduce: error: --executor ray needs Ray; pip install 'zskt[ray]'\n"
+    )
     assert not out.exists()
     assert main([*GRID, "--out", str(out), "--address", "auto"]) == 2
     assert "--address is for --executor ray" in capsys.readouterr().err
@@ -170,7 +214,9 @@ def test_ray_executor_runs_the_grid_and_then_skips_it(tmp_path, capsys, monkeypa
         # A student is submitted only once its teacher has finished.
         lines = printed.splitlines()
         teacher_done = next(i for i, line in enumerate(lines) if line.startswith(f"    done {TEACHER}"))
-        assert all(i > teacher_done for i, line in enumerate(lines) if "submitted" in line and TEACHER not in line)
+        assert all(
+            i > teacher_done for i, line in enumerate(lines) if "submitted" in line and TEACHER not in line
+        )
         assert (out / ZERO_SHOT / "output.log").read_text().startswith("$ zskt zero-shot ")
 
         finished = {run_id: (out / run_id / "result.json").stat().st_mtime_ns for run_id in WAVES}

@@ -1,6 +1,6 @@
-"""DeepInversion, CMI and Fast: the losses against hand-computed values, one synthesis step and one student step
-of each against the reference's semantics written out literally (tests/reference_inversion.py) in float64, the
-image bank's bound and resume, and the commands end to end at toy size."""
+"""DeepInversion, CMI and Fast: the losses against hand-computed values, one synthesis step and one student
+step of each against the reference's semantics written out literally (tests/reference_inversion.py) in
+float64, the image bank's bound and resume, and the commands end to end at toy size."""
 
 import copy
 import json
@@ -8,17 +8,6 @@ import math
 
 import pytest
 import torch
-from reference_inversion import (
-    RefDeepInversionHook,
-    RefInstanceMeanHook,
-    ref_cmi_iteration,
-    ref_deepinversion_iteration,
-    ref_fast_round,
-    ref_hooks,
-    ref_jsdiv,
-    ref_kldiv,
-    ref_student_step,
-)
 
 from zskt.losses import (
     agreement_adversarial_loss,
@@ -36,6 +25,18 @@ from zskt.methods.image_bank import ImageBank, to_uint8
 from zskt.methods.inversion import crop_flip_params, resized_crop_params, student_step
 from zskt.models import build_model
 from zskt.models.cmi_generator import CMIGenerator
+
+from reference_inversion import (
+    RefDeepInversionHook,
+    RefInstanceMeanHook,
+    ref_cmi_iteration,
+    ref_deepinversion_iteration,
+    ref_fast_round,
+    ref_hooks,
+    ref_jsdiv,
+    ref_kldiv,
+    ref_student_step,
+)
 
 MEAN, STD = (0.3,), (0.3,)
 
@@ -147,10 +148,12 @@ def test_deepinversion_step_equals_reference():
     weights = {"bn": cfg.bn, "oh": cfg.oh, "adv": cfg.adv, "tv": cfg.tv, "l2": cfg.l2}
     teacher.requires_grad_(True)
     for shift, flip in (((1, -2), True), ((0, 2), False)):
-        cost = ref_deepinversion_iteration(ref_x, ref_opt, teacher, student, rhooks, targets, shift, flip, weights,
-                                           MEAN, STD)
-    # Adam's first steps divide each gradient by its own magnitude (+1e-8): pixels whose gradient is ~1e-8 turn
-    # float64 rounding of the two summation orders into ~1e-7 differences; anything real would be ~lr = 0.1.
+        cost = ref_deepinversion_iteration(
+            ref_x, ref_opt, teacher, student, rhooks, targets, shift, flip, weights, MEAN, STD
+        )
+    # Adam's first steps divide each gradient by its own magnitude (+1e-8): pixels whose gradient is ~1e-8
+    # turn float64 rounding of the two summation orders into ~1e-7 differences; anything real would be ~lr =
+    # 0.1.
     assert terms["loss"].item() == pytest.approx(cost, rel=1e-9)
     assert torch.allclose(ours.detach(), ref_x.detach(), rtol=0, atol=1e-6)
     assert not torch.equal(ours.detach(), x0)
@@ -161,8 +164,9 @@ def test_cmi_step_equals_reference():
     cfg = CMIConfig(teacher="t.pt")
     torch.manual_seed(4)
     gen = CMIGenerator(nz=8, ngf=4, img_size=16, nc=1).double().train()
-    head = ProjectionHead(sum(m.num_features for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)),
-                          16).double()
+    head = ProjectionHead(
+        sum(m.num_features for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)), 16
+    ).double()
     z0 = torch.randn(4, 8, dtype=torch.float64)
     targets = torch.tensor([1, 1, 5, 7])
     cached = torch.randn(3, 2 * head.head[0].in_features, dtype=torch.float64)
@@ -172,22 +176,59 @@ def test_cmi_step_equals_reference():
     gen_ref.fuse_upsample = False  # the reference's layers as written: nn.Upsample, then the 3x3 conv
 
     z = z0.clone().requires_grad_()
-    opt = torch.optim.Adam([{"params": gen.parameters()}, {"params": [z]}], lr=cfg.generator_lr, betas=(0.5, 0.999))
+    opt = torch.optim.Adam(
+        [{"params": gen.parameters()}, {"params": [z]}], lr=cfg.generator_lr, betas=(0.5, 0.999)
+    )
     opt_head = torch.optim.Adam(head.parameters(), lr=cfg.generator_lr)
     hooks = BNStatistics(teacher, keep_instance_mean=True)
-    terms, images, features = cmi_step(gen, z, opt, head, opt_head, teacher, student, hooks, targets, cached,
-                                       global_aug, local_aug, cfg, MEAN, STD, 2)
+    terms, images, features = cmi_step(
+        gen,
+        z,
+        opt,
+        head,
+        opt_head,
+        teacher,
+        student,
+        hooks,
+        targets,
+        cached,
+        global_aug,
+        local_aug,
+        cfg,
+        MEAN,
+        STD,
+        2,
+    )
     hooks.remove()
 
     z_ref = z0.clone().requires_grad_()
-    opt_ref = torch.optim.Adam([{"params": gen_ref.parameters()}, {"params": [z_ref]}], lr=cfg.generator_lr,
-                               betas=(0.5, 0.999))
+    opt_ref = torch.optim.Adam(
+        [{"params": gen_ref.parameters()}, {"params": [z_ref]}], lr=cfg.generator_lr, betas=(0.5, 0.999)
+    )
     opt_head_ref = torch.optim.Adam(head_ref.parameters(), lr=cfg.generator_lr)
     teacher.requires_grad_(True)
     rhooks, cmi_hooks = ref_hooks(teacher), ref_hooks(teacher, RefInstanceMeanHook)
     weights = {"bn": cfg.bn, "oh": cfg.oh, "adv": cfg.adv, "cr": cfg.cr, "cr_T": cfg.cr_temperature}
-    cost, ref_images = ref_cmi_iteration(gen_ref, z_ref, opt_ref, head_ref, opt_head_ref, teacher, student, rhooks,
-                                         cmi_hooks, targets, cached, global_aug, local_aug, weights, MEAN, STD, 2, 4)
+    cost, ref_images = ref_cmi_iteration(
+        gen_ref,
+        z_ref,
+        opt_ref,
+        head_ref,
+        opt_head_ref,
+        teacher,
+        student,
+        rhooks,
+        cmi_hooks,
+        targets,
+        cached,
+        global_aug,
+        local_aug,
+        weights,
+        MEAN,
+        STD,
+        2,
+        4,
+    )
     assert terms["loss"].item() == pytest.approx(cost, rel=1e-12)
     assert torch.allclose(images, ref_images, rtol=0, atol=1e-12)
     assert _close_params(gen.parameters(), gen_ref.parameters())
@@ -211,8 +252,11 @@ def test_fast_round_equals_reference():
     def run(meta, synth_round):
         fast = meta.clone()
         z = z0.clone().requires_grad_()
-        opt = torch.optim.Adam([{"params": fast.parameters()}, {"params": [z], "lr": cfg.z_lr}], lr=cfg.generator_lr,
-                               betas=(0.5, 0.999))
+        opt = torch.optim.Adam(
+            [{"params": fast.parameters()}, {"params": [z], "lr": cfg.z_lr}],
+            lr=cfg.generator_lr,
+            betas=(0.5, 0.999),
+        )
         meta_opt = torch.optim.Adam(meta.parameters(), lr=cfg.generator_lr * 2, betas=(0.5, 0.999))
         synth_round(fast, z, opt, meta_opt)
         return fast, z
@@ -233,8 +277,12 @@ def test_fast_round_equals_reference():
     teacher.requires_grad_(True)
     rhooks = ref_hooks(teacher, mmt_rate=cfg.bn_momentum)
     weights = {"bn": cfg.bn, "oh": cfg.oh, "adv": cfg.adv}
-    fast_ref, z_ref = run(meta_ref, lambda f, zz, o, mo: ref_fast_round(meta_ref, mo, f, zz, o, teacher, student,
-                                                                        rhooks, targets, augs, weights, MEAN, STD, 2))
+    fast_ref, z_ref = run(
+        meta_ref,
+        lambda f, zz, o, mo: ref_fast_round(
+            meta_ref, mo, f, zz, o, teacher, student, rhooks, targets, augs, weights, MEAN, STD, 2
+        ),
+    )
     assert _close_params(meta.parameters(), meta_ref.parameters())
     assert _close_params(fast.parameters(), fast_ref.parameters())
     assert torch.allclose(z.detach(), z_ref.detach(), rtol=0, atol=1e-12)
@@ -332,9 +380,32 @@ def digits_teacher(tmp_path_factory):
 def test_command_end_to_end_and_resume(method, digits_teacher, tmp_path, monkeypatch):
     from zskt.cli import main
 
-    args = [method, "--teacher", str(digits_teacher), "--dataset", "digits", "-N", "3", "--kd-steps", "2",
-            "--g-steps", "2", "--batch-size", "8", "--synthesis-batch-size", "8", "--eval-every", "1",
-            "--warmup", "1", "--bank-size", "16", "--device", "cpu", "--quiet"]
+    args = [
+        method,
+        "--teacher",
+        str(digits_teacher),
+        "--dataset",
+        "digits",
+        "-N",
+        "3",
+        "--kd-steps",
+        "2",
+        "--g-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--synthesis-batch-size",
+        "8",
+        "--eval-every",
+        "1",
+        "--warmup",
+        "1",
+        "--bank-size",
+        "16",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     if method == "cmi":
         args += ["--n-neg", "4", "--feature-bank-size", "16"]
     out = tmp_path / "run"
@@ -366,7 +437,9 @@ def test_command_end_to_end_and_resume(method, digits_teacher, tmp_path, monkeyp
     (cut / "bank" / "000000016.npy").write_bytes(b"stale")  # a shard written after the checkpoint is redone
     assert main([*args, "--out", str(cut), "--resume"]) == 0
     a, b = load_model(out / "model.pt"), load_model(cut / "model.pt")
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
     resumed = json.loads((cut / "result.json").read_text())
     assert resumed["test_accuracy"] == result["test_accuracy"]
     assert resumed["images_synthesized"] == 24

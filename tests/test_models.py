@@ -26,7 +26,8 @@ PARAMS = {"wrn-16-1": 175_066, "wrn-16-2": 691_674, "wrn-40-1": 563_930, "wrn-40
 ENTRIES = {"wrn-16-1": 82, "wrn-16-2": 83, "wrn-40-1": 226, "wrn-40-2": 227}
 
 
-# ------------------------------------------------------------------------------ the authors' network, restated
+# ------------------------------------------------------------------------------ the authors' network,
+# restated
 
 
 class BasicBlock(nn.Module):
@@ -101,7 +102,8 @@ def randomise_bn(model: nn.Module, seed: int = 0) -> None:
                 m.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
 
 
-# ------------------------------------------------------------------------------ expected keys, from SPEC.md §1
+# ------------------------------------------------------------------------------ expected keys, from SPEC.md
+# §1
 
 
 def bn(prefix: str, c: int) -> list[tuple[str, tuple]]:
@@ -309,8 +311,11 @@ def test_build_model_names_and_arch():
 
 
 def test_unknown_model_name_lists_registered_names():
-    with pytest.raises(ZsktError, match="unknown model 'resnet-50'.*wrn-16-1, wrn-16-2, wrn-40-1, wrn-40-2, "
-                                        "resnet-18, resnet-34, vgg-11, or any wrn-DEPTH-WIDTH"):
+    with pytest.raises(
+        ZsktError,
+        match="unknown model 'resnet-50'.*wrn-16-1, wrn-16-2, wrn-40-1, wrn-40-2, "
+        "resnet-18, resnet-34, vgg-11, or any wrn-DEPTH-WIDTH",
+    ):
         build_model("resnet-50")
     with pytest.raises(ZsktError, match="depth 30 is invalid"):
         build_model("wrn-30-1")
@@ -387,7 +392,8 @@ def test_generator_fused_upsample_is_the_literal_layers(size, channels):
         z = torch.randn(6, 12, dtype=dtype)
         seen = []  # a channels_last module keeps its upsample-conv outputs channels_last (no layout copies)
         a.layers[5].register_forward_pre_hook(
-            lambda m, args, seen=seen, layout=layout: seen.append(args[0].is_contiguous(memory_format=layout)))
+            lambda m, args, seen=seen, layout=layout: seen.append(args[0].is_contiguous(memory_format=layout))
+        )
         out_a, out_b = a(z), b(z)
         assert seen == [True]
         assert out_a.shape == (6, channels, size, size)
@@ -398,7 +404,7 @@ def test_generator_fused_upsample_is_the_literal_layers(size, channels):
         # (a conv bias before a train-mode BN gets a gradient that is zero up to rounding: absolute tolerance
         # on the scale of all gradients)
         scale = max(p.grad.abs().max().item() for p in b.parameters())
-        for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=False):
             torch.testing.assert_close(pa.grad, pb.grad, rtol=tol, atol=tol * scale, msg=name)
         for key, value in b.state_dict().items():  # the BN running statistics move the same way
             torch.testing.assert_close(a.state_dict()[key], value, rtol=tol, atol=tol, msg=key)
@@ -458,7 +464,7 @@ def test_frozen_copy_computes_the_same_function_and_input_gradient(channels_last
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     logits_a, acts_a = model(xa)
     logits_b, acts_b = frozen(xb)
-    for a, b in [(logits_a, logits_b), *zip(acts_a, acts_b)]:
+    for a, b in [(logits_a, logits_b), *zip(acts_a, acts_b, strict=False)]:
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
     (logits_a.square().sum() + sum(a.mean() for a in acts_a)).backward()
     (logits_b.square().sum() + sum(b.mean() for b in acts_b)).backward()

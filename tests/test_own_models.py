@@ -436,8 +436,9 @@ def test_network_files_through_resolve_network(tmp_path, factory_file):
     )
     assert loaded.arch()["name"] == "resnet-18" and loaded.meta["image_size"] == 16
     with one_line("--teacher", "trained on 16x16 images, these are 32x32", "--image-size 16"):
-        resolve_network(str(tmp_path / "teacher.pt"), role="--teacher", num_classes=10, in_channels=1,
-                        image_size=32)
+        resolve_network(
+            str(tmp_path / "teacher.pt"), role="--teacher", num_classes=10, in_channels=1, image_size=32
+        )
     with one_line("--teacher", "holds a 10-class resnet-18", "expected 100 classes"):
         resolve_network(str(tmp_path / "teacher.pt"), role="--teacher", num_classes=100, in_channels=1)
     # A student from a module:callable, saved by a run: its weights reload only through its code, with trust.
@@ -582,4 +583,3 @@ def test_layer_option_parsing_and_labels(factory_file):
     small = resolve_network(f"{factory_file}:make", role="--student", num_classes=10, in_channels=1)
     assert network_label(small, f"{factory_file}:make") == "make"
     assert network_label(nn.Linear(2, 2), "timm:resnet18") == "timm-resnet18"
-

@@ -27,8 +27,9 @@ def test_extras_and_build_requirement():
     deps = " ".join(project["project"]["dependencies"]).lower()
     assert "ray" not in deps and "tensorboard" not in deps  # optional extras only
     extras = project["project"]["optional-dependencies"]
-    assert any(d.startswith("ray") for d in extras["ray"]) and any(d.startswith("tensorboard") for d in
-                                                                   extras["tensorboard"])
+    assert any(d.startswith("ray") for d in extras["ray"]) and any(
+        d.startswith("tensorboard") for d in extras["tensorboard"]
+    )
     # license = "MIT" (a PEP 639 SPDX string) needs setuptools 77 or newer to build.
     if isinstance(project["project"].get("license"), str):
         (req,) = [r for r in project["build-system"]["requires"] if r.startswith("setuptools")]

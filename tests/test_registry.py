@@ -48,8 +48,15 @@ class NoiseKDConfig:
 
 def noise_kd(cfg: NoiseKDConfig, log) -> dict:
     data = load_dataset(cfg.dataset, image_size=cfg.image_size)
-    run = Scaffold(cfg, log, total=cfg.total_iterations, interval=cfg.eval_every or 2, unit="step",
-                   desc="noise-kd", batch_size=cfg.batch_size)
+    run = Scaffold(
+        cfg,
+        log,
+        total=cfg.total_iterations,
+        interval=cfg.eval_every or 2,
+        unit="step",
+        desc="noise-kd",
+        batch_size=cfg.batch_size,
+    )
     teacher = run.frozen_module(load_model(cfg.teacher))
     torch.manual_seed(cfg.seed)
     student = run.train_module(build_model(cfg.student, 10, 1))
@@ -73,7 +80,9 @@ def noise_kd(cfg: NoiseKDConfig, log) -> dict:
 
 @pytest.fixture
 def toy_method(monkeypatch):
-    entry = Method(NoiseKDConfig, noise_kd, data_free("noise-kd", "noise KD (toy)"), "toy: KD on noise images")
+    entry = Method(
+        NoiseKDConfig, noise_kd, data_free("noise-kd", "noise KD (toy)"), "toy: KD on noise images"
+    )
     monkeypatch.setitem(registry.METHODS, "noise-kd", entry)
     return entry
 
@@ -88,7 +97,9 @@ def teacher_file(tmp_path):
 
 def test_a_registered_method_is_a_command(toy_method, teacher_file, tmp_path, capsys):
     out = tmp_path / "run"
-    assert cli_main(["noise-kd", "--teacher", str(teacher_file), "--out", str(out), "--quiet", "-h"][:-1]) == 0
+    assert (
+        cli_main(["noise-kd", "--teacher", str(teacher_file), "--out", str(out), "--quiet", "-h"][:-1]) == 0
+    )
     result = json.loads((out / "result.json").read_text())
     assert result["command"] == "noise-kd" and 0 <= result["test_accuracy"] <= 100
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -100,16 +111,36 @@ def test_a_registered_method_is_a_command(toy_method, teacher_file, tmp_path, ca
 
 
 def test_a_registered_method_runs_in_a_grid_and_its_report(toy_method, teacher_file, tmp_path):
-    experiment = Experiment("toy", "none", "the toy method on one pair", grid.dfkd_benchmark,
-                            {"datasets": ("digits",), "pair": ("wrn-16-1", "wrn-16-1"), "seeds": (0, 1),
-                             "methods": ("noise-kd",), "teachers": {("digits", "wrn-16-1"): str(teacher_file)},
-                             "belief_images": 3, "belief_steps": 2, "extra": {"belief": {"image_size": SIZE}}})
+    experiment = Experiment(
+        "toy",
+        "none",
+        "the toy method on one pair",
+        grid.dfkd_benchmark,
+        {
+            "datasets": ("digits",),
+            "pair": ("wrn-16-1", "wrn-16-1"),
+            "seeds": (0, 1),
+            "methods": ("noise-kd",),
+            "teachers": {("digits", "wrn-16-1"): str(teacher_file)},
+            "belief_images": 3,
+            "belief_steps": 2,
+            "extra": {"belief": {"image_size": SIZE}},
+        },
+    )
     runs = experiment.runs()
     assert [r.id for r in runs if r.command == "noise-kd"] == [
-        "digits/noise-kd/wrn-16-1_wrn-16-1/seed0", "digits/noise-kd/wrn-16-1_wrn-16-1/seed1"]
+        "digits/noise-kd/wrn-16-1_wrn-16-1/seed0",
+        "digits/noise-kd/wrn-16-1_wrn-16-1/seed1",
+    ]
     assert grid.parse_run_id(runs[0].id)["method"] == "noise-kd"
-    outcome, path = reproduce(experiment, experiment.spec(), tmp_path / "grid", executor=EXECUTORS["inprocess"],
-                              printer=lambda line: None, report=report)
+    outcome, path = reproduce(
+        experiment,
+        experiment.spec(),
+        tmp_path / "grid",
+        executor=EXECUTORS["inprocess"],
+        printer=lambda line: None,
+        report=report,
+    )
     assert not outcome.failed, outcome.failed
     text = path.read_text()
     assert "Data-free methods, digits" in text and "noise KD (toy)" in text
@@ -119,8 +150,20 @@ def test_a_registered_method_runs_in_a_grid_and_its_report(toy_method, teacher_f
 
 def test_a_diverging_run_stops_with_one_line_and_no_result(toy_method, teacher_file, tmp_path, capsys):
     out = tmp_path / "run"
-    code = cli_main(["noise-kd", "--teacher", str(teacher_file), "--out", str(out), "--quiet", "--lr", "1e30",
-                     "--iterations", "6"])
+    code = cli_main(
+        [
+            "noise-kd",
+            "--teacher",
+            str(teacher_file),
+            "--out",
+            str(out),
+            "--quiet",
+            "--lr",
+            "1e30",
+            "--iterations",
+            "6",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "diverged" in err and len(err.splitlines()) == 1, err
     assert not (out / "result.json").exists()

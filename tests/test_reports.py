@@ -26,10 +26,15 @@ def fabricate(root, runs, value_of, skip=()):
         values[run.id] = v
         if run.command == "belief":
             steps = 6
-            result = {"mte": v, "images": 4, "targets_per_image": 9,
-                      "mean_p_student": list(np.linspace(0.1, 0.9, steps)),
-                      "mean_p_teacher": list(np.linspace(0.1, 0.9 - v, steps)),
-                      "sem_p_student": [0.01] * steps, "sem_p_teacher": [0.02] * steps}
+            result = {
+                "mte": v,
+                "images": 4,
+                "targets_per_image": 9,
+                "mean_p_student": list(np.linspace(0.1, 0.9, steps)),
+                "mean_p_teacher": list(np.linspace(0.1, 0.9 - v, steps)),
+                "sem_p_student": [0.01] * steps,
+                "sem_p_teacher": [0.02] * steps,
+            }
         else:
             result = {"test_accuracy": v, "train_seconds": 12.0}
         atomic_write_json(folder / "result.json", result)
@@ -83,7 +88,9 @@ def test_figure2_numbers_equal_the_aggregated_results(tmp_path):
     # aggregate() is the same computation.
     cells = aggregate(collect(tmp_path), "test_accuracy")
     stat = cells[("svhn", "kd-at", "wrn-40-2", "wrn-16-1", 10, None)]
-    assert stat.n == 3 and stat.mean == pytest.approx(np.mean(kd10)) and stat.std == pytest.approx(np.std(kd10))
+    assert (
+        stat.n == 3 and stat.mean == pytest.approx(np.mean(kd10)) and stat.std == pytest.approx(np.std(kd10))
+    )
 
 
 def test_partial_grid_shows_missing_and_started_cells(tmp_path):
@@ -149,8 +156,15 @@ def test_report_command_and_unknown_folders(tmp_path, capsys):
 def test_pooled_curves_equal_the_concatenated_curves():
     rng = np.random.default_rng(0)
     a, b = rng.uniform(size=(12, 5)), rng.uniform(size=(30, 5))
-    runs = [{"mean_p_student": x.mean(0).tolist(), "sem_p_student": (x.std(0) / np.sqrt(len(x))).tolist(),
-             "images": len(x), "targets_per_image": 1} for x in (a, b)]
+    runs = [
+        {
+            "mean_p_student": x.mean(0).tolist(),
+            "sem_p_student": (x.std(0) / np.sqrt(len(x))).tolist(),
+            "images": len(x),
+            "targets_per_image": 1,
+        }
+        for x in (a, b)
+    ]
     mean, sem = pooled_curves(runs, "student")
     both = np.concatenate([a, b])
     assert np.allclose(mean, both.mean(0)) and np.allclose(sem, both.std(0) / np.sqrt(len(both)))
@@ -162,8 +176,16 @@ def test_pooled_curves_equal_the_concatenated_curves():
 def hand_made_run(folder, command, result, **config):
     """A finished run folder as a training command leaves it: config.json (command + fields), result.json."""
     folder.mkdir(parents=True)
-    base = {"teacher": "runs/teacher/model.pt", "student": "wrn-16-1", "dataset": "digits", "iterations": 200,
-            "beta": 0.0, "seed": 0, "device": "auto", "data_dir": None}
+    base = {
+        "teacher": "runs/teacher/model.pt",
+        "student": "wrn-16-1",
+        "dataset": "digits",
+        "iterations": 200,
+        "beta": 0.0,
+        "seed": 0,
+        "device": "auto",
+        "data_dir": None,
+    }
     (folder / "config.json").write_text(json.dumps({"command": command, **base, **config}))
     (folder / "result.json").write_text(json.dumps({"command": command, **result}))
 
@@ -172,16 +194,30 @@ def test_report_of_runs_that_are_not_grid_ids_groups_seeds(tmp_path, capsys):
     from zskt.cli import main
 
     runs = tmp_path / "my-runs"
-    hand_made_run(runs / "zs-a", "zero-shot", {"test_accuracy": 90.0, "best_test_accuracy": 91.0,
-                                              "seconds_per_iteration": 0.2}, seed=0)
+    hand_made_run(
+        runs / "zs-a",
+        "zero-shot",
+        {"test_accuracy": 90.0, "best_test_accuracy": 91.0, "seconds_per_iteration": 0.2},
+        seed=0,
+    )
     # The same configuration with another seed, run on another device: one row, mean ± std over 2 seeds.
-    hand_made_run(runs / "zs-b", "zero-shot", {"test_accuracy": 94.0, "best_test_accuracy": 95.0,
-                                              "seconds_per_iteration": 0.4}, seed=1, device="cpu")
+    hand_made_run(
+        runs / "zs-b",
+        "zero-shot",
+        {"test_accuracy": 94.0, "best_test_accuracy": 95.0, "seconds_per_iteration": 0.4},
+        seed=1,
+        device="cpu",
+    )
     # Another beta: a row of its own, and beta is the option that differs.
-    hand_made_run(runs / "zs-beta", "zero-shot", {"test_accuracy": 80.0, "seconds_per_iteration": 0.3},
-                  beta=250.0)
-    hand_made_run(runs / "deep" / "kd", "kd-at", {"test_accuracy": 70.0, "train_seconds": 10.0,
-                                                 "iterations": 100}, images_per_class=5)
+    hand_made_run(
+        runs / "zs-beta", "zero-shot", {"test_accuracy": 80.0, "seconds_per_iteration": 0.3}, beta=250.0
+    )
+    hand_made_run(
+        runs / "deep" / "kd",
+        "kd-at",
+        {"test_accuracy": 70.0, "train_seconds": 10.0, "iterations": 100},
+        images_per_class=5,
+    )
     assert main(["report", str(runs), "--print"]) == 0
     out = capsys.readouterr().out
     assert "skipping" not in out and "## Runs" in out
@@ -201,8 +237,9 @@ def test_report_of_runs_that_are_not_grid_ids_groups_seeds(tmp_path, capsys):
 
 def write_metrics(folder, rows, **config):
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"command": "zero-shot", "teacher": "t/model.pt",
-                                                    "student": "wrn-16-1", **config}))
+    (folder / "config.json").write_text(
+        json.dumps({"command": "zero-shot", "teacher": "t/model.pt", "student": "wrn-16-1", **config})
+    )
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 9, "cut')
 
 
@@ -211,10 +248,22 @@ def test_plot_writes_a_png_of_several_runs(tmp_path, capsys):
     from zskt.reports.curves import loss_columns, read_rows, run_label
 
     for seed in (0, 1):
-        write_metrics(tmp_path / f"run{seed}", [
-            {"step": s, "generator_loss": 1.0 / s, "student_loss": 0.5 / s + seed, "test_accuracy": 10.0 * s,
-             "best_test_accuracy": 10.0 * s, "time": 1.7e9 + s, "elapsed": 30.0 * s} for s in range(1, 6)],
-            seed=seed)
+        write_metrics(
+            tmp_path / f"run{seed}",
+            [
+                {
+                    "step": s,
+                    "generator_loss": 1.0 / s,
+                    "student_loss": 0.5 / s + seed,
+                    "test_accuracy": 10.0 * s,
+                    "best_test_accuracy": 10.0 * s,
+                    "time": 1.7e9 + s,
+                    "elapsed": 30.0 * s,
+                }
+                for s in range(1, 6)
+            ],
+            seed=seed,
+        )
     assert run_label(tmp_path / "run1") == "zero-shot t/model.pt → wrn-16-1 seed 1"
     rows = read_rows(tmp_path / "run0")
     assert len(rows) == 5  # the cut last row is skipped

@@ -105,8 +105,11 @@ def test_provenance_times_input_files_and_runtime(tmp_path):
     log = RunLog(tmp_path / "r", command="x", config=config, environment={"torch": "x"}, quiet=True)
     log.record_runtime(device=torch.device("cpu"), precision="fp32")
     result = log.finish({"test_accuracy": 1.0})
-    expected = {"path": str(teacher.resolve()), "bytes": 7000,
-                "sha256": hashlib.sha256(b"weights" * 1000).hexdigest()}
+    expected = {
+        "path": str(teacher.resolve()),
+        "bytes": 7000,
+        "sha256": hashlib.sha256(b"weights" * 1000).hexdigest(),
+    }
     saved = json.loads((tmp_path / "r" / "result.json").read_text())
     assert saved == result
     assert saved["inputs"] == {"teacher": expected}  # "wrn-16-1" names a network, not a file; "" is no file
@@ -158,8 +161,9 @@ def test_tensorboard_mirror_of_metrics_rows_and_images(tmp_path, monkeypatch):
     import zskt.runlog
 
     writers = []
-    monkeypatch.setattr(zskt.runlog, "tensorboard_writer",
-                        lambda d: writers.append(FakeWriter(d)) or writers[-1])
+    monkeypatch.setattr(
+        zskt.runlog, "tensorboard_writer", lambda d: writers.append(FakeWriter(d)) or writers[-1]
+    )
     log = RunLog(tmp_path / "r", command="x", config={}, quiet=True, tensorboard=True)
     (writer,) = writers
     assert writer.logdir == tmp_path / "r" / "tensorboard"

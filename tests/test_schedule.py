@@ -1,5 +1,5 @@
-"""The supervised schedules of SPEC §4: the authors' epoch/milestone scaling with M, reproduced number for number,
-by `make_schedule` and by the tool's own printout (`--print-schedule`, which needs no data files)."""
+"""The supervised schedules of SPEC §4: the authors' epoch/milestone scaling with M, reproduced number for
+number, by `make_schedule` and by the tool's own printout (`--print-schedule`, which needs no data files)."""
 
 import re
 

@@ -12,8 +12,15 @@ from zskt.errors import ZsktError
 from zskt.methods.train import TrainConfig, train
 from zskt.runlog import RunLog
 
-TOY = {"dataset": "digits", "model": "wrn-16-1", "image_size": 8, "epochs": 4, "eval_every": 1, "batch_size": 64,
-       "device": "cpu"}
+TOY = {
+    "dataset": "digits",
+    "model": "wrn-16-1",
+    "image_size": 8,
+    "epochs": 4,
+    "eval_every": 1,
+    "batch_size": 64,
+    "device": "cpu",
+}
 
 
 def run(out, cfg, **kw):
@@ -76,16 +83,30 @@ def test_no_teacher_baseline_uses_m_per_class_and_scaled_epochs(tmp_path):
 
 def test_cli_train_and_errors(tmp_path, capsys):
     out = tmp_path / "cli"
-    argv = ["train", "--dataset", "digits", "--model", "wrn-16-1", "--image-size", "8", "--epochs", "1",
-            "--out", str(out), "--quiet"]
+    argv = [
+        "train",
+        "--dataset",
+        "digits",
+        "--model",
+        "wrn-16-1",
+        "--image-size",
+        "8",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(argv) == 0
     assert "test_accuracy" in capsys.readouterr().out
     assert main(argv) == 2  # finished folder is not overwritten silently
     err = capsys.readouterr().err
     assert "already holds a finished run" in err and len(err.strip().splitlines()) == 1
-    for bad, words in [(["--epochs", "-1"], "epochs must be positive"),
-                       (["--model", "vgg"], "unknown model"),
-                       (["--dataset", "mnist"], "unknown data set")]:
+    for bad, words in [
+        (["--epochs", "-1"], "epochs must be positive"),
+        (["--model", "vgg"], "unknown model"),
+        (["--dataset", "mnist"], "unknown data set"),
+    ]:
         assert main(["train", "--out", str(tmp_path / "x"), *bad]) == 2
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1
@@ -107,7 +128,10 @@ def test_cli_help_and_list(capsys):
 
 
 def test_missing_data_file_is_one_line_error(tmp_path, capsys):
-    assert main(["train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "not found" in err and "download" in err and len(err.strip().splitlines()) == 1
 

@@ -14,7 +14,6 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from reference_zero_shot import reference_zero_shot_steps
 
 from zskt.cli import main as cli_main
 from zskt.data import ImageSplit, load_dataset, normalize, preset
@@ -26,14 +25,22 @@ from zskt.models import Generator, build_model, load_generator, load_model, save
 from zskt.runlog import RunLog
 from zskt.runtime import resolve_precision
 
+from reference_zero_shot import reference_zero_shot_steps
+
 SIZE = 8  # digits at their native 8x8: the WRN maps are 8, 4, 2 and the generator's seed map is 2x2
 FP32 = resolve_precision("fp32", torch.device("cpu"))
 
 
 def tiny_cfg(**kw) -> ZeroShotConfig:
     # β = 250 explicitly: the attention term is part of the loop under test (the digits preset is 0).
-    values = {"iterations": 4, "batch_size": 16, "n_student_steps": 3, "device": "cpu", "eval_every": 2,
-              "beta": 250.0}
+    values = {
+        "iterations": 4,
+        "batch_size": 16,
+        "n_student_steps": 3,
+        "device": "cpu",
+        "eval_every": 2,
+        "beta": 250.0,
+    }
     return ZeroShotConfig(**{**values, **kw})
 
 
@@ -57,8 +64,10 @@ def run_steps(cfg, t, s, g, n, *, reference=False, meter=None):
 
 
 def lrs(state: ZeroShotState) -> dict:
-    return {"generator_lr": state.generator_optimiser.param_groups[0]["lr"],
-            "student_lr": state.student_optimiser.param_groups[0]["lr"]}
+    return {
+        "generator_lr": state.generator_optimiser.param_groups[0]["lr"],
+        "student_lr": state.student_optimiser.param_groups[0]["lr"],
+    }
 
 
 def max_difference(a: torch.nn.Module, b: torch.nn.Module, *, buffers: bool = True) -> float:
@@ -87,7 +96,7 @@ def digits_teacher(digits):
     for _ in range(epochs):
         perm = torch.randperm(len(labels), generator=order)
         for start in range(0, len(labels), batch):
-            index = perm[start:start + batch]
+            index = perm[start : start + batch]
             logits, _ = model(images[index])
             loss = F.cross_entropy(logits, labels[index])
             opt.zero_grad()
@@ -147,8 +156,8 @@ def test_generator_loss_depends_on_the_student():
 
 
 def test_generator_gradient_flows_through_the_teacher_softmax():
-    # The authors' L_G differentiates the KL target softmax(T(x)) with respect to x too; freezing the teacher's
-    # parameters must not cut that path. Compare against hand-written gradients with and without it.
+    # The authors' L_G differentiates the KL target softmax(T(x)) with respect to x too; freezing the
+    # teacher's parameters must not cut that path. Compare against hand-written gradients with and without it.
     cfg = tiny_cfg(grad_clip=0.0)
     t, s, g = networks()
     z = g.sample_z(cfg.batch_size, generator=torch.Generator().manual_seed(0))
@@ -165,8 +174,8 @@ def test_generator_gradient_flows_through_the_teacher_softmax():
     generator_step(t, copy.deepcopy(s), gen, opt, z, cfg, FP32)
     ours = [p.grad for p in gen.parameters()]
     full, cut = hand_grads(False), hand_grads(True)
-    assert all(torch.allclose(a, b, atol=1e-7, rtol=1e-5) for a, b in zip(ours, full))
-    assert not all(torch.allclose(a, b, atol=1e-7, rtol=1e-5) for a, b in zip(ours, cut))
+    assert all(torch.allclose(a, b, atol=1e-7, rtol=1e-5) for a, b in zip(ours, full, strict=False))
+    assert not all(torch.allclose(a, b, atol=1e-7, rtol=1e-5) for a, b in zip(ours, cut, strict=False))
 
 
 def test_generator_step_leaves_student_and_teacher_gradients_alone_but_updates_student_bn():
@@ -214,7 +223,8 @@ def test_forward_counts_teacher_once_per_pseudo_batch_for_the_student_phase():
     assert calls == {"teacher": 2 * 2, "student": 2 * 5, "generator": 2 * 2}
 
 
-# ------------------------------------------------------------------------------------- schedule and statistics
+# ------------------------------------------------------------------------------------- schedule and
+# statistics
 
 
 def test_cosine_schedule_matches_the_closed_form_and_steps_per_pseudo_batch():
@@ -222,7 +232,9 @@ def test_cosine_schedule_matches_the_closed_form_and_steps_per_pseudo_batch():
     t, s, g = networks()
     state = run_steps(cfg, t, s, g, 3)
     rates = lrs(state)  # after 3 pseudo batches: the rate of pseudo batch 3
-    assert rates["student_lr"] == pytest.approx(2e-3 * (1 + torch.cos(torch.tensor(torch.pi * 3 / 8)).item()) / 2)
+    assert rates["student_lr"] == pytest.approx(
+        2e-3 * (1 + torch.cos(torch.tensor(torch.pi * 3 / 8)).item()) / 2
+    )
     assert rates["generator_lr"] == pytest.approx(rates["student_lr"] / 2)
     # PyTorch's own CosineAnnealingLR(T_max=N) gives the same rates at every pseudo batch.
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2e-3)
@@ -241,8 +253,12 @@ def test_stats_are_means_of_the_logged_quantities():
     t, s, g = networks()
     meter = Meter(torch.device("cpu"))
     run_steps(cfg, t, s, g, 2, meter=meter)
-    assert meter.counts == {"generator_loss": 2, "student_loss": 2 * cfg.n_student_steps, "teacher_max_prob": 2,
-                            "student_max_prob": 2}
+    assert meter.counts == {
+        "generator_loss": 2,
+        "student_loss": 2 * cfg.n_student_steps,
+        "teacher_max_prob": 2,
+        "student_max_prob": 2,
+    }
     row, diverged = meter.read()
     assert row["generator_loss"] < 0 < row["student_loss"] and diverged == {}
     assert 0.1 <= row["teacher_max_prob"] <= 1 and 0.1 <= row["student_max_prob"] <= 1
@@ -257,7 +273,8 @@ def test_meter_names_the_first_non_finite_step():
     assert diverged == {"loss": 2} and row["fine"] == 1.0
 
 
-# ------------------------------------------------------------------------------------- every option reaches the loop
+# ------------------------------------------------------------------------------------- every option reaches
+# the loop
 
 
 def _student_after(cfg, n=2, teacher="wrn-16-1"):
@@ -266,11 +283,21 @@ def _student_after(cfg, n=2, teacher="wrn-16-1"):
     return s, g
 
 
-@pytest.mark.parametrize("change", [
-    {"beta": 0.0}, {"student_lr": 1e-3}, {"n_student_steps": 2}, {"temperature": 4.0},
-    {"kl_reduction": "batchmean"}, {"grad_clip": 0.01}, {"n_generator_steps": 2}, {"generator_lr": 1e-2},
-    {"fresh_batch_per_student_step": True}, {"seed": 1},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"beta": 0.0},
+        {"student_lr": 1e-3},
+        {"n_student_steps": 2},
+        {"temperature": 4.0},
+        {"kl_reduction": "batchmean"},
+        {"grad_clip": 0.01},
+        {"n_generator_steps": 2},
+        {"generator_lr": 1e-2},
+        {"fresh_batch_per_student_step": True},
+        {"seed": 1},
+    ],
+)
 def test_each_option_changes_the_student(change):
     base, _ = _student_after(tiny_cfg())
     changed, _ = _student_after(tiny_cfg(**change))
@@ -287,7 +314,9 @@ def test_generator_lr_and_steps_change_the_generator():
 def test_fresh_batch_draws_a_z_per_student_step(monkeypatch):
     draws = []
     original = Generator.sample_z
-    monkeypatch.setattr(Generator, "sample_z", lambda self, *a, **k: draws.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(
+        Generator, "sample_z", lambda self, *a, **k: draws.append(1) or original(self, *a, **k)
+    )
     for fresh, per_batch in ((False, 1), (True, 1 + 3)):
         draws.clear()
         t, s, g = networks()
@@ -310,11 +339,15 @@ def test_batch_size_and_z_dim_reach_the_generator(digits, tmp_path):
     assert g.z_dim == 20 and g.image_size == SIZE and not g.final_bn_affine
     assert "layers.12.weight" not in g.state_dict() and "layers.12.running_mean" in g.state_dict()
     assert g.layers[2].num_batches_tracked.item() == 2  # one generator step + one pseudo batch
-    assert shapes[:1 + cfg.n_student_steps] == [(8, 1, SIZE, SIZE)] * (1 + cfg.n_student_steps)
+    assert shapes[: 1 + cfg.n_student_steps] == [(8, 1, SIZE, SIZE)] * (1 + cfg.n_student_steps)
 
 
 def test_presets_and_validation():
-    assert ZeroShotConfig(dataset="cifar10").total_iterations == 80_000 == preset("cifar10", "zero-shot", "iterations")
+    assert (
+        ZeroShotConfig(dataset="cifar10").total_iterations
+        == 80_000
+        == preset("cifar10", "zero-shot", "iterations")
+    )
     assert ZeroShotConfig(dataset="svhn").total_iterations == 50_000
     assert ZeroShotConfig(dataset="cifar10").eval_interval == 800  # the authors' log_freq = N/100
     assert ZeroShotConfig(iterations=50).eval_interval == 1
@@ -323,10 +356,21 @@ def test_presets_and_validation():
     cfg = ZeroShotConfig(dataset="cifar10")
     assert (cfg.batch_size, cfg.z_dim, cfg.n_generator_steps, cfg.n_student_steps) == (128, 100, 1, 10)
     assert (cfg.generator_lr, cfg.student_lr, cfg.attention_beta, cfg.temperature, cfg.grad_clip) == (
-        1e-3, 2e-3, 250, 1, 5)
+        1e-3,
+        2e-3,
+        250,
+        1,
+        5,
+    )
     assert cfg.kl_reduction == "mean" and cfg.final_bn_affine and not cfg.fresh_batch_per_student_step
-    for bad in ({"batch_size": 1}, {"n_student_steps": 0}, {"beta": -1.0}, {"kl_reduction": "sum"},
-                {"student": "resnet-19"}, {"iterations": 0}):
+    for bad in (
+        {"batch_size": 1},
+        {"n_student_steps": 0},
+        {"beta": -1.0},
+        {"kl_reduction": "sum"},
+        {"student": "resnet-19"},
+        {"iterations": 0},
+    ):
         with pytest.raises(ZsktError):
             replace(cfg, **bad)
 
@@ -336,8 +380,14 @@ def test_bf16_precision_runs():
     t, s, g = networks()
     precision = resolve_precision("bf16", torch.device("cpu"))
     meter = Meter(torch.device("cpu"))
-    zero_shot_steps(t, ZeroShotState.build(s, g, cfg), cfg, range(1), precision=precision,
-                    record=lambda **values: meter.add(0, **values))
+    zero_shot_steps(
+        t,
+        ZeroShotState.build(s, g, cfg),
+        cfg,
+        range(1),
+        precision=precision,
+        record=lambda **values: meter.add(0, **values),
+    )
     row, diverged = meter.read()
     assert len(row) == 4 and diverged == {} and all(torch.isfinite(torch.tensor(v)) for v in row.values())
 
@@ -347,8 +397,9 @@ def test_bf16_precision_runs():
 
 def _run(tmp_path, name, cfg, digits, *, resume=False, stop_at=None):
     t, _, _ = networks()
-    log = RunLog(tmp_path / name, command="zero-shot", config={"iterations": cfg.iterations}, quiet=True,
-                 resume=resume)
+    log = RunLog(
+        tmp_path / name, command="zero-shot", config={"iterations": cfg.iterations}, quiet=True, resume=resume
+    )
     if stop_at is not None:
         save = log.save_checkpoint
 
@@ -374,7 +425,10 @@ def test_resume_gives_the_uninterrupted_result(tmp_path, digits):
     a = load_model(tmp_path / "straight" / "model.pt")
     b = load_model(tmp_path / "resumed" / "model.pt")
     assert max_difference(a, b) == 0.0
-    ga, gb = load_generator(tmp_path / "straight" / "generator.pt"), load_generator(tmp_path / "resumed" / "generator.pt")
+    ga, gb = (
+        load_generator(tmp_path / "straight" / "generator.pt"),
+        load_generator(tmp_path / "resumed" / "generator.pt"),
+    )
     assert max_difference(ga, gb) == 0.0
     assert resumed["test_accuracy"] == straight["test_accuracy"]
     assert resumed["best_test_accuracy"] == straight["best_test_accuracy"]
@@ -394,8 +448,16 @@ def test_short_digits_run_beats_chance(tmp_path, digits, digits_teacher):
     assert result["best_test_accuracy"] >= result["test_accuracy"]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [30, 60]
-    keys = {"generator_loss", "student_loss", "teacher_max_prob", "student_max_prob", "test_accuracy",
-            "generator_lr", "student_lr", "seconds_per_iteration"}
+    keys = {
+        "generator_loss",
+        "student_loss",
+        "teacher_max_prob",
+        "student_max_prob",
+        "test_accuracy",
+        "generator_lr",
+        "student_lr",
+        "seconds_per_iteration",
+    }
     assert keys <= rows[-1].keys()
     assert all(row["generator_loss"] < -1e-5 for row in rows)  # the adversarial term is never zero
 
@@ -404,9 +466,31 @@ def test_short_digits_run_beats_chance(tmp_path, digits, digits_teacher):
 
 
 def _cli(tmp_path, teacher_file, *extra):
-    return cli_main(["zero-shot", "--teacher", str(teacher_file), "--dataset", "digits", "--image-size", str(SIZE),
-                     "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet", "-N", "3", "--batch-size", "16",
-                     "--n-student-steps", "2", "--eval-every", "2", *extra])
+    return cli_main(
+        [
+            "zero-shot",
+            "--teacher",
+            str(teacher_file),
+            "--dataset",
+            "digits",
+            "--image-size",
+            str(SIZE),
+            "--out",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+            "--quiet",
+            "-N",
+            "3",
+            "--batch-size",
+            "16",
+            "--n-student-steps",
+            "2",
+            "--eval-every",
+            "2",
+            *extra,
+        ]
+    )
 
 
 def test_cli_end_to_end(tmp_path, teacher_file, capsys):
@@ -435,7 +519,9 @@ def test_cli_errors(tmp_path, teacher_file, digits_teacher, capsys):
     assert _cli(tmp_path, tmp_path / "missing.pt") == 2
     assert "missing.pt" in capsys.readouterr().err
     # A project teacher records its data set.
-    code = cli_main(["zero-shot", "--teacher", str(teacher_file), "--dataset", "svhn", "--out", str(tmp_path / "x")])
+    code = cli_main(
+        ["zero-shot", "--teacher", str(teacher_file), "--dataset", "svhn", "--out", str(tmp_path / "x")]
+    )
     assert code == 2 and "trained on digits" in capsys.readouterr().err
     # A bare state_dict has no record: the class count and channels are checked against the data set.
     bare = tmp_path / "bare.pt"

@@ -34,9 +34,18 @@ class Command:
     description: str = ""
 
 
-def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *, description: str = "",
-                       required: tuple[str, ...] = (), aliases: dict | None = None,
-                       prepare: Callable | None = None, out_required: bool = True) -> Command:
+def run_folder_command(
+    name: str,
+    help: str,
+    config_cls: type,
+    run: Callable,
+    *,
+    description: str = "",
+    required: tuple[str, ...] = (),
+    aliases: dict | None = None,
+    prepare: Callable | None = None,
+    out_required: bool = True,
+) -> Command:
     """A training command: config options + `--out/--resume/--overwrite/--quiet/--config/--tensorboard` (and
     `--allow-config-change`, `--trust-checkpoint`, `--threads`), run folder, result line. `out_required=False`
     leaves checking `--out` to the caller (a command that can also just print). The `required` config fields
@@ -46,25 +55,51 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         run_opts = parser.add_argument_group("run folder")
-        run_opts.add_argument("--out", required=out_required, metavar="DIR",
-                              help="run folder: config.json, metrics.jsonl, model.pt, result.json (written last)")
-        run_opts.add_argument("--resume", action="store_true",
-                              help="continue the unfinished run in --out from its last checkpoint")
-        run_opts.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out")
-        run_opts.add_argument("--quiet", action="store_true", help="print nothing but errors and the result line")
-        run_opts.add_argument("--config", metavar="FILE", default=None,
-                              help="replay a run: take every config field from its config.json (or run "
-                              "folder); options given here override them")
-        run_opts.add_argument("--tensorboard", action="store_true",
-                              help="also write TensorBoard event files to OUT/tensorboard (needs the "
-                              "tensorboard extra: pip install 'zskt[tensorboard]')")
-        run_opts.add_argument("--allow-config-change", type=_names, default=(), metavar="NAME,...",
-                              help="with --resume: continue from the checkpoint with these options changed "
-                              "(e.g. lr after a divergence); the change is recorded in config.json")
+        run_opts.add_argument(
+            "--out",
+            required=out_required,
+            metavar="DIR",
+            help="run folder: config.json, metrics.jsonl, model.pt, result.json (written last)",
+        )
+        run_opts.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue the unfinished run in --out from its last checkpoint",
+        )
+        run_opts.add_argument(
+            "--overwrite", action="store_true", help="replace a finished or unfinished run in --out"
+        )
+        run_opts.add_argument(
+            "--quiet", action="store_true", help="print nothing but errors and the result line"
+        )
+        run_opts.add_argument(
+            "--config",
+            metavar="FILE",
+            default=None,
+            help="replay a run: take every config field from its config.json (or run "
+            "folder); options given here override them",
+        )
+        run_opts.add_argument(
+            "--tensorboard",
+            action="store_true",
+            help="also write TensorBoard event files to OUT/tensorboard (needs the "
+            "tensorboard extra: pip install 'zskt[tensorboard]')",
+        )
+        run_opts.add_argument(
+            "--allow-config-change",
+            type=_names,
+            default=(),
+            metavar="NAME,...",
+            help="with --resume: continue from the checkpoint with these options changed "
+            "(e.g. lr after a divergence); the change is recorded in config.json",
+        )
         if "trust_checkpoint" not in {f.name for f in dataclasses.fields(config_cls)}:  # else a config field
-            run_opts.add_argument("--trust-checkpoint", action="store_true",
-                                  help="read checkpoint files that need a full unpickle (which can run any "
-                                  "code); only for files whose origin you trust")
+            run_opts.add_argument(
+                "--trust-checkpoint",
+                action="store_true",
+                help="read checkpoint files that need a full unpickle (which can run any "
+                "code); only for files whose origin you trust",
+            )
         add_threads_argument(run_opts)
         add_config_arguments(parser, config_cls, required_later=required, aliases=aliases)
 
@@ -90,13 +125,25 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
             # a refused --out stops all ranks at once with rank 0's message.
             log, error = None, None
             try:
-                log = RunLog(args.out, command=name, config=to_dict(cfg), environment=environment(device),
-                             resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
-                             enabled=ctx.is_main, tensorboard=args.tensorboard,
-                             allow_change=args.allow_config_change)
+                log = RunLog(
+                    args.out,
+                    command=name,
+                    config=to_dict(cfg),
+                    environment=environment(device),
+                    resume=args.resume,
+                    overwrite=args.overwrite,
+                    quiet=args.quiet,
+                    enabled=ctx.is_main,
+                    tensorboard=args.tensorboard,
+                    allow_change=args.allow_config_change,
+                )
                 precision = getattr(cfg, "precision", None)
-                log.record_runtime(device=device, precision=resolve_precision(precision, device).name
-                                   if isinstance(precision, str) else None)
+                log.record_runtime(
+                    device=device,
+                    precision=resolve_precision(precision, device).name
+                    if isinstance(precision, str)
+                    else None,
+                )
             except ZsktError as e:
                 error = str(e)
             except OSError as e:  # e.g. an --out that cannot be created: one line, on every rank
@@ -121,8 +168,11 @@ def run_folder_command(name: str, help: str, config_cls: type, run: Callable, *,
                 raise
             log.close()
         if ctx.is_main:
-            shown = ", ".join(f"{k} {result[k]:.2f}" + ("%" if "accuracy" in k else "")
-                              for k in ("test_accuracy", "mte") if isinstance(result.get(k), float))
+            shown = ", ".join(
+                f"{k} {result[k]:.2f}" + ("%" if "accuracy" in k else "")
+                for k in ("test_accuracy", "mte")
+                if isinstance(result.get(k), float)
+            )
             print(f"{name}: {shown or 'done'} -> {args.out}/result.json", flush=True)
         return 0
 
@@ -133,11 +183,13 @@ def command_config(name: str, config_cls: type, args: argparse.Namespace, requir
     """The config of a run-folder command: `--config FILE`'s fields if given, then the options on the command
     line over them; a `required` field that neither gives is a one-line error."""
     base = replay_values(args.config, name) if getattr(args, "config", None) else {}
-    missing = [option_name(f) for f in required
-               if getattr(args, f, None) is None and base.get(f) in (None, "")]
+    missing = [
+        option_name(f) for f in required if getattr(args, f, None) is None and base.get(f) in (None, "")
+    ]
     if missing:
-        raise ZsktError(f"{', '.join(missing)} required (or --config RUN/config.json to replay a run's "
-                        "options)")
+        raise ZsktError(
+            f"{', '.join(missing)} required (or --config RUN/config.json to replay a run's options)"
+        )
     return config_from_args(config_cls, args, base=base)
 
 
@@ -147,9 +199,14 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_threads_argument(parser) -> None:
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads for PyTorch (default: one per core, fixed for the run, "
-                        "recorded in environment.json; the thread count can change a CPU run's rounding)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for PyTorch (default: one per core, fixed for the run, "
+        "recorded in environment.json; the thread count can change a CPU run's rounding)",
+    )
 
 
 def set_threads(threads: int | None) -> None:
@@ -181,9 +238,16 @@ def method_command(name: str, method) -> Command:
     from zskt.methods.registry import check_inputs
 
     build = method.command or run_folder_command
-    return build(name, method.help, method.config, method.run, description=method.description,
-                 required=method.required, aliases=dict(method.aliases),
-                 prepare=lambda cfg: check_inputs(method, cfg))
+    return build(
+        name,
+        method.help,
+        method.config,
+        method.run,
+        description=method.description,
+        required=method.required,
+        aliases=dict(method.aliases),
+        prepare=lambda cfg: check_inputs(method, cfg),
+    )
 
 
 def load_commands() -> dict[str, Command]:
@@ -200,9 +264,12 @@ def load_commands() -> dict[str, Command]:
 def build_parser(commands: dict[str, Command]) -> Parser:
     import zskt
 
-    parser = Parser(prog="zskt", description="Zero-shot knowledge transfer via adversarial belief matching "
-                    "(Micaelli & Storkey, NeurIPS 2019): teachers, zero-shot and few-shot students, belief "
-                    "matching, and the paper's experiments. Start with `zskt demo`.")
+    parser = Parser(
+        prog="zskt",
+        description="Zero-shot knowledge transfer via adversarial belief matching "
+        "(Micaelli & Storkey, NeurIPS 2019): teachers, zero-shot and few-shot students, belief "
+        "matching, and the paper's experiments. Start with `zskt demo`.",
+    )
     parser.add_argument("--version", action="version", version=f"zskt {zskt.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for command in commands.values():

@@ -76,9 +76,15 @@ def _type_label(tp: Any) -> str:
     return tp.__name__.upper()
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (),
-                         required: tuple[str, ...] = (), aliases: dict[str, tuple[str, ...]] | None = None,
-                         required_later: tuple[str, ...] = ()) -> None:
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    skip: tuple[str, ...] = (),
+    required: tuple[str, ...] = (),
+    aliases: dict[str, tuple[str, ...]] | None = None,
+    required_later: tuple[str, ...] = (),
+) -> None:
     """Add one option per field of the dataclass `cls`; values stay strings until `config_from_args`.
     `required` fields are required by argparse; `required_later` ones are marked "(required)" in the help and
     checked by the caller after parsing (so that a replayed config can supply them, see `replay_values`)."""
@@ -96,11 +102,18 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
         text = text.replace("%", "%%")
         names = [option_name(f.name), *aliases.get(f.name, ())]
         if _unwrap_optional(tp)[0] is bool:
-            group.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                               help=text)
+            group.add_argument(
+                *names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text
+            )
         else:
-            group.add_argument(*names, dest=f.name, metavar=_type_label(tp), default=None,
-                               required=f.name in required, help=text)
+            group.add_argument(
+                *names,
+                dest=f.name,
+                metavar=_type_label(tp),
+                default=None,
+                required=f.name in required,
+                help=text,
+            )
 
 
 def help_with_default(help_text: str, default: Any) -> str:
@@ -118,8 +131,9 @@ def help_with_default(help_text: str, default: Any) -> str:
     return f"{help_text} (default: {shown})"
 
 
-def config_from_args(cls: type, args: argparse.Namespace, base: dict[str, Any] | None = None,
-                     **overrides: Any):
+def config_from_args(
+    cls: type, args: argparse.Namespace, base: dict[str, Any] | None = None, **overrides: Any
+):
     """Build `cls` from parsed options: only options given on the command line replace defaults, or replace
     the values of `base` (a replayed config.json's fields, see `replay_values`) when given."""
     hints = typing.get_type_hints(cls)
@@ -142,7 +156,9 @@ def make_config(cls: type, **values: Any):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ZsktError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        raise ZsktError(
+            f"unknown {cls.__name__} field(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:
@@ -190,8 +206,10 @@ def replay_values(path: str, command: str) -> dict[str, Any]:
         raise ZsktError(f"--config {path}: expected a JSON object of config fields")
     was = saved.pop("command", command)
     if was != command:
-        raise ZsktError(f"--config {path} is the config of `zskt {was}`, not of `zskt {command}`; "
-                        f"replay it with zskt {was} --config {path}")
+        raise ZsktError(
+            f"--config {path} is the config of `zskt {was}`, not of `zskt {command}`; "
+            f"replay it with zskt {was} --config {path}"
+        )
     resolved = saved.pop("resolved", None) or {}
     saved.pop("config_changes", None)  # a resume's record of changed options (runlog.CONFIG_CHANGES)
     for name, record in (resolved.get("inputs") or {}).items():

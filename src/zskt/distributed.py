@@ -46,7 +46,9 @@ class RunContext:
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if self.world_size <= 1:
             return self
-        want_cuda = self.device_name.startswith("cuda") or (self.device_name == "auto" and torch.cuda.is_available())
+        want_cuda = self.device_name.startswith("cuda") or (
+            self.device_name == "auto" and torch.cuda.is_available()
+        )
         if want_cuda:
             if not torch.cuda.is_available():
                 raise ZsktError("--device cuda under torchrun, but CUDA is not available; use --device cpu")
@@ -122,7 +124,7 @@ def _all_reduce_in_place(tensors: list[torch.Tensor], average: bool = False) -> 
         offset = 0
         for t in group:
             n = t.numel()
-            t.copy_(flat[offset:offset + n].view_as(t))
+            t.copy_(flat[offset : offset + n].view_as(t))
             offset += n
 
 
@@ -168,8 +170,10 @@ def check_in_sync(*modules: torch.nn.Module) -> dict:
     dist.all_gather_object(prints, fingerprint(*modules))
     if len(set(prints)) != 1:
         differ = [r for r, p in enumerate(prints) if p != prints[0]]
-        raise ZsktError(f"ranks {differ} ended with weights different from rank 0's; this is a bug in zskt's "
-                        "data-parallel code, please report it (the single-process run is unaffected)")
+        raise ZsktError(
+            f"ranks {differ} ended with weights different from rank 0's; this is a bug in zskt's "
+            "data-parallel code, please report it (the single-process run is unaffected)"
+        )
     return {"world_size": size, "backend": dist.get_backend(), "weights_identical_across_ranks": True}
 
 
@@ -216,7 +220,7 @@ class Shard:
 
     def take(self, tensor: torch.Tensor) -> torch.Tensor:
         """This rank's rows of a global-batch tensor (the tensor itself in a single process)."""
-        return tensor if self.world_size <= 1 else tensor[self.start:self.stop]
+        return tensor if self.world_size <= 1 else tensor[self.start : self.stop]
 
     def reduce(self, parameters: Iterable[torch.nn.Parameter]) -> None:
         """Sum the gradients over ranks (each already scaled by `share`): the global batch's gradient."""
@@ -229,8 +233,10 @@ def check_sync_batchnorm(enabled: bool, device: torch.device) -> None:
     refusal never waits on a peer (a rank that fails while another is inside a collective could otherwise
     leave that one to gloo's timeout or a traceback of its own, depending on timing)."""
     if enabled and device.type != "cuda":
-        raise ZsktError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); on CPU leave it off: "
-                        "each rank then normalises over its own shard of the batch (docs/distributed.md)")
+        raise ZsktError(
+            "--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); on CPU leave it off: "
+            "each rank then normalises over its own shard of the batch (docs/distributed.md)"
+        )
 
 
 def use_sync_batchnorm(module: torch.nn.Module, enabled: bool, device: torch.device) -> torch.nn.Module:

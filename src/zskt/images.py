@@ -1,5 +1,5 @@
-"""Image grids as PNG files: what a generator or an inversion method made, un-normalised for a person to look at
-(run folders' pseudo/*.png)."""
+"""Image grids as PNG files: what a generator or an inversion method made, un-normalised for a person to look
+at (run folders' pseudo/*.png)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from zskt.io import atomic_write_bytes
 
 
 def save_image_grid(images: torch.Tensor, mean, std, path: Path, n: int = 64):
-    """A PNG of up to n images (pseudo or synthesized), un-normalised with the data set's mean/std and clipped to [0, 1]."""
+    """A PNG of up to n images (pseudo or synthesized), un-normalised with the data set's mean/std and clipped
+    to [0, 1]."""
     import matplotlib.image
 
     x = images[:n].detach().float().cpu()
@@ -27,7 +28,7 @@ def save_image_grid(images: torch.Tensor, mean, std, path: Path, n: int = 64):
     grid = torch.ones(c, rows * (h + 1) + 1, cols * (w + 1) + 1)  # 1-pixel white lines between images
     for i, image in enumerate(x):
         r, q = divmod(i, cols)
-        grid[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = image
+        grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = image
     array = grid[0].numpy() if c == 1 else grid.permute(1, 2, 0).numpy()
     buffer = io.BytesIO()
     matplotlib.image.imsave(buffer, array, cmap="gray" if c == 1 else None, vmin=0, vmax=1, format="png")

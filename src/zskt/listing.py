@@ -10,8 +10,9 @@ from zskt.cli import Command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", default=None, help="data root to look in (default: $ZSKT_DATA or "
-                        "~/.cache/zskt/data)")
+    parser.add_argument(
+        "--data-dir", default=None, help="data root to look in (default: $ZSKT_DATA or ~/.cache/zskt/data)"
+    )
 
 
 def print_models() -> None:
@@ -51,4 +52,6 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMAND = Command("list", "list models (parameter counts) and data sets (files present?)", add_arguments, main)
+COMMAND = Command(
+    "list", "list models (parameter counts) and data sets (files present?)", add_arguments, main
+)

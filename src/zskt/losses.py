@@ -216,8 +216,9 @@ def information_entropy_loss(teacher_logits: torch.Tensor, log_base: float | Non
     return total / math.log(log_base) if log_base else total
 
 
-def bn_statistic_loss(mean: torch.Tensor, var: torch.Tensor, running_mean: torch.Tensor,
-                      running_var: torch.Tensor) -> torch.Tensor:
+def bn_statistic_loss(
+    mean: torch.Tensor, var: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor
+) -> torch.Tensor:
     """One BatchNorm layer's statistic-matching term (DFQ's BN-statistic loss, DeepInversion's R_feature) as
     the DataFree code's `DeepInversionHook` computes it: ‖μ − μ_BN‖₂ + ‖σ² − σ²_BN‖₂, plain L2 norms (not
     squared, no per-layer scale), with μ, σ² the batch mean and *biased* variance of the layer's input over
@@ -226,8 +227,9 @@ def bn_statistic_loss(mean: torch.Tensor, var: torch.Tensor, running_mean: torch
     the code's norms are what produced the benchmark's numbers and are computed here.
     # (C,), (C,), (C,), (C,) -> ()
     """
-    return (torch.linalg.vector_norm(_wide(running_var) - _wide(var))
-            + torch.linalg.vector_norm(_wide(running_mean) - _wide(mean)))
+    return torch.linalg.vector_norm(_wide(running_var) - _wide(var)) + torch.linalg.vector_norm(
+        _wide(running_mean) - _wide(mean)
+    )
 
 
 def l1_logit_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -238,8 +240,9 @@ def l1_logit_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) ->
     return F.l1_loss(_wide(student_logits), _wide(teacher_logits))
 
 
-def kd_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-               temperature: float = 1.0) -> torch.Tensor:
+def kd_kl_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """The DataFree code's `KLDiv`: T² · KL(softmax(t/T) ‖ softmax(s/T)), summed over classes and averaged
     over the batch (`batchmean`). Its student loss and, negated, the adversarial term of DFQ and ZSKT there.
     # (B, C), (B, C) -> ()
@@ -258,14 +261,16 @@ def kd_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
 def batch_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance over batch and space of a (B, C, H, W) batch: what a train-mode
-    BatchNorm2d would normalise with. One fused `var_mean`, in float32 at least. # (B, C, H, W) -> (C,), (C,)"""
+    BatchNorm2d would normalise with. One fused `var_mean`, in float32 at least. # (B, C, H, W) -> (C,),
+    (C,)"""
     x = _wide(features)
     var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
     return mean, var
 
 
-def js_divergence_clamped(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                          temperature: float = 3.0) -> torch.Tensor:
+def js_divergence_clamped(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 3.0
+) -> torch.Tensor:
     """The adaptive-DeepInversion competition term as both reference codes compute it (NVlabs
     `deepinversion_cifar10.py`, zju-vipa `criterions.jsdiv`): with P = softmax(s/T), Q = softmax(t/T),
     M = (P + Q)/2, each clamped to [0.01, 0.99] after M is formed, ½·KL(M ‖ P) + ½·KL(M ‖ Q), batchmean.
@@ -294,13 +299,18 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
     """DeepInversion's image prior R_TV (`get_image_prior_losses`, the L2 form): the sum of the Frobenius
     norms of the differences to the right, down, down-left and down-right neighbours. # (B, C, H, W) -> ()"""
     x = _wide(images)
-    diffs = (x[..., :, :-1] - x[..., :, 1:], x[..., :-1, :] - x[..., 1:, :],
-             x[..., 1:, :-1] - x[..., :-1, 1:], x[..., :-1, :-1] - x[..., 1:, 1:])
+    diffs = (
+        x[..., :, :-1] - x[..., :, 1:],
+        x[..., :-1, :] - x[..., 1:, :],
+        x[..., 1:, :-1] - x[..., :-1, 1:],
+        x[..., :-1, :-1] - x[..., 1:, 1:],
+    )
     return sum(torch.linalg.vector_norm(d) for d in diffs)
 
 
-def contrastive_loss(local_projection: torch.Tensor, global_projection: torch.Tensor, n_current: int,
-                     temperature: float) -> torch.Tensor:
+def contrastive_loss(
+    local_projection: torch.Tensor, global_projection: torch.Tensor, n_current: int, temperature: float
+) -> torch.Tensor:
     """CMI's instance-discrimination loss (Fang et al. 2021, Eq. 6, the code's "naive implementation"):
     rows are the L2-normalised head outputs of the local views (current batch first, then the memory bank's
     cached ones), columns those of the global views, which get no gradient. logits = local · globalᵀ / τ; each

@@ -1,7 +1,7 @@
 """Run ids: every run folder's path inside an experiment folder says what it holds, e.g.
-`cifar10/zero-shot/wrn-40-2_wrn-16-1/seed0`. The grammar (a `Series` per kind of run, declared by each method's
-registry entry) and the paper's grid constants live here, a leaf module that `experiments/` and `reports/` both
-import, so neither imports the other."""
+`cifar10/zero-shot/wrn-40-2_wrn-16-1/seed0`. The grammar (a `Series` per kind of run, declared by each
+method's registry entry) and the paper's grid constants live here, a leaf module that `experiments/` and
+`reports/` both import, so neither imports the other."""
 
 from __future__ import annotations
 
@@ -24,14 +24,27 @@ FIGURE_M = (10, 25, 50, 75, 100)  # Figure 2's M > 0; M = 0 is the zero-shot run
 TABLE1_M = 200  # Table 1's KD+AT column
 MTE_M = 200  # Table 2's KD+AT student: the paper does not say its M; both reproductions used 200
 SEEDS = (0, 1, 2)  # the authors' scripts
-TEACHER_SEED = 0  # one teacher per architecture and data set, reused by every student seed (as the authors' files)
+TEACHER_SEED = (
+    0  # one teacher per architecture and data set, reused by every student seed (as the authors' files)
+)
 # The data-free benchmark's teacher -> student pairs (the Fast-Datafree README table), in its column order.
-BENCHMARK_PAIRS = (("resnet-34", "resnet-18"), ("vgg-11", "resnet-18"), ("wrn-40-2", "wrn-16-1"),
-                   ("wrn-40-2", "wrn-40-1"), ("wrn-40-2", "wrn-16-2"))
+BENCHMARK_PAIRS = (
+    ("resnet-34", "resnet-18"),
+    ("vgg-11", "resnet-18"),
+    ("wrn-40-2", "wrn-16-1"),
+    ("wrn-40-2", "wrn-40-1"),
+    ("wrn-40-2", "wrn-16-2"),
+)
 
 # What each placeholder of a pattern matches. Network names are registry names (lower case, digits, hyphens).
-_FIELDS = {"dataset": r"[^/]+", "teacher": r"[a-z0-9-]+?", "student": r"[a-z0-9-]+?", "model": r"[a-z0-9-]+?",
-           "m": r"\d+", "seed": r"\d+"}
+_FIELDS = {
+    "dataset": r"[^/]+",
+    "teacher": r"[a-z0-9-]+?",
+    "student": r"[a-z0-9-]+?",
+    "model": r"[a-z0-9-]+?",
+    "m": r"\d+",
+    "seed": r"\d+",
+}
 BELIEF = "belief"  # `<dataset>/belief/<student run id without its dataset>`: the MTE of that run's student
 
 
@@ -48,7 +61,9 @@ class Series:
 
     def regex(self) -> re.Pattern:
         parts = re.split(r"(\{\w+\})", self.pattern)
-        body = "".join(f"(?P<{p[1:-1]}>{_FIELDS[p[1:-1]]})" if p.startswith("{") else re.escape(p) for p in parts)
+        body = "".join(
+            f"(?P<{p[1:-1]}>{_FIELDS[p[1:-1]]})" if p.startswith("{") else re.escape(p) for p in parts
+        )
         return re.compile(f"^{body}$")
 
     def format(self, **tags) -> str:

@@ -98,10 +98,21 @@ class RunLog:
     `tensorboard=True` mirrors metrics rows and `image` calls to TensorBoard event files in OUT/tensorboard.
     """
 
-    def __init__(self, out: str | Path, *, command: str, config: dict, environment: dict | None = None,
-                 resume: bool = False, overwrite: bool = False, quiet: bool = False, enabled: bool = True,
-                 tensorboard: bool = False, progress_every: float | None = None,
-                 allow_change: tuple[str, ...] | frozenset[str] = ()):
+    def __init__(
+        self,
+        out: str | Path,
+        *,
+        command: str,
+        config: dict,
+        environment: dict | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
+        quiet: bool = False,
+        enabled: bool = True,
+        tensorboard: bool = False,
+        progress_every: float | None = None,
+        allow_change: tuple[str, ...] | frozenset[str] = (),
+    ):
         self.out = Path(out)
         self.command = command
         self.config = config
@@ -127,9 +138,11 @@ class RunLog:
             return
         unknown = sorted(set(allow_change) - set(config))
         if unknown:
-            raise ZsktError(f"--allow-config-change names {', '.join(unknown)}, which "
-                            f"{'is not an option' if len(unknown) == 1 else 'are not options'} of {command}; "
-                            f"choose among {', '.join(sorted(config))}")
+            raise ZsktError(
+                f"--allow-config-change names {', '.join(unknown)}, which "
+                f"{'is not an option' if len(unknown) == 1 else 'are not options'} of {command}; "
+                f"choose among {', '.join(sorted(config))}"
+            )
         if self.out.exists() and not self.out.is_dir():
             raise ZsktError(f"--out {self.out} exists and is not a folder; choose another --out")
         try:
@@ -138,8 +151,10 @@ class RunLog:
             raise ZsktError(f"--out {self.out} cannot be made: {describe_os_error(e)}") from None
         if self._lock.stale:
             held = self._lock.stale
-            self.print(f"{self.out}: took over the lock of process {held.get('pid', '?')} on "
-                       f"{held.get('host', '?')}, which is no longer running")
+            self.print(
+                f"{self.out}: took over the lock of process {held.get('pid', '?')} on "
+                f"{held.get('host', '?')}, which is no longer running"
+            )
         try:
             self._open(resume, overwrite, frozenset(allow_change), environment, tensorboard)
         except BaseException:
@@ -147,20 +162,30 @@ class RunLog:
             self._lock.release()
             raise
 
-    def _open(self, resume: bool, overwrite: bool, allow_change: frozenset[str], environment: dict | None,
-              tensorboard: bool) -> None:
+    def _open(
+        self,
+        resume: bool,
+        overwrite: bool,
+        allow_change: frozenset[str],
+        environment: dict | None,
+        tensorboard: bool,
+    ) -> None:
         self._recover_overwrite()
         if is_finished(self.out) and not overwrite:
-            raise ZsktError(f"{self.out} already holds a finished run ({RESULT}); choose another --out, "
-                            "or pass --overwrite to replace it")
+            raise ZsktError(
+                f"{self.out} already holds a finished run ({RESULT}); choose another --out, "
+                "or pass --overwrite to replace it"
+            )
         has_checkpoint = (self.out / CHECKPOINT).is_file()
         if overwrite:
             has_checkpoint = False
         elif resume and has_checkpoint:
             self._check_same_config(allow_change)
         elif has_checkpoint:
-            raise ZsktError(f"{self.out} holds an unfinished run; pass --resume to continue it, "
-                            "or --overwrite to start again")
+            raise ZsktError(
+                f"{self.out} holds an unfinished run; pass --resume to continue it, "
+                "or --overwrite to start again"
+            )
         if resume and has_checkpoint:
             self.started = self._first_start() or self.started
         self.inputs = input_records(self.config)
@@ -169,8 +194,10 @@ class RunLog:
         if overwrite and self.out.is_dir() and any(self.out.iterdir()):
             here = Path.cwd().resolve()
             if self.out.resolve() in (here, *here.parents):
-                raise ZsktError(f"--overwrite {self.out} would replace the folder this command runs in; "
-                                "run it from another folder")
+                raise ZsktError(
+                    f"--overwrite {self.out} would replace the folder this command runs in; "
+                    "run it from another folder"
+                )
             # Set the old run aside in one rename (same parent, so the same file system): it comes back
             # intact if the new run fails before its first checkpoint.
             self._aside = aside_path(self.out)
@@ -185,8 +212,11 @@ class RunLog:
                 self._writer = tensorboard_writer(self.out / "tensorboard")
             self._write_config()
             if environment is not None:
-                self.environment = {**environment, "started": self.started,
-                                    **({"inputs": self.inputs} if self.inputs else {})}
+                self.environment = {
+                    **environment,
+                    "started": self.started,
+                    **({"inputs": self.inputs} if self.inputs else {}),
+                }
                 atomic_write_json(self.out / "environment.json", self.environment)
         except BaseException:  # e.g. no tensorboard package: nothing left behind, the old run back
             self.close_tensorboard()
@@ -219,8 +249,9 @@ class RunLog:
     def _write_config(self) -> None:
         changes = {CONFIG_CHANGES: self._history} if self._history else {}
         resolved = {RESOLVED: self.resolved} if self.resolved else {}
-        atomic_write_json(self.out / "config.json",
-                          {"command": self.command, **self.config, **changes, **resolved})
+        atomic_write_json(
+            self.out / "config.json", {"command": self.command, **self.config, **changes, **resolved}
+        )
 
     def _check_same_config(self, allow_change: frozenset[str]) -> None:
         path = self.out / "config.json"
@@ -230,21 +261,28 @@ class RunLog:
         saved.pop("command", None)
         saved.pop(RESOLVED, None)
         self._history = list(saved.pop(CONFIG_CHANGES, None) or [])
-        differ = sorted(k for k in set(saved) | set(self.config)
-                        if k not in RESUME_FREE and saved.get(k) != self.config.get(k))
+        differ = sorted(
+            k
+            for k in set(saved) | set(self.config)
+            if k not in RESUME_FREE and saved.get(k) != self.config.get(k)
+        )
         refused = [k for k in differ if k not in allow_change]
         if refused:
             shown = ", ".join(f"{k}: {saved.get(k)!r} -> {self.config.get(k)!r}" for k in refused[:4])
-            raise ZsktError(f"cannot resume {self.out} with a different config ({shown}); rerun with the "
-                            "original options, use another --out, or (to continue from the checkpoint with "
-                            "changed options, e.g. a lower learning rate) pass --allow-config-change "
-                            f"{','.join(refused)}")
+            raise ZsktError(
+                f"cannot resume {self.out} with a different config ({shown}); rerun with the "
+                "original options, use another --out, or (to continue from the checkpoint with "
+                "changed options, e.g. a lower learning rate) pass --allow-config-change "
+                f"{','.join(refused)}"
+            )
         self.config_changes = {k: [saved.get(k), self.config.get(k)] for k in differ}
         if self.config_changes:
             step = _checkpoint_step(self.out / CHECKPOINT)
             self._history.append({"step": step, "changed": self.config_changes})
-            self.print("resuming with changed options: " + ", ".join(
-                f"{k} {a!r} -> {b!r}" for k, (a, b) in self.config_changes.items()))
+            self.print(
+                "resuming with changed options: "
+                + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in self.config_changes.items())
+            )
 
     def apply_lr_change(self, name: str, optimizer: Any, *schedules: Any) -> bool:
         """After `optimizer` and its `schedules` were restored from the checkpoint: when config field `name`
@@ -255,8 +293,9 @@ class RunLog:
             return False
         old, new = self.config_changes[name]
         if not (isinstance(old, (int, float)) and isinstance(new, (int, float)) and old > 0):
-            raise ZsktError(f"--allow-config-change {name}: cannot rescale a learning rate of {old!r} to "
-                            f"{new!r}")
+            raise ZsktError(
+                f"--allow-config-change {name}: cannot rescale a learning rate of {old!r} to {new!r}"
+            )
         factor = new / old
         for group in optimizer.param_groups:
             group["lr"] *= factor
@@ -278,8 +317,13 @@ class RunLog:
         """Record what "auto" resolved to (device, precision name, ...) in config.json's "resolved" and in
         result.json. Accepts a torch.device and a runtime.Precision (its `name`) as well as strings."""
         values = {"device": device, "precision": getattr(precision, "name", precision), **more}
-        self.runtime.update({k: str(v) if isinstance(v, torch.device) else _plain(v)
-                             for k, v in values.items() if v is not None})
+        self.runtime.update(
+            {
+                k: str(v) if isinstance(v, torch.device) else _plain(v)
+                for k, v in values.items()
+                if v is not None
+            }
+        )
         self.record_resolved(runtime=self.runtime)
 
     # -- checkpoints -------------------------------------------------------------------------------------
@@ -321,8 +365,10 @@ class RunLog:
         except UntrustedCheckpoint as e:
             return None, str(e)
         except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing here
-            return None, (f"checkpoint {path} cannot be read ({type(e).__name__}); start the run again with "
-                          "--overwrite (or delete the file)")
+            return None, (
+                f"checkpoint {path} cannot be read ({type(e).__name__}); start the run again with "
+                "--overwrite (or delete the file)"
+            )
 
     def _trim_metrics(self, step: int | None) -> None:
         path = self.out / "metrics.jsonl"
@@ -389,8 +435,9 @@ class RunLog:
         if self.enabled and not self.quiet and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
-                             smoothing=0.1)
+            self._bar = tqdm(
+                total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, smoothing=0.1
+            )
         elif self.enabled and not self.quiet:
             self._bar = _RowBar(total, initial, desc, unit, self.progress_every)
         else:
@@ -420,8 +467,9 @@ class RunLog:
         result.setdefault("elapsed", round(self.elapsed(), 3))
         if self.enabled:
             if self.environment is not None:
-                atomic_write_json(self.out / "environment.json", {**self.environment,
-                                                                  "finished": result["finished"]})
+                atomic_write_json(
+                    self.out / "environment.json", {**self.environment, "finished": result["finished"]}
+                )
             self.close_tensorboard()
             atomic_write_json(self.out / RESULT, result)
             self.commit_overwrite()
@@ -492,8 +540,12 @@ class RunLock:
         self.fd: int | None = None
         self.stale: dict = {}
         self._made: list[Path] = []
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-                "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": command,
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
         earlier = _HELD.get(self.key)
         if earlier is not None and earlier.fd is not None:
             self.fd, earlier.fd = earlier.fd, None
@@ -662,14 +714,18 @@ def _is_stale(holder: dict) -> bool:
 def describe_holder(holder: dict) -> str:
     if not holder:
         return "another zskt process"
-    return (f"zskt {holder.get('command', '?')} (process {holder.get('pid', '?')} on "
-            f"{holder.get('host', '?')}, started {holder.get('started', '?')})")
+    return (
+        f"zskt {holder.get('command', '?')} (process {holder.get('pid', '?')} on "
+        f"{holder.get('host', '?')}, started {holder.get('started', '?')})"
+    )
 
 
 def _held_message(out: Path, holder: dict, path: Path) -> str:
     who = describe_holder(holder)
-    return (f"{out} is being written by {who}; wait for it to end or stop it, then rerun (if that process is "
-            f"gone, delete {path})")
+    return (
+        f"{out} is being written by {who}; wait for it to end or stop it, then rerun (if that process is "
+        f"gone, delete {path})"
+    )
 
 
 def progress_seconds() -> float:
@@ -701,8 +757,10 @@ def tensorboard_writer(logdir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ZsktError("--tensorboard needs the tensorboard package: pip install 'zskt[tensorboard]' "
-                        "(or pip install tensorboard)") from None
+        raise ZsktError(
+            "--tensorboard needs the tensorboard package: pip install 'zskt[tensorboard]' "
+            "(or pip install tensorboard)"
+        ) from None
     return SummaryWriter(log_dir=str(logdir))
 
 
@@ -740,10 +798,13 @@ class _RowBar(_NoBar):
     def row(self, now: float) -> str:
         rate = (self.n - self._start_n) / max(now - self._t0, 1e-9)
         eta = _clock((self.total - self.n) / rate) if rate > 0 else "?"
-        shown = (f"{rate:.3g} {self.unit}/s" if rate >= 1 else f"{1 / rate:.3g} s/{self.unit}" if rate > 0
-                 else "-")
-        text = f"{self.desc + ' ' if self.desc else ''}{self.n}/{self.total} {self.unit}  {shown}  " \
-               f"elapsed {_clock(now - self._t0)}  eta {eta}"
+        shown = (
+            f"{rate:.3g} {self.unit}/s" if rate >= 1 else f"{1 / rate:.3g} s/{self.unit}" if rate > 0 else "-"
+        )
+        text = (
+            f"{self.desc + ' ' if self.desc else ''}{self.n}/{self.total} {self.unit}  {shown}  "
+            f"elapsed {_clock(now - self._t0)}  eta {eta}"
+        )
         return text + (f"  {self.postfix}" if self.postfix else "")
 
     def set_postfix_str(self, s: str, refresh: bool = True) -> None:

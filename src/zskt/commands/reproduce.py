@@ -1,5 +1,6 @@
-"""`zskt reproduce NAME --out DIR`: run a named experiment's missing runs (teachers first), then its report; on
-this machine, on a Ray cluster (`--executor ray`), or as shell commands for a scheduler (`--print-commands`)."""
+"""`zskt reproduce NAME --out DIR`: run a named experiment's missing runs (teachers first), then its report;
+on this machine, on a Ray cluster (`--executor ray`), or as shell commands for a scheduler
+(`--print-commands`)."""
 
 from __future__ import annotations
 
@@ -17,39 +18,80 @@ from zskt.reports import report as build_report
 def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by `reproduce` and `demo`: where, how much, and how runs are executed."""
     grid = parser.add_argument_group("grid")
-    grid.add_argument("--seeds", nargs="+", type=int, metavar="S", help="seeds (default: 0 1 2, the authors')")
-    grid.add_argument("--scale", type=float, default=None, metavar="S",
-                      help="multiply every epoch count, pseudo-batch count and belief image/step count by S "
-                      "(each at least 1) for a quick look; recorded, and fixed for the folder (default 1)")
-    grid.add_argument("--list", "--dry-run", dest="list_only", action="store_true",
-                      help="only list the runs with their status (done / partial / todo) and exit")
+    grid.add_argument(
+        "--seeds", nargs="+", type=int, metavar="S", help="seeds (default: 0 1 2, the authors')"
+    )
+    grid.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        metavar="S",
+        help="multiply every epoch count, pseudo-batch count and belief image/step count by S "
+        "(each at least 1) for a quick look; recorded, and fixed for the folder (default 1)",
+    )
+    grid.add_argument(
+        "--list",
+        "--dry-run",
+        dest="list_only",
+        action="store_true",
+        help="only list the runs with their status (done / partial / todo) and exit",
+    )
     execution = parser.add_argument_group("execution")
-    execution.add_argument("--executor", choices=("subprocess", "inprocess", "ray"), default=None,
-                           help="run each command in a child process (default: isolates memory), in this process "
-                           "(no start-up cost per run), or as Ray tasks, many at once, on this machine or a "
-                           "cluster whose nodes share the --out folder (needs pip install 'zskt[ray]'; see "
-                           "docs/distributed.md)")
-    execution.add_argument("--verbose", "-v", action="store_true",
-                           help="show each run's own output (local executors; with ray see RUN/output.log)")
+    execution.add_argument(
+        "--executor",
+        choices=("subprocess", "inprocess", "ray"),
+        default=None,
+        help="run each command in a child process (default: isolates memory), in this process "
+        "(no start-up cost per run), or as Ray tasks, many at once, on this machine or a "
+        "cluster whose nodes share the --out folder (needs pip install 'zskt[ray]'; see "
+        "docs/distributed.md)",
+    )
+    execution.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="show each run's own output (local executors; with ray see RUN/output.log)",
+    )
     execution.add_argument("--no-report", action="store_true", help="do not rebuild the report at the end")
-    execution.add_argument("--print-commands", action="store_true",
-                           help="run nothing: print a bash script of one `python -m zskt ...` command per missing "
-                           "run (absolute paths, --resume for started runs), in waves ('# wave K' lines) where a "
-                           "run needs only finished runs and runs of earlier waves, for a scheduler (one SLURM job "
-                           "array per wave, docs/distributed.md) or `bash`; records experiment.json as a run "
-                           "would, and writes only the script to stdout (> runs.sh)")
+    execution.add_argument(
+        "--print-commands",
+        action="store_true",
+        help="run nothing: print a bash script of one `python -m zskt ...` command per missing "
+        "run (absolute paths, --resume for started runs), in waves ('# wave K' lines) where a "
+        "run needs only finished runs and runs of earlier waves, for a scheduler (one SLURM job "
+        "array per wave, docs/distributed.md) or `bash`; records experiment.json as a run "
+        "would, and writes only the script to stdout (> runs.sh)",
+    )
     ray = parser.add_argument_group("ray (with --executor ray)")
-    ray.add_argument("--address", default=None, metavar="ADDR",
-                     help="the Ray cluster: auto (the one this machine joined with `ray start`), HOST:PORT or "
-                     "ray://HOST:PORT (default: start a local Ray instance on this machine)")
-    ray.add_argument("--gpus-per-run", type=float, default=None, metavar="G",
-                     help="GPUs Ray reserves for each run, and makes its only visible ones (default: 1 when the "
-                     "cluster has GPUs, else 0; 0.5 puts two runs on one GPU)")
-    ray.add_argument("--cpus-per-run", type=float, default=None, metavar="C",
-                     help="CPUs Ray reserves for each run, and its thread count (default 1)")
+    ray.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="the Ray cluster: auto (the one this machine joined with `ray start`), HOST:PORT or "
+        "ray://HOST:PORT (default: start a local Ray instance on this machine)",
+    )
+    ray.add_argument(
+        "--gpus-per-run",
+        type=float,
+        default=None,
+        metavar="G",
+        help="GPUs Ray reserves for each run, and makes its only visible ones (default: 1 when the "
+        "cluster has GPUs, else 0; 0.5 puts two runs on one GPU)",
+    )
+    ray.add_argument(
+        "--cpus-per-run",
+        type=float,
+        default=None,
+        metavar="C",
+        help="CPUs Ray reserves for each run, and its thread count (default 1)",
+    )
     passed = parser.add_argument_group("passed to every run")
-    passed.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (each command's default: auto)")
-    passed.add_argument("--data-dir", default=None, help="data root (default: $ZSKT_DATA or ~/.cache/zskt/data)")
+    passed.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N or auto (each command's default: auto)"
+    )
+    passed.add_argument(
+        "--data-dir", default=None, help="data root (default: $ZSKT_DATA or ~/.cache/zskt/data)"
+    )
     passed.add_argument("--download", action="store_true", help="download missing data files first")
 
 
@@ -58,7 +100,8 @@ def absolute(path: str) -> str:
 
 
 def common_options(args: argparse.Namespace, absolute_paths: bool = False) -> list[str]:
-    """The options passed to every run; with `absolute_paths` (commands that run elsewhere) paths are absolute."""
+    """The options passed to every run; with `absolute_paths` (commands that run elsewhere) paths are
+    absolute."""
     common = []
     if args.device:
         common += ["--device", args.device]
@@ -70,24 +113,57 @@ def common_options(args: argparse.Namespace, absolute_paths: bool = False) -> li
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", choices=list(EXPERIMENTS), metavar="NAME",
-                        help="; ".join(f"{e.name}: {e.paper}, {e.description}" for e in EXPERIMENTS.values()))
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="experiment folder: experiment.json, one run folder per run, report.md, *.png")
-    parser.add_argument("--dataset", nargs="+", metavar="D",
-                        help="data set(s); default: the experiment's (accuracy-vs-m: cifar10 svhn fashion-mnist; "
-                        "pairs: cifar10; mte: cifar10 svhn)")
-    parser.add_argument("--pair", metavar="T,S", help="teacher,student (accuracy-vs-m and mte default: "
-                        "wrn-40-2,wrn-16-1; pairs: only this pair instead of all six)")
-    parser.add_argument("-M", "--images-per-class", metavar="M,...",
-                        help="accuracy-vs-m: the M > 0 values (default 10,25,50,75,100); pairs and mte: the "
-                        "KD+AT M (default 200)")
-    parser.add_argument("--teacher", metavar="FILE", help="use this teacher file (a model.pt, the authors' "
-                        "last.pth.tar, a Ferles *-dict.pth) for the pair's teacher instead of training one")
-    parser.add_argument("--teachers", nargs="+", metavar="[D/]ARCH=FILE", default=(),
-                        help="teacher files by architecture (and data set, when several are run)")
-    parser.add_argument("--methods", metavar="NAME,...", help="dfkd-benchmark: the data-free methods to run "
-                        "(default: every registered one: " + ", ".join(s.name for s in _data_free()) + ")")
+    parser.add_argument(
+        "name",
+        choices=list(EXPERIMENTS),
+        metavar="NAME",
+        help="; ".join(f"{e.name}: {e.paper}, {e.description}" for e in EXPERIMENTS.values()),
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="experiment folder: experiment.json, one run folder per run, report.md, *.png",
+    )
+    parser.add_argument(
+        "--dataset",
+        nargs="+",
+        metavar="D",
+        help="data set(s); default: the experiment's (accuracy-vs-m: cifar10 svhn fashion-mnist; "
+        "pairs: cifar10; mte: cifar10 svhn)",
+    )
+    parser.add_argument(
+        "--pair",
+        metavar="T,S",
+        help="teacher,student (accuracy-vs-m and mte default: "
+        "wrn-40-2,wrn-16-1; pairs: only this pair instead of all six)",
+    )
+    parser.add_argument(
+        "-M",
+        "--images-per-class",
+        metavar="M,...",
+        help="accuracy-vs-m: the M > 0 values (default 10,25,50,75,100); pairs and mte: the "
+        "KD+AT M (default 200)",
+    )
+    parser.add_argument(
+        "--teacher",
+        metavar="FILE",
+        help="use this teacher file (a model.pt, the authors' "
+        "last.pth.tar, a Ferles *-dict.pth) for the pair's teacher instead of training one",
+    )
+    parser.add_argument(
+        "--teachers",
+        nargs="+",
+        metavar="[D/]ARCH=FILE",
+        default=(),
+        help="teacher files by architecture (and data set, when several are run)",
+    )
+    parser.add_argument(
+        "--methods",
+        metavar="NAME,...",
+        help="dfkd-benchmark: the data-free methods to run "
+        "(default: every registered one: " + ", ".join(s.name for s in _data_free()) + ")",
+    )
     add_grid_arguments(parser)
 
 
@@ -104,7 +180,9 @@ def parse_methods(text: str | None) -> tuple[str, ...] | None:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise ZsktError(f"unknown method {', '.join(unknown) or text!r} in --methods; choose from {', '.join(known)}")
+        raise ZsktError(
+            f"unknown method {', '.join(unknown) or text!r} in --methods; choose from {', '.join(known)}"
+        )
     return names
 
 
@@ -134,8 +212,9 @@ def parse_ms(text: str | None) -> tuple[int, ...] | None:
     return values
 
 
-def parse_teachers(datasets: tuple[str, ...], pair: tuple[str, str], teacher: str | None,
-                   teachers: list[str]) -> dict[tuple[str, str], str]:
+def parse_teachers(
+    datasets: tuple[str, ...], pair: tuple[str, str], teacher: str | None, teachers: list[str]
+) -> dict[tuple[str, str], str]:
     """--teacher FILE and --teachers [D/]ARCH=FILE as {(dataset, arch): file}."""
     from zskt.data import get_info
     from zskt.models import is_model_name, model_names_hint
@@ -155,8 +234,10 @@ def parse_teachers(datasets: tuple[str, ...], pair: tuple[str, str], teacher: st
         elif len(datasets) == 1:
             targets = list(datasets)
         else:
-            raise ZsktError(f"several data sets are run ({', '.join(datasets)}): say which one {path} is for, "
-                            f"as --teachers DATASET/{arch}={path}")
+            raise ZsktError(
+                f"several data sets are run ({', '.join(datasets)}): say which one {path} is for, "
+                f"as --teachers DATASET/{arch}={path}"
+            )
         for d in targets:
             given[(d, arch)] = path
     return given
@@ -168,18 +249,35 @@ def build_spec(args: argparse.Namespace, experiment, absolute_paths: bool = Fals
     datasets = tuple(get_info(d).name for d in args.dataset) if args.dataset else None
     pair = parse_pair(args.pair)
     spec0 = experiment.spec(datasets=datasets, pair=pair)
-    teachers = parse_teachers(spec0.datasets, pair or spec0.pair or experiment.spec().pair
-                              or ("wrn-40-2", "wrn-16-1"), args.teacher, args.teachers)
+    teachers = parse_teachers(
+        spec0.datasets,
+        pair or spec0.pair or experiment.spec().pair or ("wrn-40-2", "wrn-16-1"),
+        args.teacher,
+        args.teachers,
+    )
     if absolute_paths:  # the teacher files as other machines and folders must name them
         teachers = {key: absolute(path) for key, path in teachers.items()}
-    return experiment.spec(datasets=datasets, pair=pair, seeds=tuple(args.seeds) if args.seeds else None,
-                           scale=args.scale, images_per_class=parse_ms(args.images_per_class),
-                           teachers=teachers or None, methods=parse_methods(getattr(args, "methods", None)))
+    return experiment.spec(
+        datasets=datasets,
+        pair=pair,
+        seeds=tuple(args.seeds) if args.seeds else None,
+        scale=args.scale,
+        images_per_class=parse_ms(args.images_per_class),
+        teachers=teachers or None,
+        methods=parse_methods(getattr(args, "methods", None)),
+    )
 
 
 def check_execution(args: argparse.Namespace) -> None:
-    ray_only = [flag for flag, value in (("--address", args.address), ("--gpus-per-run", args.gpus_per_run),
-                                         ("--cpus-per-run", args.cpus_per_run)) if value is not None]
+    ray_only = [
+        flag
+        for flag, value in (
+            ("--address", args.address),
+            ("--gpus-per-run", args.gpus_per_run),
+            ("--cpus-per-run", args.cpus_per_run),
+        )
+        if value is not None
+    ]
     if ray_only and args.executor != "ray":
         raise ZsktError(f"{ray_only[0]} is for --executor ray")
     if args.print_commands and (args.list_only or args.executor):
@@ -210,22 +308,40 @@ def main(args: argparse.Namespace) -> int:
         with pool as opened:
             if opened is not None:
                 print(opened.describe(), flush=True)
-            outcome, _ = reproduce(experiment, spec, out, list_only=args.list_only,
-                                   executor=EXECUTORS.get(args.executor or "subprocess"),
-                                   common=common, echo=args.verbose, report=None if args.no_report else build_report, pool=opened)
+            outcome, _ = reproduce(
+                experiment,
+                spec,
+                out,
+                list_only=args.list_only,
+                executor=EXECUTORS.get(args.executor or "subprocess"),
+                common=common,
+                echo=args.verbose,
+                report=None if args.no_report else build_report,
+                pool=opened,
+            )
     except KeyboardInterrupt:
-        print("zskt reproduce: interrupted; rerun the same command to continue (finished runs are kept, "
-              "the interrupted one resumes from its checkpoint)", file=sys.stderr, flush=True)
+        print(
+            "zskt reproduce: interrupted; rerun the same command to continue (finished runs are kept, "
+            "the interrupted one resumes from its checkpoint)",
+            file=sys.stderr,
+            flush=True,
+        )
         return 130
     return 0 if outcome is None or outcome.ok else 1
 
 
 COMMAND = Command(
-    "reproduce", "run a named experiment's grid (accuracy-vs-m, pairs, mte), skipping finished runs", add_arguments,
-    main, description="Run the missing runs of a named experiment in dependency order (teachers before students), "
+    "reproduce",
+    "run a named experiment's grid (accuracy-vs-m, pairs, mte), skipping finished runs",
+    add_arguments,
+    main,
+    description="Run the missing runs of a named experiment in dependency order (teachers before students), "
     "one run folder each under --out, then rebuild the report (zskt report). Finished runs (result.json) are "
-    "skipped; an interrupted run continues from its checkpoint: rerun the same command after any interruption. "
+    "skipped; an interrupted run continues from its checkpoint: rerun the same command after any "
+    "interruption. "
     "--executor ray runs many at once on a Ray cluster; --print-commands prints them for a scheduler "
     "(docs/distributed.md). "
-    "Experiments: " + "; ".join(f"{e.name} ({e.paper}): {e.description}" for e in EXPERIMENTS.values())
-    + ". See docs/experiments.md.")
+    "Experiments: "
+    + "; ".join(f"{e.name} ({e.paper}): {e.description}" for e in EXPERIMENTS.values())
+    + ". See docs/experiments.md.",
+)

@@ -92,8 +92,14 @@ def shuffle_and_collect(agree: torch.Tensor, n_images: int, seed: int) -> torch.
     order = torch.randperm(len(agree), generator=torch.Generator().manual_seed(seed))
     chosen = order[agree[order]]
     if len(chosen) < n_images:
-        logger.warning("only %d of %d test images have the same prediction from both networks; using all %d "
-                       "(asked for %d)", len(chosen), len(agree), len(chosen), n_images)
+        logger.warning(
+            "only %d of %d test images have the same prediction from both networks; using all %d "
+            "(asked for %d)",
+            len(chosen),
+            len(agree),
+            len(chosen),
+            n_images,
+        )
     return chosen[:n_images]
 
 
@@ -107,9 +113,18 @@ def targets_for(sources: torch.Tensor, num_classes: int) -> torch.Tensor:
     return (sources.long()[:, None] + offsets) % num_classes
 
 
-def transition_curves(student: nn.Module, teacher: nn.Module, images: torch.Tensor, targets: torch.Tensor,
-                      steps: int = 200, step_size: float = 1.0, chunk_size: int | None = None, *,
-                      precision: Precision | None = None, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+def transition_curves(
+    student: nn.Module,
+    teacher: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    steps: int = 200,
+    step_size: float = 1.0,
+    chunk_size: int | None = None,
+    *,
+    precision: Precision | None = None,
+    progress=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Transition curves of every (image, target) pair: (p_student, p_teacher), each float32 (n, T, steps).
 
     `images` are normalised (n, C, H, W), `targets` (n, T) int64. For each pair, x starts at the image and
@@ -175,8 +190,9 @@ def mean_transition_error(p_student: torch.Tensor, p_teacher: torch.Tensor, k: i
     if p_student.shape != p_teacher.shape:
         raise ValueError(f"curve shapes differ: {tuple(p_student.shape)} vs {tuple(p_teacher.shape)}")
     if not 0 < k <= p_student.shape[-1]:
-        raise ValueError(f"MTE over the first {k} steps needs at least {k} recorded steps, "
-                         f"got {p_student.shape[-1]}")
+        raise ValueError(
+            f"MTE over the first {k} steps needs at least {k} recorded steps, got {p_student.shape[-1]}"
+        )
     diff = (p_teacher[..., :k].double() - p_student[..., :k].double()).abs()
     return diff.mean().item()
 
@@ -188,20 +204,29 @@ class MTEBreakdown:
     pair_counts: np.ndarray  # (C, C) curves behind each per_pair entry
 
 
-def mte_breakdown(p_student: torch.Tensor, p_teacher: torch.Tensor, sources: torch.Tensor,
-                  targets: torch.Tensor, num_classes: int, k: int = 100) -> MTEBreakdown:
+def mte_breakdown(
+    p_student: torch.Tensor,
+    p_teacher: torch.Tensor,
+    sources: torch.Tensor,
+    targets: torch.Tensor,
+    num_classes: int,
+    k: int = 100,
+) -> MTEBreakdown:
     """Per-step and per-class-pair means of |p_teacher - p_student|, for plots; they average to the MTE."""
     diff = (p_teacher.double() - p_student.double()).abs()  # (n, T, steps)
     per_curve = diff[..., :k].mean(-1).reshape(-1)  # (n*T,)
     pair = (sources.long()[:, None] * num_classes + targets.long()).reshape(-1)  # (n*T,) source * C + target
     sums = torch.zeros(num_classes * num_classes, dtype=torch.float64).index_add_(0, pair, per_curve)
     counts = torch.zeros(num_classes * num_classes, dtype=torch.float64).index_add_(
-        0, pair, torch.ones_like(per_curve))
+        0, pair, torch.ones_like(per_curve)
+    )
     nan = torch.tensor(float("nan"), dtype=torch.float64)
     per_pair = torch.where(counts > 0, sums / counts.clamp(min=1), nan)
-    return MTEBreakdown(per_step=diff.mean((0, 1)).numpy(),
-                        per_pair=per_pair.view(num_classes, num_classes).numpy(),
-                        pair_counts=counts.view(num_classes, num_classes).long().numpy())
+    return MTEBreakdown(
+        per_step=diff.mean((0, 1)).numpy(),
+        per_pair=per_pair.view(num_classes, num_classes).numpy(),
+        pair_counts=counts.view(num_classes, num_classes).long().numpy(),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- the command
@@ -213,22 +238,30 @@ class BeliefConfig:
 
     student: str = field("", "checkpoint of the attacked network (netA in the authors' code: the student)")
     teacher: str = field("", "checkpoint of the reference network (netB: the teacher)")
-    dataset: str = field("digits", "data set whose test split supplies the images: cifar10, svhn, "
-                                   "fashion-mnist or digits")
+    dataset: str = field(
+        "digits", "data set whose test split supplies the images: cifar10, svhn, fashion-mnist or digits"
+    )
     images: int = field(1000, "N: test images on which both networks agree (authors: 1000)")
     steps: int = field(200, "adversarial steps recorded per curve (authors: 200)")
     mte_steps: int = field(100, "K: first steps the MTE averages over (paper Table 2 and NB-MTE: 100)")
     step_size: float = field(1.0, "xi: gradient step in normalised-input space (paper and authors: 1)")
     targets: Literal["label", "prediction"] = field(
-        "label", "targets relative to the test label (authors' code) or the agreed prediction (Algorithm 2)")
-    chunk_size: int | None = field(None, "(image, target) pairs stepped together; default 128 on CPU, "
-                                         "16384 on CUDA (memory ~1.2 MB per pair for WRN-16-1 at 32x32)")
+        "label", "targets relative to the test label (authors' code) or the agreed prediction (Algorithm 2)"
+    )
+    chunk_size: int | None = field(
+        None,
+        "(image, target) pairs stepped together; default 128 on CPU, "
+        "16384 on CUDA (memory ~1.2 MB per pair for WRN-16-1 at 32x32)",
+    )
     seed: int = field(0, "seed of the shuffle that picks the images (authors: 0)")
     device: str = field("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
-    precision: str = field("fp32", "fp32 (the curves are a measurement), bf16 autocast, or auto (fp32; "
-                                   "docs/decisions.md)")
-    image_size: int | None = field(None, "digits only: side of the resized images (default 16); must match "
-                                         "what the networks were trained on")
+    precision: str = field(
+        "fp32", "fp32 (the curves are a measurement), bf16 autocast, or auto (fp32; docs/decisions.md)"
+    )
+    image_size: int | None = field(
+        None,
+        "digits only: side of the resized images (default 16); must match what the networks were trained on",
+    )
     data_dir: str | None = field(None, "data root (default: $ZSKT_DATA or ~/.cache/zskt/data)")
     download: bool = field(False, "download missing data files (CIFAR-10, SVHN, Fashion-MNIST)")
 
@@ -238,25 +271,43 @@ class BeliefConfig:
         dataset_name(self.dataset)  # a one-line error for an unknown name, before any file is read
         check(self.images > 0, f"images must be positive, got {self.images}")
         check(self.steps > 0, f"steps must be positive, got {self.steps}")
-        check(0 < self.mte_steps <= self.steps,
-              f"mte_steps must be in 1..steps ({self.steps}), got {self.mte_steps}")
-        check(math.isfinite(self.step_size) and self.step_size > 0,
-              f"step_size must be positive, got {self.step_size}")
-        check(self.targets in ("label", "prediction"),
-              f"targets must be label or prediction, got {self.targets!r}")
-        check(self.chunk_size is None or self.chunk_size > 0,
-              f"chunk_size must be positive, got {self.chunk_size}")
-        check(self.precision in PRECISIONS,
-              f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
+        check(
+            0 < self.mte_steps <= self.steps,
+            f"mte_steps must be in 1..steps ({self.steps}), got {self.mte_steps}",
+        )
+        check(
+            math.isfinite(self.step_size) and self.step_size > 0,
+            f"step_size must be positive, got {self.step_size}",
+        )
+        check(
+            self.targets in ("label", "prediction"),
+            f"targets must be label or prediction, got {self.targets!r}",
+        )
+        check(
+            self.chunk_size is None or self.chunk_size > 0,
+            f"chunk_size must be positive, got {self.chunk_size}",
+        )
+        check(
+            self.precision in PRECISIONS,
+            f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}",
+        )
 
 
-def _load_network(role: str, path: str, cfg: BeliefConfig, data: ImageData, device: torch.device) -> nn.Module:
+def _load_network(
+    role: str, path: str, cfg: BeliefConfig, data: ImageData, device: torch.device
+) -> nn.Module:
     from zskt.models import load_model_for
 
     info = data.info
-    return load_model_for(path, role=role, dataset=cfg.dataset, num_classes=info.num_classes,
-                          in_channels=info.in_channels, image_size=int(data.test.images.shape[-1]),
-                          map_location=device)
+    return load_model_for(
+        path,
+        role=role,
+        dataset=cfg.dataset,
+        num_classes=info.num_classes,
+        in_channels=info.in_channels,
+        image_size=int(data.test.images.shape[-1]),
+        map_location=device,
+    )
 
 
 def run_belief(cfg: BeliefConfig, log: RunLog, data: ImageData | None = None) -> dict:
@@ -276,8 +327,10 @@ def run_belief(cfg: BeliefConfig, log: RunLog, data: ImageData | None = None) ->
     teacher_pred = predict(teacher, test, data.mean, data.std, precision=precision).cpu()
     indices = shuffle_and_collect(student_pred == teacher_pred, cfg.images, cfg.seed)
     if len(indices) == 0:
-        raise ZsktError(f"the two networks agree on none of the {len(test)} {data.info.title} test images; "
-                        "check that --student and --teacher were trained on this data set")
+        raise ZsktError(
+            f"the two networks agree on none of the {len(test)} {data.info.title} test images; "
+            "check that --student and --teacher were trained on this data set"
+        )
     labels = test.labels[indices]
     predictions = teacher_pred[indices]
     sources = labels if cfg.targets == "label" else predictions
@@ -290,17 +343,33 @@ def run_belief(cfg: BeliefConfig, log: RunLog, data: ImageData | None = None) ->
     world_size = world()[1]
     n_chunks = math.ceil((last - first) * (num_classes - 1) / chunk)
     ranks = f", {world_size} ranks" if world_size > 1 else ""
-    log.print(f"belief matching on {data.info.title}: {n} agreeing test images x {num_classes - 1} targets, "
-              f"{cfg.steps} steps of xi = {cfg.step_size}, {n_chunks} chunk(s) of <= {chunk} pairs, "
-              f"{device}, {precision.name}{ranks}")
+    log.print(
+        f"belief matching on {data.info.title}: {n} agreeing test images x {num_classes - 1} targets, "
+        f"{cfg.steps} steps of xi = {cfg.step_size}, {n_chunks} chunk(s) of <= {chunk} pairs, "
+        f"{device}, {precision.name}{ranks}"
+    )
 
     images = normalize(test.images[indices[first:last]].to(device), data.mean, data.std)
     timer = Timer(device)
     t0 = timer.now()
-    progress = _ChunkRows(log, log.progress(n_chunks * cfg.steps, desc="transition curves", unit="step"),
-                          cfg.steps, n_chunks, t0)
-    p_student, p_teacher = transition_curves(student, teacher, images, targets[first:last], cfg.steps,
-                                             cfg.step_size, chunk, precision=precision, progress=progress)
+    progress = _ChunkRows(
+        log,
+        log.progress(n_chunks * cfg.steps, desc="transition curves", unit="step"),
+        cfg.steps,
+        n_chunks,
+        t0,
+    )
+    p_student, p_teacher = transition_curves(
+        student,
+        teacher,
+        images,
+        targets[first:last],
+        cfg.steps,
+        cfg.step_size,
+        chunk,
+        precision=precision,
+        progress=progress,
+    )
     if world_size > 1:
         p_student, p_teacher = _gather_curves(p_student, p_teacher, world_size)
     seconds = timer.now() - t0
@@ -309,10 +378,19 @@ def run_belief(cfg: BeliefConfig, log: RunLog, data: ImageData | None = None) ->
     mte = mean_transition_error(p_student, p_teacher, cfg.mte_steps)
     parts = mte_breakdown(p_student, p_teacher, sources, targets, num_classes, cfg.mte_steps)
     if log.enabled:
-        _save_curves(log, p_student=p_student.numpy(), p_teacher=p_teacher.numpy(), indices=indices.numpy(),
-                     labels=labels.numpy(), predictions=predictions.numpy(), sources=sources.numpy(),
-                     targets=targets.numpy(), mte_per_step=parts.per_step, mte_per_pair=parts.per_pair,
-                     pair_counts=parts.pair_counts)
+        _save_curves(
+            log,
+            p_student=p_student.numpy(),
+            p_teacher=p_teacher.numpy(),
+            indices=indices.numpy(),
+            labels=labels.numpy(),
+            predictions=predictions.numpy(),
+            sources=sources.numpy(),
+            targets=targets.numpy(),
+            mte_per_step=parts.per_step,
+            mte_per_pair=parts.per_pair,
+            pair_counts=parts.pair_counts,
+        )
     curves = n * (num_classes - 1)
     result = {
         "mte": mte,
@@ -348,8 +426,9 @@ def run_belief(cfg: BeliefConfig, log: RunLog, data: ImageData | None = None) ->
     return log.finish(result)
 
 
-def _gather_curves(p_student: torch.Tensor, p_teacher: torch.Tensor,
-                   world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _gather_curves(
+    p_student: torch.Tensor, p_teacher: torch.Tensor, world_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Every rank's curves, concatenated in rank order (= image order), on every rank."""
     import torch.distributed as dist
 
@@ -399,8 +478,12 @@ def _plot(log: RunLog, result: dict, cfg: BeliefConfig, title: str) -> None:
     per_step = result["mte_per_step"]
     right.plot(np.arange(len(per_step)), per_step, color="black")
     right.axvline(cfg.mte_steps - 1, color="grey", linestyle="--", linewidth=1)
-    right.set(xlabel="adversarial step", ylabel="mean $|p_j^T - p_j^S|$", ylim=(0, 1),
-              title=f"MTE over first {cfg.mte_steps} steps = {result['mte']:.3f}")
+    right.set(
+        xlabel="adversarial step",
+        ylabel="mean $|p_j^T - p_j^S|$",
+        ylim=(0, 1),
+        title=f"MTE over first {cfg.mte_steps} steps = {result['mte']:.3f}",
+    )
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)

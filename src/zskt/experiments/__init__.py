@@ -36,8 +36,8 @@ class Experiment:
 
 
 def demo_grid(spec: GridSpec) -> list[Run]:
-    """The paper in miniature: Figure 2's grid for one pair at a few small M, plus Table 2's belief runs for the
-    zero-shot student and the KD+AT student at the largest M (`zskt demo`)."""
+    """The paper in miniature: Figure 2's grid for one pair at a few small M, plus Table 2's belief runs for
+    the zero-shot student and the KD+AT student at the largest M (`zskt demo`)."""
     teacher, student = spec.pair
     m = max(spec.images_per_class)
     runs = grid.accuracy_vs_m(dataclasses.replace(spec))
@@ -49,44 +49,73 @@ def demo_grid(spec: GridSpec) -> list[Run]:
 
 # The demo's plan on the embedded digits set (SPEC §11), sized to finish within 10 minutes on 2 CPU cores
 # (docs/experiments.md has the measured times). The teacher is the digits preset (30 epochs) and the zero-shot
-# student the digits preset (200 pseudo batches); the few-shot runs keep the authors' scaling with M from a base
-# of 10 epochs instead of 30 (each few-shot run then sees 14,000 images, as many as 10 epochs of the full
+# student the digits preset (200 pseudo batches); the few-shot runs keep the authors' scaling with M from a
+# base of 10 epochs instead of 30 (each few-shot run then sees 14,000 images, as many as 10 epochs of the full
 # split); the belief runs use 50 images and K = 100 steps (the paper: 1000 images, MTE over the first 100).
 DEMO = {
-    "datasets": ("digits",), "seeds": (0,), "pair": ("wrn-16-2", "wrn-16-1"), "images_per_class": (2, 5),
-    "few_shot_epochs": {"digits": 10}, "belief_images": 50, "belief_steps": 100,
+    "datasets": ("digits",),
+    "seeds": (0,),
+    "pair": ("wrn-16-2", "wrn-16-1"),
+    "images_per_class": (2, 5),
+    "few_shot_epochs": {"digits": 10},
+    "belief_images": 50,
+    "belief_steps": 100,
 }
 # `zskt demo --quick`: the same pipeline at toy lengths, for a first look and the tests (< 1 minute).
 DEMO_QUICK = {
-    **DEMO, "epochs": {"digits": 2}, "few_shot_epochs": {"digits": 1}, "iterations": {"digits": 6},
-    "belief_images": 10, "belief_steps": 4,
+    **DEMO,
+    "epochs": {"digits": 2},
+    "few_shot_epochs": {"digits": 1},
+    "iterations": {"digits": 6},
+    "belief_images": 10,
+    "belief_steps": 4,
 }
 
 EXPERIMENTS: dict[str, Experiment] = {
     "accuracy-vs-m": Experiment(
-        "accuracy-vs-m", "Figure 2",
+        "accuracy-vs-m",
+        "Figure 2",
         "student accuracy against M images per class: no-teacher, KD+AT, zero-shot (+ fine-tune for M > 0)",
-        grid.accuracy_vs_m, {"datasets": ("cifar10", "svhn", "fashion-mnist")}),
+        grid.accuracy_vs_m,
+        {"datasets": ("cifar10", "svhn", "fashion-mnist")},
+    ),
     "pairs": Experiment(
-        "pairs", "Table 1",
+        "pairs",
+        "Table 1",
         "the six teacher/student pairs: teacher and student from scratch, KD+AT M = 200, zero-shot",
-        grid.pairs, {"datasets": ("cifar10",)}),
+        grid.pairs,
+        {"datasets": ("cifar10",)},
+    ),
     "mte": Experiment(
-        "mte", "Table 2, Figure 4",
+        "mte",
+        "Table 2, Figure 4",
         "mean transition error of the zero-shot and KD+AT (M = 200) students of WRN-40-2 -> WRN-16-1",
-        grid.mte, {"datasets": ("cifar10", "svhn")}),
+        grid.mte,
+        {"datasets": ("cifar10", "svhn")},
+    ),
     "dfkd-benchmark": Experiment(
-        "dfkd-benchmark", "the data-free benchmark (Fast-Datafree README)",
-        "every registered data-free method on the benchmark's five teacher/student pairs, final and best accuracy "
+        "dfkd-benchmark",
+        "the data-free benchmark (Fast-Datafree README)",
+        "every registered data-free method on the benchmark's five teacher/student pairs, final and best "
+        "accuracy "
         "beside the published best-over-training numbers, and each student's MTE",
-        grid.dfkd_benchmark, {"datasets": ("cifar10", "cifar100")}),
+        grid.dfkd_benchmark,
+        {"datasets": ("cifar10", "cifar100")},
+    ),
     "demo": Experiment(
-        "demo", "all, in miniature",
+        "demo",
+        "all, in miniature",
         "digits: teacher, zero-shot, KD+AT and no-teacher at small M, fine-tuning, MTE of both students",
-        demo_grid, DEMO),
+        demo_grid,
+        DEMO,
+    ),
     "demo-quick": Experiment(
-        "demo-quick", "all, at toy lengths", "the demo's pipeline at toy lengths (`zskt demo --quick`)",
-        demo_grid, DEMO_QUICK),
+        "demo-quick",
+        "all, at toy lengths",
+        "the demo's pipeline at toy lengths (`zskt demo --quick`)",
+        demo_grid,
+        DEMO_QUICK,
+    ),
 }
 
 __all__ = ["EXPERIMENTS", "Experiment", "GridSpec", "Run"]

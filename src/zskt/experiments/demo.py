@@ -1,6 +1,6 @@
-"""The demo's plan on this machine: unit costs probed here (a few training steps and pseudo batches at the demo's
-sizes), the time each run will take, the scale that fits the 10-minute promise, and the thread policy. The
-`zskt demo` command itself is zskt/commands/demo.py.
+"""The demo's plan on this machine: unit costs probed here (a few training steps and pseudo batches at the
+demo's sizes), the time each run will take, the scale that fits the 10-minute promise, and the thread policy.
+The `zskt demo` command itself is zskt/commands/demo.py.
 """
 
 from __future__ import annotations
@@ -35,8 +35,11 @@ class UnitCosts:
 
     @staticmethod
     def reference() -> UnitCosts:
-        return UnitCosts({"wrn-16-1": 0.0002, "wrn-16-2": 0.0005, "wrn-40-1": 0.00041, "wrn-40-2": 0.0016},
-                         zero_shot_per_batch=0.37, belief_per_pair_step=0.00022)
+        return UnitCosts(
+            {"wrn-16-1": 0.0002, "wrn-16-2": 0.0005, "wrn-40-1": 0.00041, "wrn-40-2": 0.0016},
+            zero_shot_per_batch=0.37,
+            belief_per_pair_step=0.00022,
+        )
 
     def per_image(self, model: str) -> float:
         if model in self.train_per_image:
@@ -47,8 +50,9 @@ class UnitCosts:
         return self.train_per_image[known] * reference.get(model, 0.002) / reference.get(known, 0.002)
 
 
-def probe_costs(device: torch.device | str = "cpu", pair: tuple[str, str] = ("wrn-16-2", "wrn-16-1"),
-                repeats: int = 1) -> UnitCosts:
+def probe_costs(
+    device: torch.device | str = "cpu", pair: tuple[str, str] = ("wrn-16-2", "wrn-16-1"), repeats: int = 1
+) -> UnitCosts:
     """Measure `UnitCosts` here, in a few seconds: a few training steps of each network of `pair` and a few
     generator and student steps of the zero-shot loop, at the demo's sizes (digits, batch 128), with this
     process's thread count and the runs' layout. The steps are the runs' own kind of arithmetic (not their
@@ -78,8 +82,12 @@ def probe_costs(device: torch.device | str = "cpu", pair: tuple[str, str] = ("wr
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(12345)
-        nets = {name: precision.prepare(WideResNet(*parse_wrn_name(name), num_classes=10, in_channels=1)
-                                        .to(device)) for name in pair}
+        nets = {
+            name: precision.prepare(
+                WideResNet(*parse_wrn_name(name), num_classes=10, in_channels=1).to(device)
+            )
+            for name in pair
+        }
         x = precision.layout(torch.randn(batch, 1, size, size, device=device))
         y = torch.randint(0, 10, (batch,), device=device)
         per_image = {}
@@ -102,8 +110,12 @@ def probe_costs(device: torch.device | str = "cpu", pair: tuple[str, str] = ("wr
         z = torch.randn(batch, 100, device=device)
 
         def kl(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return F.kl_div(F.log_softmax(s.float(), 1), F.log_softmax(t.float(), 1), reduction="batchmean",
-                            log_target=True)
+            return F.kl_div(
+                F.log_softmax(s.float(), 1),
+                F.log_softmax(t.float(), 1),
+                reduction="batchmean",
+                log_target=True,
+            )
 
         def generator_step():
             opt_g.zero_grad(set_to_none=True)
@@ -128,12 +140,17 @@ def probe_costs(device: torch.device | str = "cpu", pair: tuple[str, str] = ("wr
             loss.backward()
             opt_s.step()
 
-        pseudo_batch = (seconds(generator_step) + seconds(pseudo_batch_once) + 10 * seconds(student_step)) \
-            * PROBE_OVERHEAD["zero-shot"]
+        pseudo_batch = (
+            seconds(generator_step) + seconds(pseudo_batch_once) + 10 * seconds(student_step)
+        ) * PROBE_OVERHEAD["zero-shot"]
     reference = UnitCosts.reference()
     belief = per_image[pair[1]] * reference.belief_per_pair_step / reference.train_per_image["wrn-16-1"]
-    return UnitCosts(per_image, zero_shot_per_batch=pseudo_batch, belief_per_pair_step=belief,
-                     source=f"probed on {device}, {torch.get_num_threads()} thread(s)")
+    return UnitCosts(
+        per_image,
+        zero_shot_per_batch=pseudo_batch,
+        belief_per_pair_step=belief,
+        source=f"probed on {device}, {torch.get_num_threads()} thread(s)",
+    )
 
 
 # What the runs cost beyond the probe's bare steps (data loading and augmentation, evaluation, metrics, the
@@ -147,8 +164,8 @@ def _belief_seconds(options: dict, tags: dict, info, costs: UnitCosts) -> float:
     return curves * options.get("steps", 200) * costs.belief_per_pair_step
 
 
-# The cost model of each command that is not a training method; the methods' are their registry entries' `cost`
-# (zskt.methods.registry).
+# The cost model of each command that is not a training method; the methods' are their registry entries'
+# `cost` (zskt.methods.registry).
 COST_MODELS: dict[str, Callable[[Run, Any, UnitCosts], float]] = {"belief": _belief_seconds}
 
 
@@ -194,7 +211,9 @@ def other_processes_cpu(interval: float = 0.4) -> float | None:
 
     def busy_and_total() -> tuple[int, int]:
         with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+            values = [
+                int(v) for v in f.readline().split()[1:9]
+            ]  # user nice system idle iowait irq softirq steal
         return sum(values) - values[3] - values[4], sum(values)
 
     try:

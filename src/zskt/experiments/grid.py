@@ -1,6 +1,6 @@
 """The paper's figure and tables as grids of runs of the `zskt` commands: the `Run` record, the run-id grammar
-(every run folder's path says what it is), the command forms (the one place that names each command's options),
-and the builders that `experiments/__init__.py` registers as named experiments.
+(every run folder's path says what it is), the command forms (the one place that names each command's
+options), and the builders that `experiments/__init__.py` registers as named experiments.
 """
 
 from __future__ import annotations
@@ -23,8 +23,19 @@ from zskt.runids import (
     pair_name,
 )
 
-__all__ = ["FIGURE_M", "FIGURE_PAIR", "MTE_M", "PAIRS", "SEEDS", "TABLE1_M", "TEACHER_SEED", "GridSpec", "Run",
-           "pair_name", "parse_run_id"]
+__all__ = [
+    "FIGURE_M",
+    "FIGURE_PAIR",
+    "MTE_M",
+    "PAIRS",
+    "SEEDS",
+    "TABLE1_M",
+    "TEACHER_SEED",
+    "GridSpec",
+    "Run",
+    "pair_name",
+    "parse_run_id",
+]
 
 # Defaults of the commands the grids shrink with --scale; None means "the command's own preset".
 BELIEF_IMAGES = 1000  # SPEC §6: n_matching_images
@@ -60,7 +71,12 @@ class Run:
         return parse_run_id(self.id)
 
     def to_json(self) -> dict:
-        return {"id": self.id, "command": self.command, "options": dict(self.options), "needs": dict(self.needs)}
+        return {
+            "id": self.id,
+            "command": self.command,
+            "options": dict(self.options),
+            "needs": dict(self.needs),
+        }
 
 
 # ------------------------------------------------------------------------------------------- command forms
@@ -80,18 +96,28 @@ class GridSpec:
     datasets: tuple[str, ...]
     seeds: tuple[int, ...] = SEEDS
     scale: float = 1.0  # multiplies epochs, pseudo batches and belief images/steps, each at least 1
-    teachers: Mapping[tuple[str, str], str] = field(default_factory=dict)  # (dataset, arch) -> given model file
+    teachers: Mapping[tuple[str, str], str] = field(
+        default_factory=dict
+    )  # (dataset, arch) -> given model file
     pair: tuple[str, str] | None = None  # accuracy-vs-m, mte: the teacher/student pair; pairs: only this pair
     images_per_class: tuple[int, ...] | None = None  # accuracy-vs-m: the M > 0 values
     # Base lengths before --scale (None = the command's preset): the demo sets its own.
     epochs: Mapping[str, int] = field(default_factory=dict)  # dataset -> base epochs of train/kd-at
-    few_shot_epochs: Mapping[str, int] = field(default_factory=dict)  # dataset -> the same, for the M-scaled runs
+    few_shot_epochs: Mapping[str, int] = field(
+        default_factory=dict
+    )  # dataset -> the same, for the M-scaled runs
     iterations: Mapping[str, int] = field(default_factory=dict)  # dataset -> zero-shot pseudo batches
-    methods: tuple[str, ...] | None = None  # dfkd-benchmark: the data-free series to run (default: all registered)
-    method_iterations: Mapping[str, int] = field(default_factory=dict)  # command -> base iterations (not zero-shot)
+    methods: tuple[str, ...] | None = (
+        None  # dfkd-benchmark: the data-free series to run (default: all registered)
+    )
+    method_iterations: Mapping[str, int] = field(
+        default_factory=dict
+    )  # command -> base iterations (not zero-shot)
     belief_images: int = BELIEF_IMAGES
     belief_steps: int = BELIEF_STEPS
-    extra: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # command -> more options (the demo's)
+    extra: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=dict
+    )  # command -> more options (the demo's)
 
     def __post_init__(self):
         if not self.seeds:
@@ -108,7 +134,9 @@ class GridSpec:
             base = self.few_shot_epochs[dataset]
         if base is None and self.scale == 1:
             return None
-        return scaled(base if base is not None else preset(dataset, "train", "epochs", "--epochs"), self.scale)
+        return scaled(
+            base if base is not None else preset(dataset, "train", "epochs", "--epochs"), self.scale
+        )
 
     def zero_shot_iterations(self, dataset: str) -> int | None:
         from zskt.data import preset
@@ -116,8 +144,10 @@ class GridSpec:
         base = self.iterations.get(dataset)
         if base is None and self.scale == 1:
             return None
-        return scaled(base if base is not None else preset(dataset, "zero-shot", "iterations", "--iterations"),
-                      self.scale)
+        return scaled(
+            base if base is not None else preset(dataset, "zero-shot", "iterations", "--iterations"),
+            self.scale,
+        )
 
     def teacher_file(self, dataset: str, arch: str) -> str | None:
         return self.teachers.get((dataset, arch))
@@ -142,33 +172,61 @@ def scratch_id(dataset: str, arch: str, seed: int) -> str:
 
 def scratch(spec: GridSpec, dataset: str, arch: str, seed: int) -> Run:
     """A network trained from scratch on the full train split (a teacher, or a Table 1 scratch column)."""
-    return Run(scratch_id(dataset, arch, seed), "train",
-               _options(spec, "train", dataset=dataset, model=arch, seed=seed, epochs=spec.base_epochs(dataset)))
+    return Run(
+        scratch_id(dataset, arch, seed),
+        "train",
+        _options(spec, "train", dataset=dataset, model=arch, seed=seed, epochs=spec.base_epochs(dataset)),
+    )
 
 
 def check_images_per_class(dataset: str, m: int) -> None:
-    """Refuse an M the data set cannot have (e.g. Table 1's M = 200 on digits' ~140 train images per class)."""
+    """Refuse an M the data set cannot have (e.g. Table 1's M = 200 on digits' ~140 train images per
+    class)."""
     from zskt.data import get_info
 
     info = get_info(dataset)
     if m > info.n_train // info.num_classes:
-        raise ZsktError(f"M = {m} images per class is more than {info.title} has ({info.n_train} train images in "
-                        f"{info.num_classes} classes); pass a smaller -M")
+        raise ZsktError(
+            f"M = {m} images per class is more than {info.title} has ({info.n_train} train images in "
+            f"{info.num_classes} classes); pass a smaller -M"
+        )
 
 
 def no_teacher(spec: GridSpec, dataset: str, student: str, m: int, seed: int) -> Run:
     check_images_per_class(dataset, m)
-    return Run(series("no-teacher").format(dataset=dataset, student=student, m=m, seed=seed), "train",
-               _options(spec, "train", dataset=dataset, model=student, images_per_class=m, seed=seed,
-                        epochs=spec.base_epochs(dataset, few_shot=True)))
+    return Run(
+        series("no-teacher").format(dataset=dataset, student=student, m=m, seed=seed),
+        "train",
+        _options(
+            spec,
+            "train",
+            dataset=dataset,
+            model=student,
+            images_per_class=m,
+            seed=seed,
+            epochs=spec.base_epochs(dataset, few_shot=True),
+        ),
+    )
 
 
 def kd_at(spec: GridSpec, dataset: str, teacher: str, student: str, m: int, seed: int) -> Run:
     check_images_per_class(dataset, m)
     options, needs = _teacher(spec, dataset, teacher)
-    return Run(series("kd-at").format(dataset=dataset, teacher=teacher, student=student, m=m, seed=seed), "kd-at",
-               _options(spec, "kd-at", **options, dataset=dataset, student=student, images_per_class=m, seed=seed,
-                        epochs=spec.base_epochs(dataset, few_shot=True)), needs)
+    return Run(
+        series("kd-at").format(dataset=dataset, teacher=teacher, student=student, m=m, seed=seed),
+        "kd-at",
+        _options(
+            spec,
+            "kd-at",
+            **options,
+            dataset=dataset,
+            student=student,
+            images_per_class=m,
+            seed=seed,
+            epochs=spec.base_epochs(dataset, few_shot=True),
+        ),
+        needs,
+    )
 
 
 def iterations_of(spec: GridSpec, command: str, dataset: str) -> int | None:
@@ -187,13 +245,26 @@ def iterations_of(spec: GridSpec, command: str, dataset: str) -> int | None:
 
 
 def data_free(spec: GridSpec, name: str, dataset: str, teacher: str, student: str, seed: int) -> Run:
-    """A run of a registered data-free series (`zero-shot`, `dafl`, ...): the teacher, a fresh student, no data."""
+    """A run of a registered data-free series (`zero-shot`, `dafl`, ...): the teacher, a fresh student, no
+    data."""
     one = series(name)
     command = method_of_series(name)
     options, needs = _teacher(spec, dataset, teacher)
-    return Run(one.format(dataset=dataset, teacher=teacher, student=student, seed=seed), command,
-               _options(spec, command, **one.options, **options, dataset=dataset, student=student, seed=seed,
-                        iterations=iterations_of(spec, command, dataset)), needs)
+    return Run(
+        one.format(dataset=dataset, teacher=teacher, student=student, seed=seed),
+        command,
+        _options(
+            spec,
+            command,
+            **one.options,
+            **options,
+            dataset=dataset,
+            student=student,
+            seed=seed,
+            iterations=iterations_of(spec, command, dataset),
+        ),
+        needs,
+    )
 
 
 def zero_shot(spec: GridSpec, dataset: str, teacher: str, student: str, seed: int) -> Run:
@@ -204,10 +275,21 @@ def finetune(spec: GridSpec, dataset: str, teacher: str, student: str, m: int, s
     """The zero-shot student of `seed` fine-tuned with KD+AT on M images per class (`kd-at --init`)."""
     options, needs = _teacher(spec, dataset, teacher)
     zs = zero_shot(spec, dataset, teacher, student, seed).id
-    return Run(series("finetune").format(dataset=dataset, teacher=teacher, student=student, m=m, seed=seed),
-               "kd-at",
-               _options(spec, "kd-at", **options, dataset=dataset, student=student, images_per_class=m, seed=seed,
-                        epochs=spec.base_epochs(dataset, few_shot=True)), {**needs, "init": zs})
+    return Run(
+        series("finetune").format(dataset=dataset, teacher=teacher, student=student, m=m, seed=seed),
+        "kd-at",
+        _options(
+            spec,
+            "kd-at",
+            **options,
+            dataset=dataset,
+            student=student,
+            images_per_class=m,
+            seed=seed,
+            epochs=spec.base_epochs(dataset, few_shot=True),
+        ),
+        {**needs, "init": zs},
+    )
 
 
 def belief(spec: GridSpec, student_run: Run) -> Run:
@@ -220,9 +302,12 @@ def belief(spec: GridSpec, student_run: Run) -> Run:
     lengths = {}
     if (images, steps) != (BELIEF_IMAGES, BELIEF_STEPS):
         lengths = {"images": images, "steps": steps, "mte_steps": min(BELIEF_MTE_STEPS, steps)}
-    return Run(f"{dataset}/belief/{rest}", "belief",
-               _options(spec, "belief", **options, dataset=dataset, seed=0, **lengths),
-               {"student": student_run.id, **needs})
+    return Run(
+        f"{dataset}/belief/{rest}",
+        "belief",
+        _options(spec, "belief", **options, dataset=dataset, seed=0, **lengths),
+        {"student": student_run.id, **needs},
+    )
 
 
 # ------------------------------------------------------------------------------------------- the grids
@@ -240,9 +325,13 @@ def _unique(runs: list[Run]) -> list[Run]:
 
 
 def teacher_runs(spec: GridSpec, dataset: str, teachers: set[str]) -> list[Run]:
-    """The scratch runs that train the teachers no file was given for (first in the grid: students need them)."""
-    return [scratch(spec, dataset, arch, TEACHER_SEED) for arch in sorted(teachers)
-            if not spec.teacher_file(dataset, arch)]
+    """The scratch runs that train the teachers no file was given for (first in the grid: students need
+    them)."""
+    return [
+        scratch(spec, dataset, arch, TEACHER_SEED)
+        for arch in sorted(teachers)
+        if not spec.teacher_file(dataset, arch)
+    ]
 
 
 def accuracy_vs_m(spec: GridSpec) -> list[Run]:

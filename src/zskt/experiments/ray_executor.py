@@ -3,9 +3,9 @@
 Every run is one task that runs `python -m zskt ARGV` in a child process on whichever node Ray picks, writing
 the run's folder under the experiment folder, which every node must see at the same path (a shared file
 system). The driver (`zskt reproduce`) keeps the books with the same loop as the local executors
-(`runner.execute`): it submits a run once every run it needs has finished, reacts with `ray.wait` as tasks end,
-and writes experiment.json and the report. Ray is an optional extra (`pip install 'zskt[ray]'`): it is imported
-here only, when a pool is opened.
+(`runner.execute`): it submits a run once every run it needs has finished, reacts with `ray.wait` as tasks
+end, and writes experiment.json and the report. Ray is an optional extra (`pip install 'zskt[ray]'`): it is
+imported here only, when a pool is opened.
 """
 
 from __future__ import annotations
@@ -29,10 +29,13 @@ CANCEL_GRACE = 60.0  # seconds a cancelled run gets to save its checkpoint befor
 
 log = logging.getLogger(__name__)
 
-# `python -m zskt`, with SIGINT unblocked first: a Ray worker blocks SIGINT and a child inherits the signal mask,
-# so without this the command could not be Ctrl-C'd into saving its checkpoint when its task is cancelled.
-ZSKT_MAIN = ("import runpy, signal; signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
-             "runpy.run_module('zskt', run_name='__main__', alter_sys=True)")
+# `python -m zskt`, with SIGINT unblocked first: a Ray worker blocks SIGINT and a child inherits the signal
+# mask, so without this the command could not be Ctrl-C'd into saving its checkpoint when its task is
+# cancelled.
+ZSKT_MAIN = (
+    "import runpy, signal; signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+    "runpy.run_module('zskt', run_name='__main__', alter_sys=True)"
+)
 
 
 def import_ray():
@@ -52,13 +55,15 @@ def run_on_worker(run: Run, out: str, common: list[str]) -> tuple[int, float, st
     argv = run_argv(run, Path(out), common)
     log_path = Path(out) / run.id / OUTPUT_LOG
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    # Ray gives each task OMP_NUM_THREADS = its CPUs and CUDA_VISIBLE_DEVICES = its GPUs; the child inherits both.
+    # Ray gives each task OMP_NUM_THREADS = its CPUs and CUDA_VISIBLE_DEVICES = its GPUs; the child inherits
+    # both.
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "a") as output:
         output.write(f"$ zskt {' '.join(argv)}\n")
         output.flush()
-        proc = subprocess.Popen([sys.executable, "-c", ZSKT_MAIN, *argv], stdout=output, stderr=subprocess.STDOUT,
-                                env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", ZSKT_MAIN, *argv], stdout=output, stderr=subprocess.STDOUT, env=env
+        )
         try:
             while True:  # poll, so that ray.cancel's KeyboardInterrupt is raised within a second
                 try:
@@ -85,8 +90,13 @@ class RayPool:
 
     concurrent = True
 
-    def __init__(self, address: str | None = None, gpus_per_run: float | None = None, cpus_per_run: float = 1.0,
-                 init_options: dict | None = None):
+    def __init__(
+        self,
+        address: str | None = None,
+        gpus_per_run: float | None = None,
+        cpus_per_run: float = 1.0,
+        init_options: dict | None = None,
+    ):
         self.address = address
         self.gpus_per_run = gpus_per_run
         self.cpus_per_run = cpus_per_run
@@ -104,7 +114,11 @@ class RayPool:
                 options.setdefault("include_dashboard", False)
             try:
                 ray.init(address=self.address, **options)
-            except (ConnectionError, RuntimeError, ValueError) as e:  # no cluster at that address, or a bad one
+            except (
+                ConnectionError,
+                RuntimeError,
+                ValueError,
+            ) as e:  # no cluster at that address, or a bad one
                 raise ZsktError(f"cannot start or reach Ray (--address {self.address}): {e}") from None
             self.started = True
         resources = ray.cluster_resources()
@@ -112,8 +126,13 @@ class RayPool:
             self.gpus_per_run = 1.0 if resources.get("GPU", 0) > 0 else 0.0
         for name, per_run in (("GPU", self.gpus_per_run), ("CPU", self.cpus_per_run)):
             if per_run > resources.get(name, 0):
-                log.warning("each run asks for %g %s(s) but the Ray cluster has %g: runs wait until nodes with "
-                            "them join", per_run, name, resources.get(name, 0))
+                log.warning(
+                    "each run asks for %g %s(s) but the Ray cluster has %g: runs wait until nodes with "
+                    "them join",
+                    per_run,
+                    name,
+                    resources.get(name, 0),
+                )
         self.task = ray.remote(run_on_worker).options(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run)
         return self
 
@@ -124,15 +143,20 @@ class RayPool:
 
     def describe(self) -> str:
         resources = self.ray.cluster_resources()
-        return (f"Ray: {len([n for n in self.ray.nodes() if n.get('Alive')])} node(s), "
-                f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; each run takes "
-                f"{self.cpus_per_run:g} CPU(s) and {self.gpus_per_run:g} GPU(s)")
+        return (
+            f"Ray: {len([n for n in self.ray.nodes() if n.get('Alive')])} node(s), "
+            f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; each run takes "
+            f"{self.cpus_per_run:g} CPU(s) and {self.gpus_per_run:g} GPU(s)"
+        )
 
     def has_room(self) -> bool:
         return True  # Ray holds the task until its resources are free
 
     def submit(self, run: Run, out: Path, common: list[str]) -> None:
-        self.in_flight[self.task.remote(run, str(out), list(common))] = (run.id, Path(out) / run.id / OUTPUT_LOG)
+        self.in_flight[self.task.remote(run, str(out), list(common))] = (
+            run.id,
+            Path(out) / run.id / OUTPUT_LOG,
+        )
 
     def wait(self) -> list[Ended]:
         ray = self.ray

@@ -48,45 +48,70 @@ def check_teacher_files(spec: GridSpec) -> None:
             raise ZsktError(f"teacher file {path} ({dataset} {arch}) not found")
 
 
-def record_experiment(out: Path, experiment: Experiment, spec: GridSpec, runs: list[Run],
-                      common: Iterable[str] = ()) -> dict:
+def record_experiment(
+    out: Path, experiment: Experiment, spec: GridSpec, runs: list[Run], common: Iterable[str] = ()
+) -> dict:
     """Add this experiment and its runs to out/experiment.json (made if absent); refuse a mismatched scale or
     teacher source, which would mix runs of different lengths or teachers in one table."""
     path = Path(out) / RECORD
-    record = read_json(path) if path.is_file() else {"format": FORMAT, "version": 1, "scale": spec.scale,
-                                                     "teachers": {}, "experiments": {}, "runs": {}}
+    record = (
+        read_json(path)
+        if path.is_file()
+        else {
+            "format": FORMAT,
+            "version": 1,
+            "scale": spec.scale,
+            "teachers": {},
+            "experiments": {},
+            "runs": {},
+        }
+    )
     if abs(record.get("scale", 1.0) - spec.scale) > 1e-12:
-        raise ZsktError(f"{out} holds runs made at --scale {record['scale']:g}, not {spec.scale:g}; pass "
-                        f"--scale {record['scale']:g} or choose another --out")
+        raise ZsktError(
+            f"{out} holds runs made at --scale {record['scale']:g}, not {spec.scale:g}; pass "
+            f"--scale {record['scale']:g} or choose another --out"
+        )
     sources = teacher_sources(runs)
     for key, source in sources.items():
         before = record["teachers"].get(key)
         if before is not None and before != source:
-            raise ZsktError(f"{out} holds students of the {key} teacher from {before!r}, not {source!r}; use the "
-                            "same teacher or choose another --out")
+            raise ZsktError(
+                f"{out} holds students of the {key} teacher from {before!r}, not {source!r}; use the "
+                "same teacher or choose another --out"
+            )
     changed = []
     for run in runs:
         before = record["runs"].get(run.id)
         now = json.loads(json.dumps(run.to_json()))
-        if before and (before["options"], before["needs"]) != (now["options"], now["needs"]) \
-                and status(run, out) != "todo":
-            keys = sorted(k for k in set(before["options"]) | set(now["options"])
-                          if before["options"].get(k) != now["options"].get(k))
+        if (
+            before
+            and (before["options"], before["needs"]) != (now["options"], now["needs"])
+            and status(run, out) != "todo"
+        ):
+            keys = sorted(
+                k
+                for k in set(before["options"]) | set(now["options"])
+                if before["options"].get(k) != now["options"].get(k)
+            )
             changed.append(f"{run.id} ({', '.join(keys) or 'needs'})")
     if changed:
-        raise ZsktError(f"{len(changed)} run(s) in {out} were made with other options, e.g. {changed[0]}; choose "
-                        "another --out, or delete those run folders to redo them")
+        raise ZsktError(
+            f"{len(changed)} run(s) in {out} were made with other options, e.g. {changed[0]}; choose "
+            "another --out, or delete those run folders to redo them"
+        )
     record["teachers"].update(sources)
     now = datetime.datetime.now().isoformat(timespec="seconds")
     previous = record["experiments"].get(experiment.name, {})
     ids = list(dict.fromkeys([*previous.get("runs", []), *(r.id for r in runs)]))
     record["experiments"][experiment.name] = {
-        "paper": experiment.paper, "description": experiment.description,
+        "paper": experiment.paper,
+        "description": experiment.description,
         "datasets": sorted({*previous.get("datasets", []), *spec.datasets}),
         "seeds": sorted({*previous.get("seeds", []), *spec.seeds}),
         "pair": list(spec.pair) if spec.pair else None,
         "images_per_class": list(spec.images_per_class) if spec.images_per_class else None,
-        "updated": now, "runs": ids,
+        "updated": now,
+        "runs": ids,
     }
     for run in runs:
         record["runs"][run.id] = {**run.to_json(), "argv": run_argv(run, out, common, folder_state=False)}
@@ -120,14 +145,23 @@ def summary(counts: dict[str, int]) -> str:
     return f"{counts[DONE]} done, {counts[PARTIAL]} partial, {counts['todo']} to do"
 
 
-def reproduce(experiment: Experiment, spec: GridSpec, out: Path, *, list_only: bool = False,
-              executor: Callable | None = None, common: Iterable[str] = (), echo: bool = False,
-              report: Callable[[Path], Path] | None = None, printer: Callable[[str], None] = print,
-              estimate: Callable[[Run], float] | None = None,
-              before_run: Callable[[Run], str] | None = None,
-              pool: Pool | None = None) -> tuple[Outcome | None, Path | None]:
-    """List, or run, the missing runs of `experiment` in `out`, then rebuild the report with `report(out)` (the
-    commands pass `zskt.reports.report`). Runs go through `pool` when one is given (e.g.
+def reproduce(
+    experiment: Experiment,
+    spec: GridSpec,
+    out: Path,
+    *,
+    list_only: bool = False,
+    executor: Callable | None = None,
+    common: Iterable[str] = (),
+    echo: bool = False,
+    report: Callable[[Path], Path] | None = None,
+    printer: Callable[[str], None] = print,
+    estimate: Callable[[Run], float] | None = None,
+    before_run: Callable[[Run], str] | None = None,
+    pool: Pool | None = None,
+) -> tuple[Outcome | None, Path | None]:
+    """List, or run, the missing runs of `experiment` in `out`, then rebuild the report with `report(out)`
+    (the commands pass `zskt.reports.report`). Runs go through `pool` when one is given (e.g.
     `ray_executor.RayPool`), else one at a time through `executor`."""
     from zskt.experiments.runner import subprocess_executor
 
@@ -137,20 +171,33 @@ def reproduce(experiment: Experiment, spec: GridSpec, out: Path, *, list_only: b
     common = list(common)
     shown = listing(runs, out, estimate)
     scale = "" if spec.scale == 1 else f", scale {spec.scale:g}"
-    printer(f"{experiment.name} ({experiment.paper}): {len(runs)} runs in {out}{scale}: {summary(shown.counts)}")
+    printer(
+        f"{experiment.name} ({experiment.paper}): {len(runs)} runs in {out}{scale}: {summary(shown.counts)}"
+    )
     if list_only:
         for line in shown.lines:
             printer(line)
         return None, None
     record_experiment(out, experiment, spec, runs, common)
-    outcome = execute(runs, out, executor=executor or subprocess_executor, pool=pool, common=common, echo=echo,
-                      printer=printer, estimate=estimate, before_run=before_run)
+    outcome = execute(
+        runs,
+        out,
+        executor=executor or subprocess_executor,
+        pool=pool,
+        common=common,
+        echo=echo,
+        printer=printer,
+        estimate=estimate,
+        before_run=before_run,
+    )
     report_path = report(out) if report else None
     finished = len(outcome.done) + len(outcome.skipped)
-    printer(f"{experiment.name}: {len(outcome.done)} run(s) done now, {finished}/{len(runs)} finished, "
-            f"{len(outcome.failed)} failed, {len(outcome.blocked)} waiting on a failed run"
-            + (f", {len(outcome.busy)} being written by another process" if outcome.busy else "")
-            + f"; {format_seconds(outcome.seconds)}")
+    printer(
+        f"{experiment.name}: {len(outcome.done)} run(s) done now, {finished}/{len(runs)} finished, "
+        f"{len(outcome.failed)} failed, {len(outcome.blocked)} waiting on a failed run"
+        + (f", {len(outcome.busy)} being written by another process" if outcome.busy else "")
+        + f"; {format_seconds(outcome.seconds)}"
+    )
     for run_id, rc in outcome.failed.items():
         printer(f"  failed (exit status {rc}): {run_id}; see {out / run_id / 'output.log'}")
     if report_path:
@@ -181,9 +228,15 @@ def shell_command(run: Run, out: Path, common: Iterable[str] = ()) -> str:
     return " ".join(shlex.quote(a) for a in ["python", "-m", "zskt", *run_argv(run, out, common)])
 
 
-def print_commands(experiment: Experiment, spec: GridSpec, out: Path, *, common: Iterable[str] = (),
-                   script: Callable[[str], None] = print,
-                   printer: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> int:
+def print_commands(
+    experiment: Experiment,
+    spec: GridSpec,
+    out: Path,
+    *,
+    common: Iterable[str] = (),
+    script: Callable[[str], None] = print,
+    printer: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> int:
     """Record `experiment` in out/experiment.json as a run would, and write its missing runs to `script` as a
     bash script: one command per line, in waves headed `# wave K: ...`, so a scheduler can run a wave's
     commands in any order and in parallel once the earlier waves have finished. Messages go to `printer`.
@@ -196,13 +249,20 @@ def print_commands(experiment: Experiment, spec: GridSpec, out: Path, *, common:
     record_experiment(out, experiment, spec, runs, common)
     grouped = waves(runs, out)
     n = sum(len(w) for w in grouped)
-    printer(f"{experiment.name} ({experiment.paper}): {len(runs)} runs in {out}: {summary(shown.counts)}; "
-            f"{n} command(s) in {len(grouped)} wave(s)")
+    printer(
+        f"{experiment.name} ({experiment.paper}): {len(runs)} runs in {out}: {summary(shown.counts)}; "
+        f"{n} command(s) in {len(grouped)} wave(s)"
+    )
     script("#!/usr/bin/env bash")
-    script(f"# zskt reproduce {experiment.name} --out {out}: {n} of {len(runs)} runs to do, in {len(grouped)} "
-           "wave(s). A wave's commands may run in any order or at once, after every earlier wave has finished.")
-    script("# Rerun `zskt reproduce ... --print-commands` after an interruption: it prints what is still missing, "
-           "with --resume for the started runs. `zskt report DIR` makes the report.")
+    script(
+        f"# zskt reproduce {experiment.name} --out {out}: {n} of {len(runs)} runs to do, in {len(grouped)} "
+        "wave(s). A wave's commands may run in any order or at once, after every earlier wave has finished."
+    )
+    script(
+        "# Rerun `zskt reproduce ... --print-commands` after an interruption: it prints what is still "
+        "missing, "
+        "with --resume for the started runs. `zskt report DIR` makes the report."
+    )
     script("set -e")
     for k, wave in enumerate(grouped, 1):
         what = "with no unfinished dependencies" if k == 1 else "that need runs of earlier waves"

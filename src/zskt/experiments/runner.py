@@ -2,9 +2,9 @@
 
 A folder with `result.json` is finished and never run again; one with `checkpoint.pt` is continued with
 `--resume`; one that was started but left no checkpoint is started again (`--overwrite` clears its partial
-metrics). So the runner can be killed at any point and simply rerun. `execute` keeps the books (what may start,
-what finished, what failed and what that blocks) and hands runs to a pool: `SerialPool` runs them one at a
-time here through an executor function; `ray_executor.RayPool` runs many at once on a Ray cluster.
+metrics). So the runner can be killed at any point and simply rerun. `execute` keeps the books (what may
+start, what finished, what failed and what that blocks) and hands runs to a pool: `SerialPool` runs them one
+at a time here through an executor function; `ray_executor.RayPool` runs many at once on a Ray cluster.
 """
 
 from __future__ import annotations
@@ -39,11 +39,14 @@ def status(run: Run, out: Path) -> str:
 
 def run_argv(run: Run, out: Path, common: Iterable[str] = (), folder_state: bool = True) -> list[str]:
     """The `zskt` arguments that perform `run` in `out/run.id`: its options, the files of the runs it needs,
-    `common` (options every run takes, e.g. --data-dir), and (with `folder_state`) --resume for a folder with a
-    checkpoint or --overwrite for one started without."""
+    `common` (options every run takes, e.g. --data-dir), and (with `folder_state`) --resume for a folder with
+    a checkpoint or --overwrite for one started without."""
     folder = Path(out) / run.id
     argv = [run.command]
-    for key, value in {**run.options, **{k: str(Path(out) / dep / "model.pt") for k, dep in run.needs.items()}}.items():
+    for key, value in {
+        **run.options,
+        **{k: str(Path(out) / dep / "model.pt") for k, dep in run.needs.items()},
+    }.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             argv.append(flag if value else "--no-" + key.replace("_", "-"))
@@ -94,8 +97,14 @@ def subprocess_executor(argv: list[str], log_path: Path, echo: bool = False) -> 
     with open(log_path, "a") as log:
         log.write(f"$ zskt {' '.join(argv)}\n")
         log.flush()
-        proc = subprocess.Popen([sys.executable, "-m", "zskt", *argv], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "zskt", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            bufsize=1,
+        )
         try:
             for line in proc.stdout:
                 log.write(line)
@@ -238,7 +247,9 @@ class SerialPool:
 
     concurrent = False
 
-    def __init__(self, executor: Callable[[list[str], Path, bool], int] = subprocess_executor, echo: bool = False):
+    def __init__(
+        self, executor: Callable[[list[str], Path, bool], int] = subprocess_executor, echo: bool = False
+    ):
         self.executor = executor
         self.echo = echo
         self.queued: list[tuple[Run, Path, list[str]]] = []
@@ -259,15 +270,23 @@ class SerialPool:
         self.queued.clear()
 
 
-def execute(runs: list[Run], out: Path, *, executor: Callable[[list[str], Path, bool], int] = subprocess_executor,
-            pool: Pool | None = None, common: Iterable[str] = (), echo: bool = False,
-            printer: Callable[[str], None] = print, estimate: Callable[[Run], float] | None = None,
-            before_run: Callable[[Run], str] | None = None) -> Outcome:
-    """Run every unfinished run of `runs` whose needs are met, in dependency order: through `pool` (default: one
-    at a time with `executor`), submitting each run once every run it needs has finished. A failed run is
-    reported and the runs that do not need it go on; Ctrl-C cancels the runs in flight, which save their state.
-    `before_run(run)` is called just before each run is submitted (the demo picks its thread count there); what
-    it returns is appended to the run's line."""
+def execute(
+    runs: list[Run],
+    out: Path,
+    *,
+    executor: Callable[[list[str], Path, bool], int] = subprocess_executor,
+    pool: Pool | None = None,
+    common: Iterable[str] = (),
+    echo: bool = False,
+    printer: Callable[[str], None] = print,
+    estimate: Callable[[Run], float] | None = None,
+    before_run: Callable[[Run], str] | None = None,
+) -> Outcome:
+    """Run every unfinished run of `runs` whose needs are met, in dependency order: through `pool` (default:
+    one at a time with `executor`), submitting each run once every run it needs has finished. A failed run is
+    reported and the runs that do not need it go on; Ctrl-C cancels the runs in flight, which save their
+    state. `before_run(run)` is called just before each run is submitted (the demo picks its thread count
+    there); what it returns is appended to the run's line."""
     out = Path(out)
     pool = pool or SerialPool(executor, echo)
     runs = order_runs(runs)
@@ -313,8 +332,15 @@ def execute(runs: list[Run], out: Path, *, executor: Callable[[list[str], Path, 
     return outcome
 
 
-def _report(run: Run, ended: Ended, out: Path, outcome: Outcome, printer: Callable[[str], None],
-            name_it: bool, t_start: float) -> None:
+def _report(
+    run: Run,
+    ended: Ended,
+    out: Path,
+    outcome: Outcome,
+    printer: Callable[[str], None],
+    name_it: bool,
+    t_start: float,
+) -> None:
     """One ended run into `outcome`, with its line (and the tail of its output when it failed)."""
     took = format_seconds(ended.seconds)
     elapsed = format_seconds(time.perf_counter() - t_start)
@@ -325,8 +351,10 @@ def _report(run: Run, ended: Ended, out: Path, outcome: Outcome, printer: Callab
         printer(f"    done{which} in {took}{where} (elapsed {elapsed}): {headline(run, out)}")
     else:
         outcome.failed[run.id] = ended.rc
-        printer(f"    FAILED{which} (exit status {ended.rc}) after {took}{where}; its output: "
-                f"{out / run.id / OUTPUT_LOG}")
+        printer(
+            f"    FAILED{which} (exit status {ended.rc}) after {took}{where}; its output: "
+            f"{out / run.id / OUTPUT_LOG}"
+        )
         for line in _tail(out / run.id / OUTPUT_LOG, 5):
             printer(f"      | {line}")
 

@@ -26,12 +26,16 @@ class BNStatisticHook:
     def __init__(self, model: nn.Module):
         self.layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
         if not self.layers:
-            raise ZsktError(f"the teacher ({type(model).__name__}) has no BatchNorm2d layers, so it has no "
-                            "batch statistics to match; use one with batch norms or set the BN weight to 0")
+            raise ZsktError(
+                f"the teacher ({type(model).__name__}) has no BatchNorm2d layers, so it has no "
+                "batch statistics to match; use one with batch norms or set the BN weight to 0"
+            )
         for layer in self.layers:
             if layer.running_mean is None or layer.running_var is None:
-                raise ZsktError("a teacher BatchNorm2d layer keeps no running statistics "
-                                "(track_running_stats=False); its statistics cannot be matched")
+                raise ZsktError(
+                    "a teacher BatchNorm2d layer keeps no running statistics "
+                    "(track_running_stats=False); its statistics cannot be matched"
+                )
         self.active = False
         self.terms: list[torch.Tensor] = []
         self._handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
@@ -65,14 +69,16 @@ class BNStatisticHook:
             handle.remove()
         self._handles = []
 
+
 # ------------------------------------------------------------------------------------- the inversion family
 # DeepInversion, CMI and Fast need two things more than `BNStatisticHook` gives: Fast's `bn_mmt`, which blends
-# the batch statistics with a running average of earlier synthesis batches' statistics before comparing (zju-vipa
-# Fast-Datafree `datafree/hooks.py`, `DeepInversionHook(module, mmt_rate)`): the loss is
-# ‖σ²_run − ((1−m)·σ²_batch + m·σ²_mmt)‖ + ‖μ_run − ((1−m)·μ_batch + m·μ_mmt)‖ once a previous batch exists, and
-# `update_momentum()` (once per synthesised batch) folds the last forward's statistics into the average; and CMI's
-# features, the per-sample spatial means of every BN layer's input (`InstanceMeanHook`). `BNStatistics` keeps
-# the last forward's term per layer (no recording block), and is checkpointable (the momentum average is state).
+# the batch statistics with a running average of earlier synthesis batches' statistics before comparing
+# (zju-vipa Fast-Datafree `datafree/hooks.py`, `DeepInversionHook(module, mmt_rate)`): the loss is
+# ‖σ²_run − ((1−m)·σ²_batch + m·σ²_mmt)‖ + ‖μ_run − ((1−m)·μ_batch + m·μ_mmt)‖ once a previous batch exists,
+# and `update_momentum()` (once per synthesised batch) folds the last forward's statistics into the average;
+# and CMI's features, the per-sample spatial means of every BN layer's input (`InstanceMeanHook`).
+# `BNStatistics` keeps the last forward's term per layer (no recording block), and is checkpointable (the
+# momentum average is state).
 
 
 class _LayerHook:
@@ -120,7 +126,10 @@ class _LayerHook:
             self.average = self.last
         else:
             m = self.momentum
-            self.average = (m * self.average[0] + (1 - m) * self.last[0], m * self.average[1] + (1 - m) * self.last[1])
+            self.average = (
+                m * self.average[0] + (1 - m) * self.last[0],
+                m * self.average[1] + (1 - m) * self.last[1],
+            )
 
     def remove(self) -> None:
         self.handle.remove()
@@ -131,17 +140,24 @@ class BNStatistics:
     statistics are state)."""
 
     def __init__(self, model: nn.Module, momentum: float = 0.0, keep_instance_mean: bool = False):
-        self.hooks = [_LayerHook(m, momentum, keep_instance_mean)
-                      for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        self.hooks = [
+            _LayerHook(m, momentum, keep_instance_mean)
+            for m in model.modules()
+            if isinstance(m, nn.BatchNorm2d)
+        ]
         if not self.hooks:
-            raise ValueError("the network has no BatchNorm2d layer to match statistics of (a folded frozen copy?)")
+            raise ValueError(
+                "the network has no BatchNorm2d layer to match statistics of (a folded frozen copy?)"
+            )
 
     def loss(self) -> torch.Tensor:
-        """Σ over layers of the last forward's BN-statistic losses (no per-layer weights, as the zju-vipa code)."""
+        """Σ over layers of the last forward's BN-statistic losses (no per-layer weights, as the zju-vipa
+        code)."""
         return sum(h.loss for h in self.hooks)
 
     def features(self) -> torch.Tensor:
-        """CMI's feature of each sample: the concatenated per-layer instance means of the last forward, (B, ΣC)."""
+        """CMI's feature of each sample: the concatenated per-layer instance means of the last forward, (B,
+        ΣC)."""
         return torch.cat([h.instance_mean for h in self.hooks], dim=1)
 
     def set_enabled(self, enabled: bool) -> None:
@@ -161,7 +177,9 @@ class BNStatistics:
             h.remove()
 
     def state_dict(self) -> dict:
-        return {"average": [None if h.average is None else [t.clone() for t in h.average] for h in self.hooks]}
+        return {
+            "average": [None if h.average is None else [t.clone() for t in h.average] for h in self.hooks]
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for h, avg in zip(self.hooks, state["average"], strict=True):

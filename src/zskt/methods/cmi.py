@@ -49,11 +49,27 @@ from zskt.runtime import Precision
 
 PRESETS = {
     # scripts/cmi_cifar10.sh: batch 256, 200 epochs of 400 KD steps, 200 synthesis steps; all images kept.
-    "cifar10": {"iterations": 200, "batch_size": 256, "synthesis_batch_size": 256, "kd_steps": 400,
-                "g_steps": 200, "warmup": 0, "bank_size": 51_200, "eval_every": 1},
+    "cifar10": {
+        "iterations": 200,
+        "batch_size": 256,
+        "synthesis_batch_size": 256,
+        "kd_steps": 400,
+        "g_steps": 200,
+        "warmup": 0,
+        "bank_size": 51_200,
+        "eval_every": 1,
+    },
     # Ours, for the 2-core CPU (docs/data_free.md, measured).
-    "digits": {"iterations": 15, "batch_size": 64, "synthesis_batch_size": 64, "kd_steps": 30,
-               "g_steps": 20, "warmup": 0, "bank_size": 960, "eval_every": 5},
+    "digits": {
+        "iterations": 15,
+        "batch_size": 64,
+        "synthesis_batch_size": 64,
+        "kd_steps": 30,
+        "g_steps": 20,
+        "warmup": 0,
+        "bank_size": 960,
+        "eval_every": 5,
+    },
 }
 
 
@@ -71,15 +87,24 @@ class CMIConfig(InversionConfig):
     z_dim: int = field(256, "generator latent size (datafree_kd.py: nz 256)")
     generator_width: int = field(64, "generator base width ngf (datafree_kd.py: 64)")
     head_dim: int = field(256, "output size of the contrastive head (datafree_kd.py: head_dim 256)")
-    feature_bank_size: int = field(40960, "feature pairs kept in the memory bank (datafree_kd.py: bank_size 40960)")
-    n_neg: int = field(4096, "cached feature pairs drawn from the memory bank per step (datafree_kd.py: 4096)")
+    feature_bank_size: int = field(
+        40960, "feature pairs kept in the memory bank (datafree_kd.py: bank_size 40960)"
+    )
+    n_neg: int = field(
+        4096, "cached feature pairs drawn from the memory bank per step (datafree_kd.py: 4096)"
+    )
 
     def __post_init__(self):
         super().__post_init__()
-        check(self.generator_lr > 0 and self.cr_temperature > 0, "generator_lr and cr_temperature must be positive")
+        check(
+            self.generator_lr > 0 and self.cr_temperature > 0,
+            "generator_lr and cr_temperature must be positive",
+        )
         check(min(self.adv, self.bn, self.oh, self.cr) >= 0, "loss weights must be >= 0")
-        check(min(self.z_dim, self.generator_width, self.head_dim, self.feature_bank_size) >= 1,
-              "z_dim, generator_width, head_dim and feature_bank_size must be positive")
+        check(
+            min(self.z_dim, self.generator_width, self.head_dim, self.feature_bank_size) >= 1,
+            "z_dim, generator_width, head_dim and feature_bank_size must be positive",
+        )
         check(self.n_neg >= 0, f"n_neg must be >= 0, got {self.n_neg}")
 
 
@@ -112,8 +137,8 @@ class FeatureBank:
         features = features.detach()
         if self.data is None:
             self.data = torch.zeros((0, features.shape[1]), dtype=features.dtype, device=self.device)
-        slots = (torch.arange(self.added, self.added + len(features)) % self.capacity)[-self.capacity:]
-        features = features[-self.capacity:]
+        slots = (torch.arange(self.added, self.added + len(features)) % self.capacity)[-self.capacity :]
+        features = features[-self.capacity :]
         if len(self.data) < self.capacity:
             grow = min(self.capacity, self.added + len(features)) - len(self.data)
             if grow > 0:
@@ -128,18 +153,32 @@ class FeatureBank:
         return self.data[index.to(self.device)]
 
     def state_dict(self) -> dict:
-        return {"data": None if self.data is None else self.data[:self.filled].clone(), "added": self.added}
+        return {"data": None if self.data is None else self.data[: self.filled].clone(), "added": self.added}
 
     def load_state_dict(self, state: dict) -> None:
         self.data = None if state["data"] is None else state["data"].to(self.device)
         self.added = state["added"]
 
 
-def cmi_step(generator: nn.Module, z: torch.Tensor, opt: torch.optim.Optimizer, head: nn.Module,
-             opt_head: torch.optim.Optimizer, teacher: nn.Module, student: nn.Module, hooks: BNStatistics,
-             targets: torch.Tensor, cached: torch.Tensor | None, global_aug: tuple, local_aug: tuple,
-             cfg: CMIConfig, mean, std, pad: int, precision: Precision | None = None
-             ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+def cmi_step(
+    generator: nn.Module,
+    z: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    head: nn.Module,
+    opt_head: torch.optim.Optimizer,
+    teacher: nn.Module,
+    student: nn.Module,
+    hooks: BNStatistics,
+    targets: torch.Tensor,
+    cached: torch.Tensor | None,
+    global_aug: tuple,
+    local_aug: tuple,
+    cfg: CMIConfig,
+    mean,
+    std,
+    pad: int,
+    precision: Precision | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """One CMI synthesis iteration: the loss at the current generator and z, its gradient to the generator, z
     and the head only, one step of each optimiser. `global_aug` = (offsets, flips) of the crop, `local_aug` =
     (boxes, flips) of the resized crop; `cached` the memory-bank rows (local ‖ global) or None. Returns the
@@ -163,15 +202,17 @@ def cmi_step(generator: nn.Module, z: torch.Tensor, opt: torch.optim.Optimizer, 
         loss_adv = agreement_adversarial_loss(student_logits, teacher_logits)
         loss = loss + cfg.adv * loss_adv
         terms["adv_loss"] = loss_adv
-    hooks.set_loss(False)  # the local view only needs the features (the reference also recomputes the BN term)
+    hooks.set_loss(
+        False
+    )  # the local view only needs the features (the reference also recomputes the BN term)
     with precision.autocast():
         teacher(precision.layout(local_view))
     hooks.set_loss(True)
     local_feature = hooks.features()
     # The head runs on the current rows, the cached rows and (without a graph) the global side separately: the
-    # reference's one head call on all four blocks gives the same projections, but computes the gradient of the
-    # first Linear's input for the constant cached rows and the weight gradient of the detached global half
-    # (all zeros), the largest cost of an iteration at the reference's 4096 cached pairs.
+    # reference's one head call on all four blocks gives the same projections, but computes the gradient of
+    # the first Linear's input for the constant cached rows and the weight gradient of the detached global
+    # half (all zeros), the largest cost of an iteration at the reference's 4096 cached pairs.
     local_projection = head(local_feature)
     with torch.no_grad():
         global_projection = head(global_feature)
@@ -197,8 +238,15 @@ class CMISynthesizer:
     """Generator (re-initialised each round), contrastive head and memory bank; head, its optimiser and the
     memory bank carry over between rounds and are checkpointed."""
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, cfg: CMIConfig, shape: dict,
-                 device: torch.device, precision: Precision):
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        cfg: CMIConfig,
+        shape: dict,
+        device: torch.device,
+        precision: Precision,
+    ):
         self.teacher, self.student, self.cfg, self.shape = teacher, student, cfg, shape
         self.device, self.precision = device, precision
         self.hooks = BNStatistics(teacher, keep_instance_mean=True)
@@ -216,8 +264,11 @@ class CMISynthesizer:
         z = torch.randn(n, cfg.z_dim).to(self.device).requires_grad_()
         targets = torch.randint(0, shape["num_classes"], (n,)).sort().values.to(self.device)
         reset_cmi_generator(self.generator)
-        opt = torch.optim.Adam([{"params": self.generator.parameters()}, {"params": [z]}], lr=cfg.generator_lr,
-                               betas=(0.5, 0.999))
+        opt = torch.optim.Adam(
+            [{"params": self.generator.parameters()}, {"params": [z]}],
+            lr=cfg.generator_lr,
+            betas=(0.5, 0.999),
+        )
         best = best_features = None
         best_loss = torch.tensor(float("inf"), device=self.device)
         was_training = self.student.training
@@ -227,15 +278,33 @@ class CMISynthesizer:
                 global_aug = crop_flip_params(n, crop_padding(shape["size"]))
                 local_aug = resized_crop_params(n, shape["size"])
                 cached = self.bank.sample(cfg.n_neg)
-                terms, x, features = cmi_step(self.generator, z, opt, self.head, self.opt_head, self.teacher,
-                                              self.student, self.hooks, targets, cached, global_aug, local_aug,
-                                              cfg, shape["mean"], shape["std"], crop_padding(shape["size"]),
-                                              self.precision)
+                terms, x, features = cmi_step(
+                    self.generator,
+                    z,
+                    opt,
+                    self.head,
+                    self.opt_head,
+                    self.teacher,
+                    self.student,
+                    self.hooks,
+                    targets,
+                    cached,
+                    global_aug,
+                    local_aug,
+                    cfg,
+                    shape["mean"],
+                    shape["std"],
+                    crop_padding(shape["size"]),
+                    self.precision,
+                )
                 if best is None:
                     best, best_features, best_loss = x, features, terms["loss"]
                 else:
                     better = terms["loss"] < best_loss
-                    best, best_features = torch.where(better, x, best), torch.where(better, features, best_features)
+                    best, best_features = (
+                        torch.where(better, x, best),
+                        torch.where(better, features, best_features),
+                    )
                     best_loss = torch.where(better, terms["loss"], best_loss)
         finally:
             self.student.train(was_training)
@@ -244,8 +313,12 @@ class CMISynthesizer:
         return best
 
     def state_dict(self) -> dict:
-        return {"head": self.head.state_dict(), "opt_head": self.opt_head.state_dict(),
-                "bank": self.bank.state_dict(), "generator": self.generator.state_dict()}
+        return {
+            "head": self.head.state_dict(),
+            "opt_head": self.opt_head.state_dict(),
+            "bank": self.bank.state_dict(),
+            "generator": self.generator.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.head.load_state_dict(state["head"])
@@ -256,5 +329,11 @@ class CMISynthesizer:
 
 def run_cmi(cfg: CMIConfig, log: RunLog) -> dict:
     """`zskt cmi`."""
-    return run_inversion(cfg, log, "cmi", lambda teacher, student, run, shape: CMISynthesizer(
-        teacher, student, cfg, shape, run.device, run.precision))
+    return run_inversion(
+        cfg,
+        log,
+        "cmi",
+        lambda teacher, student, run, shape: CMISynthesizer(
+            teacher, student, cfg, shape, run.device, run.precision
+        ),
+    )

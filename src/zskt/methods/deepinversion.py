@@ -34,25 +34,45 @@ from zskt.runtime import Precision
 PRESETS = {
     # scripts/deepinv_cifar10.sh (CMI): batch 256, 200 epochs of 400 KD steps, 1000 inversion iterations; the
     # bank keeps all 200 x 256 images, as the reference's ImagePool does.
-    "cifar10": {"iterations": 200, "batch_size": 256, "synthesis_batch_size": 256, "kd_steps": 400,
-                "g_steps": 1000, "warmup": 0, "bank_size": 51_200, "eval_every": 1},
+    "cifar10": {
+        "iterations": 200,
+        "batch_size": 256,
+        "synthesis_batch_size": 256,
+        "kd_steps": 400,
+        "g_steps": 1000,
+        "warmup": 0,
+        "bank_size": 51_200,
+        "eval_every": 1,
+    },
     # Ours, for the 2-core CPU (docs/data_free.md, measured): 16x16 single-channel digits.
-    "digits": {"iterations": 15, "batch_size": 64, "synthesis_batch_size": 64, "kd_steps": 30,
-               "g_steps": 30, "warmup": 0, "bank_size": 960, "eval_every": 5},
+    "digits": {
+        "iterations": 15,
+        "batch_size": 64,
+        "synthesis_batch_size": 64,
+        "kd_steps": 30,
+        "g_steps": 30,
+        "warmup": 0,
+        "bank_size": 960,
+        "eval_every": 5,
+    },
 }
 
 
 @dataclass(frozen=True)
 class DeepInversionConfig(InversionConfig):
-    """`zskt deepinversion`: defaults from the CMI repository's scripts/deepinv_cifar10.sh and datafree_kd.py."""
+    """`zskt deepinversion`: defaults from the CMI repository's scripts/deepinv_cifar10.sh and
+    datafree_kd.py."""
 
     PRESETS: ClassVar[dict] = PRESETS
     generator_lr: float = field(0.1, "Adam learning rate of the image pixels (--lr_g 0.1; betas 0.5, 0.99)")
     adv: float = field(1.0, "weight of the student-teacher competition term, -JS (--adv 1)")
     bn: float = field(10.0, "weight of the BN-statistic term (--bn 10)")
     oh: float = field(1.0, "weight of the one-hot cross-entropy term (--oh 1)")
-    tv: float = field(1e-3, "weight of the total-variation image prior (CMI datafree_kd.py: 0.001; the "
-                            "Fast-Datafree copy passes 0)")
+    tv: float = field(
+        1e-3,
+        "weight of the total-variation image prior (CMI datafree_kd.py: 0.001; the "
+        "Fast-Datafree copy passes 0)",
+    )
     l2: float = field(0.0, "weight of the L2 norm of the images (datafree_kd.py: 0)")
     js_temperature: float = field(3.0, "temperature of the JS competition term (reference: 3)")
 
@@ -69,13 +89,23 @@ def jitter_and_flip(x: torch.Tensor, shift: tuple[int, int], flip: bool) -> torc
     return torch.flip(x, dims=(3,)) if flip else x
 
 
-def deepinversion_step(x: torch.Tensor, opt: torch.optim.Optimizer, teacher: torch.nn.Module,
-                       student: torch.nn.Module, hooks: BNStatistics, targets: torch.Tensor,
-                       shift: tuple[int, int], flip: bool, cfg: DeepInversionConfig, low: torch.Tensor,
-                       high: torch.Tensor, precision: Precision | None = None) -> dict[str, torch.Tensor]:
+def deepinversion_step(
+    x: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+    hooks: BNStatistics,
+    targets: torch.Tensor,
+    shift: tuple[int, int],
+    flip: bool,
+    cfg: DeepInversionConfig,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    precision: Precision | None = None,
+) -> dict[str, torch.Tensor]:
     """One inversion iteration on the leaf images `x` (normalised units): the loss at x, its gradient to x
-    only (not to either network's weights), the Adam step, the clip to [low, high]. Returns the loss terms at x
-    (detached); "loss" is the total the best batch is chosen by."""
+    only (not to either network's weights), the Adam step, the clip to [low, high]. Returns the loss terms at
+    x (detached); "loss" is the total the best batch is chosen by."""
     precision = precision or Precision("fp32", "cpu", False)
     x_aug = precision.layout(jitter_and_flip(x, shift, flip))
     with precision.autocast():
@@ -105,8 +135,15 @@ def deepinversion_step(x: torch.Tensor, opt: torch.optim.Optimizer, teacher: tor
 class DeepInversionSynthesizer:
     """Optimises a fresh batch of images per round; keeps nothing between rounds (no state to checkpoint)."""
 
-    def __init__(self, teacher: torch.nn.Module, student: torch.nn.Module, cfg: DeepInversionConfig,
-                 shape: dict, device: torch.device, precision: Precision):
+    def __init__(
+        self,
+        teacher: torch.nn.Module,
+        student: torch.nn.Module,
+        cfg: DeepInversionConfig,
+        shape: dict,
+        device: torch.device,
+        precision: Precision,
+    ):
         self.teacher, self.student, self.cfg, self.shape = teacher, student, cfg, shape
         self.device, self.precision = device, precision
         self.hooks = BNStatistics(teacher)
@@ -132,8 +169,20 @@ class DeepInversionSynthesizer:
                 dy, dx = (int(v) for v in torch.randint(-lim, lim + 1, (2,)))
                 flip = bool(torch.rand(()) < 0.5)
                 before = x.detach().clone()
-                terms = deepinversion_step(x, opt, self.teacher, self.student, self.hooks, targets, (dy, dx), flip,
-                                           cfg, low, high, self.precision)
+                terms = deepinversion_step(
+                    x,
+                    opt,
+                    self.teacher,
+                    self.student,
+                    self.hooks,
+                    targets,
+                    (dy, dx),
+                    flip,
+                    cfg,
+                    low,
+                    high,
+                    self.precision,
+                )
                 better = terms["loss"] < best_loss  # on the device: no host sync per iteration
                 best = torch.where(better, before, best)
                 best_loss = torch.where(better, terms["loss"], best_loss)
@@ -151,5 +200,11 @@ class DeepInversionSynthesizer:
 
 def run_deepinversion(cfg: DeepInversionConfig, log: RunLog) -> dict:
     """`zskt deepinversion`."""
-    return run_inversion(cfg, log, "deepinversion", lambda teacher, student, run, shape: DeepInversionSynthesizer(
-        teacher, student, cfg, shape, run.device, run.precision))
+    return run_inversion(
+        cfg,
+        log,
+        "deepinversion",
+        lambda teacher, student, run, shape: DeepInversionSynthesizer(
+            teacher, student, cfg, shape, run.device, run.precision
+        ),
+    )

@@ -29,7 +29,9 @@ class DFQConfig(GenerativeConfig):
     adv: float = field(1.0, "weight of the adversarial term −KL (reference per-pair script --adv 1)")
     bn: float = field(1.0, "weight of the BN-statistic term (reference per-pair script --bn 1)")
     oh: float = field(1.0, "weight of the one-hot term (reference per-pair script --oh 1)")
-    balance: float = field(20.0, "weight of the information-entropy term (reference per-pair script --balance 20)")
+    balance: float = field(
+        20.0, "weight of the information-entropy term (reference per-pair script --balance 20)"
+    )
     student_steps: int = field(10, "student steps per round (reference per-pair script --kd_steps 10)")
     generator_lr: float = field(1e-3, "generator Adam learning rate (reference per-pair script --lr_g 1e-3)")
     discrepancy: Literal["kl", "l1"] = field("kl", "D: kl (the reference code's KLDiv at T = 1) or l1")

@@ -41,36 +41,65 @@ from zskt.runtime import Precision
 PRESETS = {
     # scripts/fast_cifar.sh, WRN-40-2 teacher lines: batch 256, 220 epochs (20 warm-up) of 400 KD steps,
     # Fast-10.
-    "cifar10": {"iterations": 220, "batch_size": 256, "synthesis_batch_size": 256, "kd_steps": 400,
-                "g_steps": 10, "warmup": 20, "bank_size": 56_320, "eval_every": 1},
+    "cifar10": {
+        "iterations": 220,
+        "batch_size": 256,
+        "synthesis_batch_size": 256,
+        "kd_steps": 400,
+        "g_steps": 10,
+        "warmup": 20,
+        "bank_size": 56_320,
+        "eval_every": 1,
+    },
     # Ours, for the 2-core CPU (docs/data_free.md, measured).
-    "digits": {"iterations": 30, "batch_size": 64, "synthesis_batch_size": 64, "kd_steps": 30,
-               "g_steps": 5, "warmup": 4, "bank_size": 1920, "eval_every": 5},
+    "digits": {
+        "iterations": 30,
+        "batch_size": 64,
+        "synthesis_batch_size": 64,
+        "kd_steps": 30,
+        "g_steps": 5,
+        "warmup": 4,
+        "bank_size": 1920,
+        "eval_every": 5,
+    },
 }
 
 
 @dataclass(frozen=True)
 class FastConfig(InversionConfig):
-    """`zskt fast`: defaults from Fast-Datafree's scripts/fast_cifar.sh (the WRN-40-2 teacher's Fast-10 line)."""
+    """`zskt fast`: defaults from Fast-Datafree's scripts/fast_cifar.sh (the WRN-40-2 teacher's Fast-10
+    line)."""
 
     PRESETS: ClassVar[dict] = PRESETS
     student_lr: float = field(0.2, "student SGD learning rate (--lr 0.2)")
     lr_schedule: Literal["multistep", "cosine"] = field(
-        "cosine", "student schedule per round: cosine to 2e-4 over the rounds after warmup (Fast-Datafree "
-                  "datafree_kd.py) or multistep (x0.1 at lr_milestones)")
-    generator_lr: float = field(2e-3, "Adam learning rate of the fast generator (--lr_g 2e-3 for 10 steps; "
-                                      "5e-3 for 2, 3e-3 for 5); the meta generator's is this x g_steps")
+        "cosine",
+        "student schedule per round: cosine to 2e-4 over the rounds after warmup (Fast-Datafree "
+        "datafree_kd.py) or multistep (x0.1 at lr_milestones)",
+    )
+    generator_lr: float = field(
+        2e-3,
+        "Adam learning rate of the fast generator (--lr_g 2e-3 for 10 steps; "
+        "5e-3 for 2, 3e-3 for 5); the meta generator's is this x g_steps",
+    )
     z_lr: float = field(0.01, "Adam learning rate of the latent codes (--lr_z 0.01; 0.015 for 2 steps)")
     adv: float = field(1.1, "weight of the agreement-masked adversarial term (--adv 1.1 for WRN-40-2)")
     bn: float = field(10.0, "weight of the BN-statistic term (--bn 10)")
     oh: float = field(0.4, "weight of the one-hot cross-entropy term (--oh 0.4 for WRN-40-2)")
-    bn_momentum: float = field(0.9, "momentum of the running average of synthesis-batch BN statistics "
-                                    "(--bn_mmt 0.9); 0 = plain DeepInversion statistics")
-    meta: Literal["maml", "reptile"] = field("maml", "meta update of the generator (--is_maml 1: first-order "
-                                                     "MAML; reptile)")
+    bn_momentum: float = field(
+        0.9,
+        "momentum of the running average of synthesis-batch BN statistics "
+        "(--bn_mmt 0.9); 0 = plain DeepInversion statistics",
+    )
+    meta: Literal["maml", "reptile"] = field(
+        "maml", "meta update of the generator (--is_maml 1: first-order MAML; reptile)"
+    )
     reptile_scale: float = field(67.0, "Reptile gradient factor (the reference's hard-coded 67)")
-    reset_first_layers: bool = field(True, "re-initialise the meta generator's first Linear and BN once, after "
-                                           "60 % of the trained rounds (--reset_l0 1)")
+    reset_first_layers: bool = field(
+        True,
+        "re-initialise the meta generator's first Linear and BN once, after "
+        "60 % of the trained rounds (--reset_l0 1)",
+    )
     z_dim: int = field(256, "generator latent size (datafree_kd.py: nz 256)")
     generator_width: int = field(64, "generator base width ngf (datafree_kd.py: 64)")
 
@@ -90,18 +119,31 @@ class FastConfig(InversionConfig):
         return warmup + round(0.6 * (self.rounds - warmup)) - 1
 
 
-def fast_step(fast_generator: nn.Module, z: torch.Tensor, opt: torch.optim.Optimizer, teacher: nn.Module,
-              student: nn.Module, hooks: BNStatistics, targets: torch.Tensor, aug: tuple, cfg: FastConfig,
-              mean, std, pad: int, adversarial: bool, precision: Precision | None = None
-              ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def fast_step(
+    fast_generator: nn.Module,
+    z: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    teacher: nn.Module,
+    student: nn.Module,
+    hooks: BNStatistics,
+    targets: torch.Tensor,
+    aug: tuple,
+    cfg: FastConfig,
+    mean,
+    std,
+    pad: int,
+    adversarial: bool,
+    precision: Precision | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One synthesis iteration of the fast generator: the loss at the current weights and z, gradients to the
     fast generator and z only (left in their .grad for the meta update), one Adam step. `aug` = (offsets,
     flips) of the crop. Returns the loss terms (detached) and the images G(z) ∈ [0, 1] before the step."""
     precision = precision or Precision("fp32", "cpu", False)
     x = fast_generator(z)
     offsets, flips = aug
-    view = precision.layout(standardize(pad_crop_flip(x, offsets.to(x.device), flips.to(x.device), pad=pad),
-                                        mean, std))
+    view = precision.layout(
+        standardize(pad_crop_flip(x, offsets.to(x.device), flips.to(x.device), pad=pad), mean, std)
+    )
     with precision.autocast():
         teacher_logits, _ = teacher(view)
     loss_bn = hooks.loss()
@@ -139,15 +181,23 @@ def reptile_gradient(meta: nn.Module, fast: nn.Module, scale: float) -> None:
 class FastSynthesizer:
     """The meta generator, its Adam, and the BN-statistic momentum: carried over rounds and checkpointed."""
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, cfg: FastConfig, shape: dict,
-                 device: torch.device, precision: Precision):
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        cfg: FastConfig,
+        shape: dict,
+        device: torch.device,
+        precision: Precision,
+    ):
         self.teacher, self.student, self.cfg, self.shape = teacher, student, cfg, shape
         self.device, self.precision = device, precision
         self.hooks = BNStatistics(teacher, momentum=cfg.bn_momentum)
         self.generator = CMIGenerator(cfg.z_dim, cfg.generator_width, shape["size"], shape["channels"])
         self.generator = self.generator.to(device).train()
-        self.meta_opt = torch.optim.Adam(self.generator.parameters(), lr=cfg.generator_lr * cfg.value("g_steps"),
-                                         betas=(0.5, 0.999))
+        self.meta_opt = torch.optim.Adam(
+            self.generator.parameters(), lr=cfg.generator_lr * cfg.value("g_steps"), betas=(0.5, 0.999)
+        )
         self.losses: dict[str, torch.Tensor] = {}
 
     def synthesize(self, round_index: int) -> torch.Tensor:
@@ -158,8 +208,11 @@ class FastSynthesizer:
         z = torch.randn(n, cfg.z_dim).to(self.device).requires_grad_()
         targets = torch.randint(0, shape["num_classes"], (n,)).to(self.device)
         fast = self.generator.clone()
-        opt = torch.optim.Adam([{"params": fast.parameters()}, {"params": [z], "lr": cfg.z_lr}],
-                               lr=cfg.generator_lr, betas=(0.5, 0.999))
+        opt = torch.optim.Adam(
+            [{"params": fast.parameters()}, {"params": [z], "lr": cfg.z_lr}],
+            lr=cfg.generator_lr,
+            betas=(0.5, 0.999),
+        )
         adversarial = round_index + 1 >= cfg.value("warmup")  # the reference's `self.ep >= self.ep_start`
         best, best_loss = None, torch.tensor(float("inf"), device=self.device)
         was_training = self.student.training
@@ -168,15 +221,32 @@ class FastSynthesizer:
             self.meta_opt.zero_grad(set_to_none=True)
             for _ in range(g_steps):
                 aug = crop_flip_params(n, pad)
-                terms, x = fast_step(fast, z, opt, self.teacher, self.student, self.hooks, targets, aug, cfg,
-                                     shape["mean"], shape["std"], pad, adversarial, self.precision)
+                terms, x = fast_step(
+                    fast,
+                    z,
+                    opt,
+                    self.teacher,
+                    self.student,
+                    self.hooks,
+                    targets,
+                    aug,
+                    cfg,
+                    shape["mean"],
+                    shape["std"],
+                    pad,
+                    adversarial,
+                    self.precision,
+                )
                 if cfg.meta == "maml":
                     accumulate_maml(self.generator, fast)
                 if best is None:
                     best, best_loss = x, terms["loss"]
                 else:
                     better = terms["loss"] < best_loss
-                    best, best_loss = torch.where(better, x, best), torch.where(better, terms["loss"], best_loss)
+                    best, best_loss = (
+                        torch.where(better, x, best),
+                        torch.where(better, terms["loss"], best_loss),
+                    )
             if cfg.meta == "reptile":
                 reptile_gradient(self.generator, fast, cfg.reptile_scale)
             self.meta_opt.step()
@@ -188,8 +258,11 @@ class FastSynthesizer:
         return best
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.state_dict(), "meta_opt": self.meta_opt.state_dict(),
-                "bn": self.hooks.state_dict()}
+        return {
+            "generator": self.generator.state_dict(),
+            "meta_opt": self.meta_opt.state_dict(),
+            "bn": self.hooks.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.load_state_dict(state["generator"])
@@ -199,5 +272,11 @@ class FastSynthesizer:
 
 def run_fast(cfg: FastConfig, log: RunLog) -> dict:
     """`zskt fast`."""
-    return run_inversion(cfg, log, "fast", lambda teacher, student, run, shape: FastSynthesizer(
-        teacher, student, cfg, shape, run.device, run.precision))
+    return run_inversion(
+        cfg,
+        log,
+        "fast",
+        lambda teacher, student, run, shape: FastSynthesizer(
+            teacher, student, cfg, shape, run.device, run.precision
+        ),
+    )

@@ -37,16 +37,21 @@ SHARD_DIGITS = 9
 
 
 class ImageBank:
-    def __init__(self, capacity: int, root: str | Path | None = None, device: str | torch.device = "cpu",
-                 seed: int = 0):
+    def __init__(
+        self, capacity: int, root: str | Path | None = None, device: str | torch.device = "cpu", seed: int = 0
+    ):
         if capacity < 1:
             raise ZsktError(f"the image bank needs a capacity of at least 1 image, got {capacity}")
         self.capacity = int(capacity)
         self.root = Path(root) if root is not None else None
         self.device = torch.device(device)
-        self.buffer: torch.Tensor | None = None  # (capacity, C, H, W) uint8 ring; image g sits at g % capacity
+        self.buffer: torch.Tensor | None = (
+            None  # (capacity, C, H, W) uint8 ring; image g sits at g % capacity
+        )
         self.synthesized = 0
-        self.shards: list[dict] = []  # {"file", "first", "count"}, oldest first: the files holding kept images
+        self.shards: list[
+            dict
+        ] = []  # {"file", "first", "count"}, oldest first: the files holding kept images
         self._dropped: list[str] = []  # files of shards no longer kept, deleted at the next state_dict()
         self.rng = torch.Generator().manual_seed(seed)
         self._order: torch.Tensor | None = None  # the current pass's permutation of slots
@@ -68,10 +73,14 @@ class ImageBank:
             self._clear_folder()
         images = images.detach()
         if self.buffer is None:
-            self.buffer = torch.zeros((self.capacity, *images.shape[1:]), dtype=torch.uint8, device=self.device)
+            self.buffer = torch.zeros(
+                (self.capacity, *images.shape[1:]), dtype=torch.uint8, device=self.device
+            )
         elif images.shape[1:] != self.buffer.shape[1:]:
-            raise ValueError(f"image shape {tuple(images.shape[1:])} differs from the bank's "
-                             f"{tuple(self.buffer.shape[1:])}")
+            raise ValueError(
+                f"image shape {tuple(images.shape[1:])} differs from the bank's "
+                f"{tuple(self.buffer.shape[1:])}"
+            )
         first = self.synthesized
         if self.root is not None:
             name = f"{first:0{SHARD_DIGITS}d}.npy"
@@ -89,7 +98,7 @@ class ImageBank:
     def _place(self, images: torch.Tensor, first: int) -> None:
         n = len(images)
         if n > self.capacity:  # only the newest `capacity` of the batch survive
-            images, first, n = images[n - self.capacity:], first + n - self.capacity, self.capacity
+            images, first, n = images[n - self.capacity :], first + n - self.capacity, self.capacity
         slots = (torch.arange(first, first + n) % self.capacity).to(self.device)
         self.buffer[slots] = images.to(self.device)
 
@@ -101,7 +110,7 @@ class ImageBank:
         if self._order is None or self._position >= len(self._order):
             self._order = torch.randperm(self.kept, generator=self.rng)
             self._position = 0
-        index = self._order[self._position:self._position + batch_size]
+        index = self._order[self._position : self._position + batch_size]
         self._position += len(index)
         return self.buffer[index.to(self.device)]
 
@@ -116,16 +125,28 @@ class ImageBank:
     def state_dict(self) -> dict:
         self._delete_dropped()
         if self.root is not None:
-            atomic_write_bytes(self.root / "index.json", json.dumps(
-                {"capacity": self.capacity, **self.counts(), "shards": self.shards}, indent=1).encode())
-        return {"capacity": self.capacity, "synthesized": self.synthesized, "shards": [dict(s) for s in self.shards],
-                "rng": self.rng.get_state(), "order": self._order, "position": self._position,
-                "shape": None if self.buffer is None else list(self.buffer.shape[1:])}
+            atomic_write_bytes(
+                self.root / "index.json",
+                json.dumps(
+                    {"capacity": self.capacity, **self.counts(), "shards": self.shards}, indent=1
+                ).encode(),
+            )
+        return {
+            "capacity": self.capacity,
+            "synthesized": self.synthesized,
+            "shards": [dict(s) for s in self.shards],
+            "rng": self.rng.get_state(),
+            "order": self._order,
+            "position": self._position,
+            "shape": None if self.buffer is None else list(self.buffer.shape[1:]),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state["capacity"] != self.capacity:
-            raise ZsktError(f"the checkpoint's image bank holds up to {state['capacity']} images, this run "
-                            f"{self.capacity}; resume with the same --bank-size")
+            raise ZsktError(
+                f"the checkpoint's image bank holds up to {state['capacity']} images, this run "
+                f"{self.capacity}; resume with the same --bank-size"
+            )
         self.synthesized = state["synthesized"]
         self.shards = [dict(s) for s in state["shards"]]
         self._dropped = []
@@ -147,8 +168,10 @@ class ImageBank:
         for shard in self.shards:
             path = self.root / shard["file"]
             if not path.is_file():
-                raise ZsktError(f"image bank shard {path} is missing; the run cannot be resumed, start it again "
-                                "with --overwrite")
+                raise ZsktError(
+                    f"image bank shard {path} is missing; the run cannot be resumed, start it again "
+                    "with --overwrite"
+                )
             images = torch.from_numpy(np.load(path))
             skip = max(0, oldest_kept - shard["first"])
             self._place(images[skip:], shard["first"] + skip)

@@ -34,8 +34,16 @@ from zskt.runlog import RunLog
 from zskt.runtime import PRECISIONS, Precision, seed_everything
 
 # Fields every inversion method resolves from its PRESETS when left at None on the command line.
-PRESET_FIELDS = ("iterations", "batch_size", "synthesis_batch_size", "kd_steps", "g_steps", "bank_size",
-                 "eval_every", "warmup")
+PRESET_FIELDS = (
+    "iterations",
+    "batch_size",
+    "synthesis_batch_size",
+    "kd_steps",
+    "g_steps",
+    "bank_size",
+    "eval_every",
+    "warmup",
+)
 
 
 @dataclass(frozen=True)
@@ -45,42 +53,67 @@ class InversionConfig:
 
     teacher: str = field("", "teacher checkpoint with batch norms: a project model.pt or an authors' file")
     student: str = field("wrn-16-1", "student network: wrn-16-1, wrn-16-2, wrn-40-1 or wrn-40-2")
-    dataset: str = field("digits", "data set the teacher was trained on (test images, image shape, normalisation)")
-    iterations: int | None = field(None, "synthesis rounds (the reference's epochs: one synthesised batch and "
-                                         "kd_steps student steps each); preset")
-    batch_size: int | None = field(None, "student batch from the image bank (reference --batch_size 256); preset")
-    synthesis_batch_size: int | None = field(None, "images synthesised per round (reference: --batch_size); "
-                                                   "preset")
+    dataset: str = field(
+        "digits", "data set the teacher was trained on (test images, image shape, normalisation)"
+    )
+    iterations: int | None = field(
+        None,
+        "synthesis rounds (the reference's epochs: one synthesised batch and "
+        "kd_steps student steps each); preset",
+    )
+    batch_size: int | None = field(
+        None, "student batch from the image bank (reference --batch_size 256); preset"
+    )
+    synthesis_batch_size: int | None = field(
+        None, "images synthesised per round (reference: --batch_size); preset"
+    )
     kd_steps: int | None = field(None, "student steps per round (reference --kd_steps 400); preset")
     g_steps: int | None = field(None, "synthesis iterations per round (reference --g_steps); preset")
-    warmup: int | None = field(None, "rounds that only synthesise before the student trains (Fast's --warmup); "
-                                     "preset")
+    warmup: int | None = field(
+        None, "rounds that only synthesise before the student trains (Fast's --warmup); preset"
+    )
     student_lr: float = field(0.1, "student SGD learning rate (reference --lr 0.1)")
     momentum: float = field(0.9, "student SGD momentum (reference datafree_kd.py: 0.9)")
     weight_decay: float = field(1e-4, "student SGD weight decay (reference datafree_kd.py: 1e-4)")
     lr_schedule: Literal["multistep", "cosine"] = field(
-        "multistep", "student schedule per round: multistep (CMI datafree_kd.py: x0.1 at lr_milestones) or cosine "
-                     "(Fast-Datafree datafree_kd.py: cosine to 2e-4 over the rounds after warmup)")
-    lr_milestones: tuple[float, ...] = field((0.6, 0.75, 0.9), "multistep milestones as fractions of the rounds "
-                                                               "(CMI: epochs 120,150,180 of 200)")
-    temperature: float = field(20.0, "distillation temperature T; the loss is T^2 KL, batchmean (reference --T 20)")
-    bank_size: int | None = field(None, "most images kept in the image bank (oldest dropped first); preset: "
-                                        "every image the run synthesises, as the reference keeps")
-    eval_every: int | None = field(None, "test, log and checkpoint every this many rounds (reference: every "
-                                         "epoch); preset")
+        "multistep",
+        "student schedule per round: multistep (CMI datafree_kd.py: x0.1 at lr_milestones) or cosine "
+        "(Fast-Datafree datafree_kd.py: cosine to 2e-4 over the rounds after warmup)",
+    )
+    lr_milestones: tuple[float, ...] = field(
+        (0.6, 0.75, 0.9), "multistep milestones as fractions of the rounds (CMI: epochs 120,150,180 of 200)"
+    )
+    temperature: float = field(
+        20.0, "distillation temperature T; the loss is T^2 KL, batchmean (reference --T 20)"
+    )
+    bank_size: int | None = field(
+        None,
+        "most images kept in the image bank (oldest dropped first); preset: "
+        "every image the run synthesises, as the reference keeps",
+    )
+    eval_every: int | None = field(
+        None, "test, log and checkpoint every this many rounds (reference: every epoch); preset"
+    )
     eval_batch_size: int = field(500, "test batch size (eval mode: any size gives the same accuracy)")
     seed: int = field(0, "seed for the student, the synthesis draws and the bank's sampling (reference: 0)")
     device: str = field("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
     precision: str = field("auto", "fp32, bf16 (autocast), or auto: fp32 on CPU, bf16 on CUDA")
-    image_size: int | None = field(None, "digits only: side of the resized images (default 16); must be the size "
-                                         "the teacher was trained at")
-    data_dir: str | None = field(None, "data root for the test split (default: $ZSKT_DATA or ~/.cache/zskt/data)")
+    image_size: int | None = field(
+        None,
+        "digits only: side of the resized images (default 16); must be the size the teacher was trained at",
+    )
+    data_dir: str | None = field(
+        None, "data root for the test split (default: $ZSKT_DATA or ~/.cache/zskt/data)"
+    )
     download: bool = field(False, "download missing data files (CIFAR-10, SVHN, Fashion-MNIST)")
 
     PRESETS: ClassVar[dict] = {}  # {dataset: {field: value}}, set by each method's config
 
     def __post_init__(self):
-        check(self.dataset in DATASETS, f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        check(
+            self.dataset in DATASETS,
+            f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}",
+        )
         check_network_spec(self.student, "--student")
         for name in PRESET_FIELDS:
             value = getattr(self, name)
@@ -88,15 +121,23 @@ class InversionConfig:
             check(value is None or value >= low, f"{name} must be >= {low}, got {value}")
         check(self.student_lr > 0 and self.temperature > 0, "student_lr and temperature must be positive")
         check(self.momentum >= 0 and self.weight_decay >= 0, "momentum and weight_decay must be >= 0")
-        check(all(0 < m < 1 for m in self.lr_milestones), "lr_milestones are fractions of the rounds, in (0, 1)")
+        check(
+            all(0 < m < 1 for m in self.lr_milestones), "lr_milestones are fractions of the rounds, in (0, 1)"
+        )
         check(self.lr_schedule in ("multistep", "cosine"), f"unknown lr_schedule {self.lr_schedule!r}")
         check(self.eval_batch_size > 0, f"eval_batch_size must be positive, got {self.eval_batch_size}")
-        check(self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
-        check(self.warmup is None or self.iterations is None or self.warmup < self.iterations,
-              "warmup must be smaller than iterations")
+        check(
+            self.precision in PRECISIONS,
+            f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}",
+        )
+        check(
+            self.warmup is None or self.iterations is None or self.warmup < self.iterations,
+            "warmup must be smaller than iterations",
+        )
 
     def value(self, name: str) -> Any:
-        """A field, or its preset for this data set (cifar10's, the reference's, where the data set has none)."""
+        """A field, or its preset for this data set (cifar10's, the reference's, where the data set has
+        none)."""
         value = getattr(self, name)
         if value is not None:
             return value
@@ -115,7 +156,9 @@ class InversionConfig:
 # ------------------------------------------------------------------------------------- augmentations
 
 
-def crop_flip_params(n: int, pad: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def crop_flip_params(
+    n: int, pad: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (offsets (n, 2) in [0, 2·pad], flips (n,) bool) for `pad_crop_flip`: kornia's
     RandomCrop(size, padding=pad) + RandomHorizontalFlip(p=0.5) as the synthesisers use them."""
     offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
@@ -123,9 +166,13 @@ def crop_flip_params(n: int, pad: int, generator: torch.Generator | None = None)
     return offsets, flips
 
 
-def resized_crop_params(n: int, size: int, scale: tuple[float, float] = (0.25, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3), generator: torch.Generator | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def resized_crop_params(
+    n: int,
+    size: int,
+    scale: tuple[float, float] = (0.25, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample boxes (n, 4) as (x0, y0, w, h) in pixels and flips (n,): CMI's local view, kornia's
     RandomResizedCrop(size, scale=(0.25, 1)) + RandomHorizontalFlip. Area fraction ~ U(scale), aspect ratio
     log-uniform in `ratio`, the box clipped to the image, its corner uniform over the positions that fit."""
@@ -156,7 +203,8 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor)
 
 
 def standardize(images: torch.Tensor, mean, std) -> torch.Tensor:
-    """[0, 1] float images -> (x − mean) / std per channel, in the images' dtype (the reference's Normalizer)."""
+    """[0, 1] float images -> (x − mean) / std per channel, in the images' dtype (the reference's
+    Normalizer)."""
     c = images.shape[1]
     mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, c, 1, 1)
     std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, c, 1, 1)
@@ -164,15 +212,17 @@ def standardize(images: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 def crop_padding(image_size: int) -> int:
-    """The synthesisers' crop padding: 4 at 32x32 (the reference), scaled with the image side (2 on digits)."""
+    """The synthesisers' crop padding: 4 at 32x32 (the reference), scaled with the image side (2 on
+    digits)."""
     return max(1, image_size // 8)
 
 
 # ------------------------------------------------------------------------------------- student step
 
 
-def student_images(bank: ImageBank, batch_size: int, augment: bool, mean, std,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+def student_images(
+    bank: ImageBank, batch_size: int, augment: bool, mean, std, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """A student batch from the bank, as the reference's `ori_dataset.transform` makes it: (CIFAR-10's pad-4
     crop and flip where the data set trains with augmentation), scale to [0, 1], normalise."""
     images = bank.sample(batch_size)
@@ -182,8 +232,14 @@ def student_images(bank: ImageBank, batch_size: int, augment: bool, mean, std,
     return normalize(images, mean, std)
 
 
-def student_step(student: torch.nn.Module, teacher: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
-                 temperature: float, precision: Precision | None = None) -> torch.Tensor:
+def student_step(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    temperature: float,
+    precision: Precision | None = None,
+) -> torch.Tensor:
     """One distillation step (reference `train()` of datafree_kd.py): teacher logits without a graph, the loss
     T²·KL(teacher ‖ student) batchmean on the same images, SGD step. Returns the loss, detached."""
     precision = precision or Precision("fp32", "cpu", False)
@@ -202,7 +258,9 @@ def lr_factor(cfg: InversionConfig) -> Callable[[int], float]:
     """The schedule's factor after `k` schedule steps (one per round that trained the student)."""
     rounds = cfg.rounds - cfg.value("warmup")
     if cfg.lr_schedule == "cosine":
-        floor = 2e-4 / cfg.student_lr  # Fast-Datafree: CosineAnnealingLR(T_max=200 of 200 trained epochs, 2e-4)
+        floor = (
+            2e-4 / cfg.student_lr
+        )  # Fast-Datafree: CosineAnnealingLR(T_max=200 of 200 trained epochs, 2e-4)
         return lambda k: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(k, rounds) / rounds))
     milestones = [round(m * rounds) for m in cfg.lr_milestones]
     return lambda k: 0.1 ** sum(k >= m for m in milestones)
@@ -211,28 +269,49 @@ def lr_factor(cfg: InversionConfig) -> Callable[[int], float]:
 # ------------------------------------------------------------------------------------- the command
 
 
-def run_inversion(cfg: InversionConfig, log: RunLog, name: str,
-                  make_synthesizer: Callable[[torch.nn.Module, torch.nn.Module, Scaffold, dict], Any]) -> dict:
+def run_inversion(
+    cfg: InversionConfig,
+    log: RunLog,
+    name: str,
+    make_synthesizer: Callable[[torch.nn.Module, torch.nn.Module, Scaffold, dict], Any],
+) -> dict:
     """Load the teacher, read only the test split, build the student, and run the rounds on the scaffold."""
     if not cfg.teacher:
-        raise ZsktError("no teacher given; pass --teacher PATH (a model.pt from `zskt train` or an authors' file)")
+        raise ZsktError(
+            "no teacher given; pass --teacher PATH (a model.pt from `zskt train` or an authors' file)"
+        )
     if world()[1] > 1:
         raise ZsktError(f"{name} runs in one process; start it without torchrun")
     info = get_info(cfg.dataset)
-    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size,
-                        splits=("test",))  # never the training images
+    data = load_dataset(
+        cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size, splits=("test",)
+    )  # never the training images
     test, mean, std = data.test, data.mean, data.std
     size = int(test.images.shape[-1])
     teacher = load_teacher(cfg, info, size)
     seed_everything(cfg.seed)
     student = build_student(cfg, info, size)
-    shape = {"channels": info.in_channels, "size": size, "num_classes": info.num_classes, "mean": mean, "std": std,
-             "augment": info.augment}
+    shape = {
+        "channels": info.in_channels,
+        "size": size,
+        "num_classes": info.num_classes,
+        "mean": mean,
+        "std": std,
+        "augment": info.augment,
+    }
     return inversion_loop(cfg, log, name, teacher, student, test, shape, make_synthesizer)
 
 
-def inversion_loop(cfg: InversionConfig, log: RunLog, name: str, teacher: torch.nn.Module,
-                   student: torch.nn.Module, test, shape: dict, make_synthesizer) -> dict:
+def inversion_loop(
+    cfg: InversionConfig,
+    log: RunLog,
+    name: str,
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+    test,
+    shape: dict,
+    make_synthesizer,
+) -> dict:
     rounds, warmup = cfg.rounds, cfg.value("warmup")
     batch_size, kd_steps = cfg.value("batch_size"), cfg.value("kd_steps")
     run = Scaffold(cfg, log, total=rounds, interval=cfg.eval_interval, unit="round", desc=name)
@@ -240,17 +319,22 @@ def inversion_loop(cfg: InversionConfig, log: RunLog, name: str, teacher: torch.
     hooked_teacher = run.frozen_module(teacher, fold_bn=False)  # BN layers kept for the statistic hooks
     kd_teacher = run.frozen_module(copy.deepcopy(teacher), fold_bn=True)  # the same function, faster
     synthesizer = make_synthesizer(hooked_teacher, student, run, shape)
-    opt = torch.optim.SGD(student.parameters(), lr=cfg.student_lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD(
+        student.parameters(), lr=cfg.student_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg))
     capacity = cfg.value("bank_size")
-    bank = ImageBank(capacity, root=log.out / "bank" if log.enabled else None, device=run.device, seed=cfg.seed)
+    bank = ImageBank(
+        capacity, root=log.out / "bank" if log.enabled else None, device=run.device, seed=cfg.seed
+    )
     run.track(student=student, opt=opt, schedule=schedule, bank=bank, synthesizer=synthesizer)
     run.evaluate_on(student, test, shape["mean"], shape["std"], cfg.eval_batch_size)
     run.on_log(lambda step: {**bank.counts(), "student_lr": opt.param_groups[0]["lr"]})
-    log.print(f"{name}: {rounds} rounds of {cfg.value('synthesis_batch_size')} images ({cfg.value('g_steps')} "
-              f"synthesis iterations) and {kd_steps} student steps of {batch_size}; {run.device}, "
-              f"{run.precision.name}; teacher test accuracy {run.evaluate(kd_teacher):.2f}%")
+    log.print(
+        f"{name}: {rounds} rounds of {cfg.value('synthesis_batch_size')} images ({cfg.value('g_steps')} "
+        f"synthesis iterations) and {kd_steps} student steps of {batch_size}; {run.device}, "
+        f"{run.precision.name}; teacher test accuracy {run.evaluate(kd_teacher):.2f}%"
+    )
     mean, std = shape["mean"], shape["std"]
     images = None
     for step in run.steps():
@@ -260,7 +344,9 @@ def inversion_loop(cfg: InversionConfig, log: RunLog, name: str, teacher: torch.
         if step >= warmup:
             for _ in range(kd_steps):
                 x = run.precision.layout(student_images(bank, batch_size, shape["augment"], mean, std))
-                run.add(student_loss=student_step(student, kd_teacher, opt, x, cfg.temperature, run.precision))
+                run.add(
+                    student_loss=student_step(student, kd_teacher, opt, x, cfg.temperature, run.precision)
+                )
             schedule.step()
     bank.state_dict()  # deletes the files of dropped shards, writes bank/index.json
     if log.enabled and images is not None:
@@ -268,7 +354,22 @@ def inversion_loop(cfg: InversionConfig, log: RunLog, name: str, teacher: torch.
 
         save_image_grid(images, (0.0,) * images.shape[1], (1.0,) * images.shape[1], log.out / "synthetic.png")
     if log.enabled:
-        save_model(student, log.out / "model.pt", spec=cfg.student, dataset=cfg.dataset, image_size=shape["size"],
-                   test_accuracy=run.accuracy, command=log.command, teacher=cfg.teacher)
-    return run.finish(method=name, **bank.counts(), teacher=cfg.teacher, student=cfg.student,
-                      dataset=cfg.dataset, seed=cfg.seed, iterations=rounds)
+        save_model(
+            student,
+            log.out / "model.pt",
+            spec=cfg.student,
+            dataset=cfg.dataset,
+            image_size=shape["size"],
+            test_accuracy=run.accuracy,
+            command=log.command,
+            teacher=cfg.teacher,
+        )
+    return run.finish(
+        method=name,
+        **bank.counts(),
+        teacher=cfg.teacher,
+        student=cfg.student,
+        dataset=cfg.dataset,
+        seed=cfg.seed,
+        iterations=rounds,
+    )

@@ -1,4 +1,5 @@
-"""Optimiser pieces the methods share: Adam as the fused kernel where there is one, and gradient-norm clipping."""
+"""Optimiser pieces the methods share: Adam as the fused kernel where there is one, and gradient-norm
+clipping."""
 
 from __future__ import annotations
 

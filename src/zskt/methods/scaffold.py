@@ -1,7 +1,7 @@
-"""The run scaffold every training command shares: device, precision, sharding under torchrun, resume, periodic
-evaluation, metrics rows, checkpoints, timing, the divergence check and the final result. A method builds its
-networks and optimisers, hands their state to `track`, and writes its algorithm as the body of `for step in
-run.steps()`; everything between two steps happens here (docs/architecture.md)."""
+"""The run scaffold every training command shares: device, precision, sharding under torchrun, resume,
+periodic evaluation, metrics rows, checkpoints, timing, the divergence check and the final result. A method
+builds its networks and optimisers, hands their state to `track`, and writes its algorithm as the body of `for
+step in run.steps()`; everything between two steps happens here (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ from zskt.models.frozen import frozen_copy
 from zskt.runlog import RunLog, Timer
 from zskt.runtime import resolve_device, resolve_precision
 
-CHECKPOINT_FORMAT = 2  # the scaffold's checkpoint layout: {"format", "step", "state": {name: state_dict}, ...}
+CHECKPOINT_FORMAT = (
+    2  # the scaffold's checkpoint layout: {"format", "step", "state": {name: state_dict}, ...}
+)
 _NO_STEP = 2**62  # "no non-finite value seen" in Meter's first-bad-step tensors
 
 
@@ -35,8 +37,8 @@ class Meter:
     """Named running means kept on the device between log points, so the loop never waits for the device.
 
     Callers pass values already scaled by their shard's share of the batch under torchrun (a loss times
-    `part.share`), so the sum over ranks is the global mean. Each name keeps the first step at which it was not
-    finite, also on the device: a diverging run is caught at the next log point and named exactly.
+    `part.share`), so the sum over ranks is the global mean. Each name keeps the first step at which it was
+    not finite, also on the device: a diverging run is caught at the next log point and named exactly.
     """
 
     def __init__(self, device: torch.device):
@@ -66,7 +68,9 @@ class Meter:
         sums = all_sum(torch.stack([self.sums[n] for n in names])).tolist()
         bad = torch.stack([self.first_bad[n] for n in names]).tolist()
         means = {n: s / max(1, self.counts[n]) for n, s in zip(names, sums, strict=True)}
-        diverged = {n: b for n, b in zip(names, bad, strict=True) if b != _NO_STEP or not math.isfinite(means[n])}
+        diverged = {
+            n: b for n, b in zip(names, bad, strict=True) if b != _NO_STEP or not math.isfinite(means[n])
+        }
         self.sums, self.counts, self.first_bad = {}, {}, {}
         return means, diverged
 
@@ -86,12 +90,22 @@ class _RNGState:
 
 class Scaffold:
     """One training run: `steps()` yields 0-based step numbers from where the run stands (0, or the resumed
-    checkpoint's step) to `total`; every `interval` steps and at the end it evaluates, writes a metrics row and a
-    checkpoint. `iteration_units` is how many optimiser iterations one step holds (an epoch's batches), for
-    `seconds_per_iteration`."""
+    checkpoint's step) to `total`; every `interval` steps and at the end it evaluates, writes a metrics row
+    and a checkpoint. `iteration_units` is how many optimiser iterations one step holds (an epoch's batches),
+    for `seconds_per_iteration`."""
 
-    def __init__(self, cfg: Any, log: RunLog, *, total: int, interval: int, unit: str = "it", desc: str = "",
-                 batch_size: int | None = None, iteration_units: int = 1):
+    def __init__(
+        self,
+        cfg: Any,
+        log: RunLog,
+        *,
+        total: int,
+        interval: int,
+        unit: str = "it",
+        desc: str = "",
+        batch_size: int | None = None,
+        iteration_units: int = 1,
+    ):
         self.cfg, self.log = cfg, log
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
@@ -99,8 +113,10 @@ class Scaffold:
         self.unit, self.desc, self.iteration_units = unit, desc, iteration_units
         self.part = Shard.of(batch_size) if batch_size else None
         if self.part is not None and self.part.local == 0:
-            raise ZsktError(f"batch_size {batch_size} is smaller than the {self.part.world_size} ranks; "
-                            "pass a larger --batch-size or start fewer processes")
+            raise ZsktError(
+                f"batch_size {batch_size} is smaller than the {self.part.world_size} ranks; "
+                "pass a larger --batch-size or start fewer processes"
+            )
         self.meter = Meter(self.device)
         self.step = 0  # steps completed
         self.best, self.accuracy = -1.0, float("nan")
@@ -138,7 +154,8 @@ class Scaffold:
 
     def learning_rate(self, name: str, optimizer: torch.optim.Optimizer, *schedules: Any) -> None:
         """Config field `name` is the learning rate of `optimizer` (and its `schedules`): a resume with
-        `--allow-config-change name` rescales them after they are restored, as if the run had begun with it."""
+        `--allow-config-change name` rescales them after they are restored, as if the run had begun with
+        it."""
         self._rates.append((name, optimizer, *schedules))
 
     def evaluate_on(self, model: torch.nn.Module, split, mean, std, batch_size: int = 500) -> None:
@@ -172,8 +189,8 @@ class Scaffold:
             bar.update(1)
             at_log_point = self.step % self.interval == 0 or self.step == self.total
             if first or at_log_point:
-                # One sync per stretch between log points, none per step; the first step of a process (allocator,
-                # kernel selection) is timed alone and kept only while it is the only measurement.
+                # One sync per stretch between log points, none per step; the first step of a process
+                # (allocator, kernel selection) is timed alone and kept only while it is the only measurement.
                 now = timer.now()
                 seconds = (now - mark) / stretch / self.iteration_units
                 if first:
@@ -196,50 +213,80 @@ class Scaffold:
         extra: dict = {}
         for fn in self._on_log:
             extra.update(fn(self.step) or {})
-        row = {"step": self.step, **means, "test_accuracy": self.accuracy, "best_test_accuracy": self.best,
-               **extra, "seconds_per_iteration": seconds}
+        row = {
+            "step": self.step,
+            **means,
+            "test_accuracy": self.accuracy,
+            "best_test_accuracy": self.best,
+            **extra,
+            "seconds_per_iteration": seconds,
+        }
         self.log.metrics(row)
         shown = "  ".join(f"{k} {v:.4g}" for k, v in means.items())
         bar.set_postfix_str(f"{shown} acc {self.accuracy:.2f}%")
-        self.log.print(f"{self.desc} {self.step:>7}/{self.total}  {shown}  test {self.accuracy:6.2f}%  "
-                       f"(best {self.best:.2f}%)")
+        self.log.print(
+            f"{self.desc} {self.step:>7}/{self.total}  {shown}  test {self.accuracy:6.2f}%  "
+            f"(best {self.best:.2f}%)"
+        )
         if self.step < self.total:
-            self.log.save_checkpoint({
-                "format": CHECKPOINT_FORMAT, "step": self.step,
-                "state": {name: obj.state_dict() for name, obj in self._tracked.items()},
-                "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-                "best": self.best, "test_accuracy": self.accuracy, "interval_seconds": self.history,
-                "first_seconds": self.first_seconds})
+            self.log.save_checkpoint(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "step": self.step,
+                    "state": {name: obj.state_dict() for name, obj in self._tracked.items()},
+                    "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+                    "best": self.best,
+                    "test_accuracy": self.accuracy,
+                    "interval_seconds": self.history,
+                    "first_seconds": self.first_seconds,
+                }
+            )
 
     def _check_finite(self, diverged: dict[str, int]) -> None:
         """Stop a diverging run: a non-finite loss since the last log point, or a non-finite parameter."""
         where = None
         if diverged:
             name, step = min(diverged.items(), key=lambda item: item[1])
-            where = f"{name} became non-finite at {self.unit} {step + 1}" if step != _NO_STEP else \
-                f"{name} became non-finite before {self.unit} {self.step}"
+            where = (
+                f"{name} became non-finite at {self.unit} {step + 1}"
+                if step != _NO_STEP
+                else f"{name} became non-finite before {self.unit} {self.step}"
+            )
         else:
             for module in self._trained:
                 params = [p for p in module.parameters() if p.is_floating_point()]
                 if params and not bool(torch.stack([p.detach().isfinite().all() for p in params]).all()):
-                    where = f"a parameter of {type(module).__name__} became non-finite before {self.unit} {self.step}"
+                    name = type(module).__name__
+                    where = f"a parameter of {name} became non-finite before {self.unit} {self.step}"
                     break
         if where is None:
             return
-        last = self.step - self.interval if self.step % self.interval == 0 else self.step - self.step % self.interval
-        kept = f"the last good checkpoint ({self.unit} {last}) is kept" if last > 0 else "no checkpoint was written"
-        raise ZsktError(f"the run diverged: {where}; {kept}, no result written. Lower the learning rate and start "
-                        "again (--overwrite), or continue from the checkpoint with --resume "
-                        "--allow-config-change NAME,...")
+        last = (
+            self.step - self.interval
+            if self.step % self.interval == 0
+            else self.step - self.step % self.interval
+        )
+        kept = (
+            f"the last good checkpoint ({self.unit} {last}) is kept"
+            if last > 0
+            else "no checkpoint was written"
+        )
+        raise ZsktError(
+            f"the run diverged: {where}; {kept}, no result written. Lower the learning rate and start "
+            "again (--overwrite), or continue from the checkpoint with --resume "
+            "--allow-config-change NAME,..."
+        )
 
     def _resume(self) -> None:
         state = self.log.load_checkpoint(map_location=self.device)
         if state is None:
             return
         if state.get("format") != CHECKPOINT_FORMAT:
-            raise ZsktError(f"the checkpoint in {self.log.out} was written by an older zskt; start the run again "
-                            "with --overwrite")
+            raise ZsktError(
+                f"the checkpoint in {self.log.out} was written by an older zskt; start the run again "
+                "with --overwrite"
+            )
         for name, obj in self._tracked.items():
             obj.load_state_dict(state["state"][name])
         for name, optimizer, *schedules in self._rates:
@@ -253,11 +300,19 @@ class Scaffold:
 
     # -- the end ---------------------------------------------------------------------------------------------
     def finish(self, **result: Any) -> dict:
-        """The result: the final and best test accuracy, seconds per iteration (median of the timed stretches),
-        train seconds, the precision, the end-of-run weight check under torchrun; then result.json."""
+        """The result: the final and best test accuracy, seconds per iteration (median of the timed
+        stretches), train seconds, the precision, the end-of-run weight check under torchrun; then
+        result.json."""
         in_sync = check_in_sync(*self._trained)
         seconds = median(self.history) if self.history else self.first_seconds
-        return self.log.finish({
-            "test_accuracy": self.accuracy, "best_test_accuracy": self.best, "seconds_per_iteration": seconds,
-            "train_seconds": time.perf_counter() - self._t0, **result,
-            **({"distributed": in_sync} if in_sync else {}), **self.precision.describe()})
+        return self.log.finish(
+            {
+                "test_accuracy": self.accuracy,
+                "best_test_accuracy": self.best,
+                "seconds_per_iteration": seconds,
+                "train_seconds": time.perf_counter() - self._t0,
+                **result,
+                **({"distributed": in_sync} if in_sync else {}),
+                **self.precision.describe(),
+            }
+        )

@@ -28,8 +28,10 @@ class Schedule:
         return self.epochs * self.batches_per_epoch
 
     def describe(self) -> str:
-        return (f"{self.epochs} epochs x {self.batches_per_epoch} batches = {self.iterations} iterations; "
-                f"lr /5 after epochs {', '.join(map(str, self.milestones))}")
+        return (
+            f"{self.epochs} epochs x {self.batches_per_epoch} batches = {self.iterations} iterations; "
+            f"lr /5 after epochs {', '.join(map(str, self.milestones))}"
+        )
 
 
 def milestones_at(epochs: int) -> tuple[int, ...]:
@@ -40,17 +42,25 @@ def milestones_at(epochs: int) -> tuple[int, ...]:
 
 def default_scale_n_iters(dataset: str, images_per_class: int, same_iterations: bool = False) -> float:
     """The authors' `scale_n_iters`: 1 in the CIFAR-10 scripts; M/100 in the SVHN scripts ("for SVHN and low M
-    lower n_iters doesnt hurt perf"), and in ours for Fashion-MNIST, which the Southampton study scaled the same
-    way. `same_iterations=True` gives the paper's stated "same iterations for every M" (scale 1)."""
+    lower n_iters doesnt hurt perf"), and in ours for Fashion-MNIST, which the Southampton study scaled the
+    same way. `same_iterations=True` gives the paper's stated "same iterations for every M" (scale 1)."""
     if same_iterations or images_per_class is None or images_per_class < 0:
         return 1.0
     scale = preset(dataset, "train", "scale_n_iters_few_shot", "--scale-n-iters")
     return images_per_class / 100 if scale == "m/100" else float(scale)
 
 
-def make_schedule(dataset: str, n_train: int, images_per_class: int, batch_size: int, *,
-                  base_epochs: int | None = None, scale_n_iters: float | None = None,
-                  same_iterations: bool = False, num_classes: int = 10) -> Schedule:
+def make_schedule(
+    dataset: str,
+    n_train: int,
+    images_per_class: int,
+    batch_size: int,
+    *,
+    base_epochs: int | None = None,
+    scale_n_iters: float | None = None,
+    same_iterations: bool = False,
+    num_classes: int = 10,
+) -> Schedule:
     """SPEC §4: for M > 0, scale = scale_n_iters · n_train / (10·M); epochs = int(base·scale) and each
     milestone int(m·scale), with the authors' float arithmetic (so CIFAR-10 M = 75 gives 13,333 epochs and
     milestones 4000/8000/10666). M = −1 is the full split at the base recipe."""
@@ -75,7 +85,6 @@ def step_lr(base_lr: float, epoch: int, milestones: tuple[int, ...], gamma: floa
     return base_lr * gamma ** sum(1 for m in milestones if m < epoch)
 
 
-
 # ------------------------------------------------------------------------------------------- --print-schedule
 
 
@@ -84,23 +93,31 @@ def schedule_table(cfg, images_per_class: list[int]) -> str:
     from zskt.data import get_info
 
     info = get_info(cfg.dataset)
-    lines = [f"{cfg.dataset}: {info.n_train} train images, batch {cfg.batch_size}"
-             + (f", base epochs {cfg.epochs}" if cfg.epochs else "")
-             + (f"; fine-tuning from --init for {cfg.finetune_epochs} epochs"
-                if getattr(cfg, "init", None) and getattr(cfg, "finetune_epochs", None) else ""),
-             f"{'M':>5} {'scale':>6} {'epochs':>8} {'milestones':>20} {'batches/epoch':>14} {'iterations':>11}"]
+    lines = [
+        f"{cfg.dataset}: {info.n_train} train images, batch {cfg.batch_size}"
+        + (f", base epochs {cfg.epochs}" if cfg.epochs else "")
+        + (
+            f"; fine-tuning from --init for {cfg.finetune_epochs} epochs"
+            if getattr(cfg, "init", None) and getattr(cfg, "finetune_epochs", None)
+            else ""
+        ),
+        f"{'M':>5} {'scale':>6} {'epochs':>8} {'milestones':>20} {'batches/epoch':>14} {'iterations':>11}",
+    ]
     for m in images_per_class:
         one = dataclasses.replace(cfg, images_per_class=m)
         schedule = one.schedule(info.n_train, info.num_classes)
         scale = cfg.scale_n_iters or default_scale_n_iters(cfg.dataset, m, cfg.same_iterations)
-        lines.append(f"{'all' if m < 0 else m:>5} {scale:>6g} {schedule.epochs:>8} "
-                     f"{'/'.join(map(str, schedule.milestones)):>20} {schedule.batches_per_epoch:>14} "
-                     f"{schedule.iterations:>11}")
+        lines.append(
+            f"{'all' if m < 0 else m:>5} {scale:>6g} {schedule.epochs:>8} "
+            f"{'/'.join(map(str, schedule.milestones)):>20} {schedule.batches_per_epoch:>14} "
+            f"{schedule.iterations:>11}"
+        )
     return "\n".join(lines)
 
 
-def schedule_command(name: str, help: str, config_cls: type, run, *, required: tuple[str, ...] = (),
-                     **kwargs):
+def schedule_command(
+    name: str, help: str, config_cls: type, run, *, required: tuple[str, ...] = (), **kwargs
+):
     """`run_folder_command` plus `--print-schedule [M,...]`, which needs neither --out nor the `required`
     fields (checked here instead of by argparse, so the printout can go without them)."""
     from zskt.cli import Command, command_config, run_folder_command
@@ -110,10 +127,16 @@ def schedule_command(name: str, help: str, config_cls: type, run, *, required: t
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         base.add_arguments(parser)
-        parser.add_argument("--print-schedule", nargs="?", const="", default=None, metavar="M,...",
-                            help="print epochs, milestones, batches/epoch and iterations (docs/kd_at.md) for "
-                            "--images-per-class, or for each M listed (-1 = all), on the canonical train split "
-                            "of --dataset, and exit without training (no data files needed)")
+        parser.add_argument(
+            "--print-schedule",
+            nargs="?",
+            const="",
+            default=None,
+            metavar="M,...",
+            help="print epochs, milestones, batches/epoch and iterations (docs/kd_at.md) for "
+            "--images-per-class, or for each M listed (-1 = all), on the canonical train split "
+            "of --dataset, and exit without training (no data files needed)",
+        )
 
     def main(args: argparse.Namespace) -> int:
         if args.print_schedule is None:
@@ -124,8 +147,9 @@ def schedule_command(name: str, help: str, config_cls: type, run, *, required: t
         try:
             values = [int(m) for m in args.print_schedule.split(",") if m.strip()] or [cfg.images_per_class]
         except ValueError:
-            raise ZsktError(f"bad value {args.print_schedule!r} for --print-schedule: expected M,... "
-                            "(integers, -1 = all)") from None
+            raise ZsktError(
+                f"bad value {args.print_schedule!r} for --print-schedule: expected M,... (integers, -1 = all)"
+            ) from None
         for m in values:  # the same check as the config's, for the listed M
             dataclasses.replace(cfg, images_per_class=m)
         print(schedule_table(cfg, values), flush=True)

@@ -97,9 +97,11 @@ def _record(fmt: str, module: nn.Module, meta: dict, arch: dict | None = None) -
 def _unwrap(module: nn.Module) -> nn.Module:
     # DataParallel keeps the network as .module, torch.compile as ._orig_mod, the feature wrapper
     # (models/features.py, marked by `wraps_network`) as .module; the file should hold the network.
-    while isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)) or hasattr(
-        module, "_orig_mod"
-    ) or getattr(module, "wraps_network", False):
+    while (
+        isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel))
+        or hasattr(module, "_orig_mod")
+        or getattr(module, "wraps_network", False)
+    ):
         module = module.module if hasattr(module, "module") else module._orig_mod
     return module
 
@@ -267,12 +269,25 @@ def load_model(
     ``trust=True`` reads a file that needs a full unpickle (`read_checkpoint`).
     """
     path = Path(path)
-    return _model_from(read_checkpoint(path, map_location, trust), path, arch, num_classes=num_classes,
-                       in_channels=in_channels, map_location=map_location)
+    return _model_from(
+        read_checkpoint(path, map_location, trust),
+        path,
+        arch,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        map_location=map_location,
+    )
 
 
-def _model_from(obj: Any, path: Path, arch: str | Mapping | None, *, num_classes: int | None,
-                in_channels: int | None, map_location: Any) -> nn.Module:
+def _model_from(
+    obj: Any,
+    path: Path,
+    arch: str | Mapping | None,
+    *,
+    num_classes: int | None,
+    in_channels: int | None,
+    map_location: Any,
+) -> nn.Module:
     """`load_model` on a file's already-read contents."""
     state, recorded = _network_weights(obj, path)
     family = recorded.get("family") if recorded is not None else infer_family(state, source=path)
@@ -284,15 +299,23 @@ def _model_from(obj: Any, path: Path, arch: str | Mapping | None, *, num_classes
             "imports that code"
         )
     if family == "wrn":
-        found = (_wrn_arch_from_record(recorded, path) if recorded is not None
-                 else infer_wrn_arch(state, source=path))
+        found = (
+            _wrn_arch_from_record(recorded, path)
+            if recorded is not None
+            else infer_wrn_arch(state, source=path)
+        )
         found_label = _describe(found["depth"], found["widen_factor"])
         if arch is not None:
             depth, widen = _parse_arch(arch)
             if (depth, widen) != (found["depth"], found["widen_factor"]):
                 raise ZsktError(f"checkpoint {path} holds {found_label}, expected {_describe(depth, widen)}")
-        model: nn.Module = WideResNet(found["depth"], found["widen_factor"], num_classes=found["num_classes"],
-                                      in_channels=found["in_channels"], drop_rate=found.get("drop_rate", 0.0))
+        model: nn.Module = WideResNet(
+            found["depth"],
+            found["widen_factor"],
+            num_classes=found["num_classes"],
+            in_channels=found["in_channels"],
+            drop_rate=found.get("drop_rate", 0.0),
+        )
     elif family in ("resnet", "vgg"):
         infer = infer_resnet_arch if family == "resnet" else infer_vgg_arch
         found = dict(recorded) if recorded is not None else infer(state, source=path)
@@ -324,7 +347,7 @@ def _model_from(obj: Any, path: Path, arch: str | Mapping | None, *, num_classes
 
 
 def infer_family(state_dict: Mapping[str, torch.Tensor], source: Any = "state_dict") -> str:
-    """"wrn", "resnet" or "vgg": the family whose key names these weights carry."""
+    """ "wrn", "resnet" or "vgg": the family whose key names these weights carry."""
     if "block3.layer.0.conv1.weight" in state_dict or "fc.weight" in state_dict:
         return "wrn"
     if "linear.weight" in state_dict and any(key.startswith("layer4.") for key in state_dict):
@@ -342,15 +365,21 @@ def infer_resnet_arch(state_dict: Mapping[str, torch.Tensor], source: Any = "sta
     """Blocks per stage, num_classes and in_channels of the CIFAR ResNet whose (zju-vipa-named) weights
     these are."""
     if any(re.match(r"layer\d+\.\d+\.conv3\.", key) for key in state_dict):
-        raise ZsktError(f"checkpoint {source} holds a Bottleneck ResNet (ResNet-50 or deeper); "
-                        "expected a BasicBlock ResNet (resnet-18, resnet-34)")
+        raise ZsktError(
+            f"checkpoint {source} holds a Bottleneck ResNet (ResNet-50 or deeper); "
+            "expected a BasicBlock ResNet (resnet-18, resnet-34)"
+        )
     needed = ("conv1.weight", "linear.weight")
     absent = [key for key in needed if key not in state_dict]
     if absent:
-        raise ZsktError(f"checkpoint {source} does not hold a CIFAR ResNet (no {', '.join(absent)}; "
-                        f"found keys {_few(list(state_dict))})")
-    blocks = [len({m.group(1) for key in state_dict if (m := re.match(rf"layer{s}\.(\d+)\.", key))})
-              for s in (1, 2, 3, 4)]
+        raise ZsktError(
+            f"checkpoint {source} does not hold a CIFAR ResNet (no {', '.join(absent)}; "
+            f"found keys {_few(list(state_dict))})"
+        )
+    blocks = [
+        len({m.group(1) for key in state_dict if (m := re.match(rf"layer{s}\.(\d+)\.", key))})
+        for s in (1, 2, 3, 4)
+    ]
     return {
         "family": "resnet",
         "blocks": blocks,
@@ -364,13 +393,16 @@ def infer_vgg_arch(state_dict: Mapping[str, torch.Tensor], source: Any = "state_
     blocks = []
     for b in range(5):
         convs = sorted(
-            (int(m.group(1)), value.shape[0]) for key, value in state_dict.items()
+            (int(m.group(1)), value.shape[0])
+            for key, value in state_dict.items()
             if (m := re.match(rf"block{b}\.(\d+)\.weight$", key)) and value.dim() == 4
         )
         blocks.append([width for _, width in convs])
     if not all(blocks) or "classifier.weight" not in state_dict:
-        raise ZsktError(f"checkpoint {source} does not hold a VGG (convolutions per block {blocks}; "
-                        f"found keys {_few(list(state_dict))})")
+        raise ZsktError(
+            f"checkpoint {source} does not hold a VGG (convolutions per block {blocks}; "
+            f"found keys {_few(list(state_dict))})"
+        )
     return {
         "family": "vgg",
         "blocks": blocks,
@@ -409,8 +441,9 @@ def infer_wrn_arch(state_dict: Mapping[str, torch.Tensor], source: Any = "state_
     }
 
 
-def _unpack(obj: Any, path: Path, *, own: str, other: str, other_is: str, keys: tuple[str, ...],
-            what: str) -> tuple[Mapping, Mapping | None]:
+def _unpack(
+    obj: Any, path: Path, *, own: str, other: str, other_is: str, keys: tuple[str, ...], what: str
+) -> tuple[Mapping, Mapping | None]:
     """(weights, recorded arch or None) from a file's object: a module, a project file of format `own`, the
     first of the dict `keys` that holds a mapping (the authors' layouts), or a bare state_dict. A project file
     of the `other` format is refused with `other_is`."""
@@ -429,18 +462,25 @@ def _unpack(obj: Any, path: Path, *, own: str, other: str, other_is: str, keys: 
     if obj and all(isinstance(value, torch.Tensor) for value in obj.values()):  # a bare state_dict
         return obj, None
     expected = " or ".join(repr(key) for key in keys)
-    raise ZsktError(f"checkpoint {path} holds no {what} weights (top-level keys {_few(list(obj))}); "
-                    f"expected {expected}, a {own} file or a bare state_dict")
+    raise ZsktError(
+        f"checkpoint {path} holds no {what} weights (top-level keys {_few(list(obj))}); "
+        f"expected {expected}, a {own} file or a bare state_dict"
+    )
 
 
 def _network_weights(obj: Any, path: Path) -> tuple[dict, Mapping | None]:
     """(state_dict with the authors' key names, recorded arch or None) from whatever the file holds:
     `state_dict` (authors' and zju-vipa teachers, FSKT KD+AT students), `student_state_dict` (authors'
     zero-shot students)."""
-    state, recorded = _unpack(obj, path, own=MODEL_FORMAT, other=GENERATOR_FORMAT,
-                              other_is="a generator, expected a Wide ResNet, ResNet or VGG "
-                                       "(use load_generator)",
-                              keys=("state_dict", "student_state_dict"), what="network")
+    state, recorded = _unpack(
+        obj,
+        path,
+        own=MODEL_FORMAT,
+        other=GENERATOR_FORMAT,
+        other_is="a generator, expected a Wide ResNet, ResNet or VGG (use load_generator)",
+        keys=("state_dict", "student_state_dict"),
+        what="network",
+    )
     state = _strip_prefixes(state, _WRAPPER_PREFIXES)
     if any(".nblockLayer." in key or key.startswith("batch_norm.") for key in state):
         state = {_ferles_to_authors(key): value for key, value in state.items()}
@@ -472,9 +512,17 @@ def _describe(depth: int, widen: int) -> str:
     return f"wrn-{depth}-{widen} (depth {depth}, widen {widen})"
 
 
-def load_model_for(path: str | os.PathLike, *, role: str, dataset: str | None, num_classes: int,
-                   in_channels: int, image_size: int | None, map_location: Any = "cpu",
-                   arch: str | Mapping | None = None) -> nn.Module:
+def load_model_for(
+    path: str | os.PathLike,
+    *,
+    role: str,
+    dataset: str | None,
+    num_classes: int,
+    in_channels: int,
+    image_size: int | None,
+    map_location: Any = "cpu",
+    arch: str | Mapping | None = None,
+) -> nn.Module:
     """`load_model` for a command's option (`role`, e.g. "--teacher"), checked against the data it will see:
     the class count and channels, and, where the project's own files record them, the data set and the image
     size it was trained on (and `arch` when given). Every error is one line naming the option and the fix.
@@ -485,11 +533,14 @@ def load_model_for(path: str | os.PathLike, *, role: str, dataset: str | None, n
     meta = obj.get("meta") if isinstance(obj, Mapping) and obj.get("format") == MODEL_FORMAT else None
     meta = dict(meta) if isinstance(meta, Mapping) else {}
     if dataset is not None and meta.get("dataset") and meta["dataset"] != dataset:
-        raise ZsktError(f"{role} {path} was trained on {meta['dataset']}, not {dataset}; pass --dataset "
-                        f"{meta['dataset']} or a network trained on {dataset}")
+        raise ZsktError(
+            f"{role} {path} was trained on {meta['dataset']}, not {dataset}; pass --dataset "
+            f"{meta['dataset']} or a network trained on {dataset}"
+        )
     try:
-        model = _model_from(obj, Path(path), arch, num_classes=num_classes, in_channels=in_channels,
-                            map_location=map_location)
+        model = _model_from(
+            obj, Path(path), arch, num_classes=num_classes, in_channels=in_channels, map_location=map_location
+        )
     except ZsktError as e:
         data = f"{dataset}: " if dataset is not None else ""
         raise ZsktError(f"{role}: {e} ({data}{num_classes} classes, {in_channels}-channel images)") from None
@@ -503,15 +554,18 @@ def check_image_size(model: nn.Module, role: str, path: str | os.PathLike, image
     """Refuse images of another size than the network's file records it was trained on (project files)."""
     trained = getattr(model, "meta", {}).get("image_size")
     if trained and trained != image_size:
-        raise ZsktError(f"{role} {path} was trained on {trained}x{trained} images, these are "
-                        f"{image_size}x{image_size}; pass --image-size {trained}")
+        raise ZsktError(
+            f"{role} {path} was trained on {trained}x{trained} images, these are "
+            f"{image_size}x{image_size}; pass --image-size {trained}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- generators
 
 
-def load_generator(path: str | os.PathLike, map_location: Any = "cpu", *,
-                   trust: bool | None = None) -> Generator:
+def load_generator(
+    path: str | os.PathLike, map_location: Any = "cpu", *, trust: bool | None = None
+) -> Generator:
     """Rebuild a Generator from a ``zskt-generator`` file or an authors' zero-shot file, loaded strictly.
 
     From an authors' file the weights are ``generator_state_dict`` with the LearnableLoader's ``generator.``
@@ -520,9 +574,15 @@ def load_generator(path: str | os.PathLike, map_location: Any = "cpu", *,
     """
     path = Path(path)
     obj = read_checkpoint(path, map_location, trust)
-    state, recorded = _unpack(obj, path, own=GENERATOR_FORMAT, other=MODEL_FORMAT,
-                              other_is="a Wide ResNet, expected a generator (use load_model)",
-                              keys=("generator_state_dict",), what="generator")
+    state, recorded = _unpack(
+        obj,
+        path,
+        own=GENERATOR_FORMAT,
+        other=MODEL_FORMAT,
+        other_is="a Wide ResNet, expected a generator (use load_model)",
+        keys=("generator_state_dict",),
+        what="generator",
+    )
     state = _strip_prefixes(state, _WRAPPER_PREFIXES + ("generator.",))
     if recorded is not None:
         keys = ("z_dim", "image_size", "out_channels", "final_bn_affine")

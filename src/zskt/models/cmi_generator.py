@@ -20,7 +20,9 @@ from zskt.models.generator import upsample_conv
 
 
 class CMIGenerator(nn.Module):
-    def __init__(self, nz: int = 256, ngf: int = 64, img_size: int = 32, nc: int = 3, fuse_upsample: bool = True):
+    def __init__(
+        self, nz: int = 256, ngf: int = 64, img_size: int = 32, nc: int = 3, fuse_upsample: bool = True
+    ):
         super().__init__()
         self.fuse_upsample = fuse_upsample  # how forward computes, not what (see forward)
         if img_size % 4:

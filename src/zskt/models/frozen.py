@@ -68,8 +68,13 @@ def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
-    return (type(conv) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
-            and bn.running_var is not None and conv.out_channels == bn.num_features)
+    return (
+        type(conv) is nn.Conv2d
+        and isinstance(bn, nn.BatchNorm2d)
+        and bn.track_running_stats
+        and bn.running_var is not None
+        and conv.out_channels == bn.num_features
+    )
 
 
 @torch.no_grad()

@@ -19,10 +19,18 @@ def upsample_conv_weight(weight: torch.Tensor) -> torch.Tensor:
     [w2, w1 + w2, w0 + w1, w0]; both dimensions take the same map. Returns (in, out, 4, 4), the layout
     `F.conv_transpose2d` expects. Built from additions only, so autocast leaves it in the weight's dtype.
     """
-    rows = torch.stack([weight[..., 2, :], weight[..., 1, :] + weight[..., 2, :],
-                        weight[..., 0, :] + weight[..., 1, :], weight[..., 0, :]], dim=-2)
-    both = torch.stack([rows[..., 2], rows[..., 1] + rows[..., 2], rows[..., 0] + rows[..., 1], rows[..., 0]],
-                       dim=-1)
+    rows = torch.stack(
+        [
+            weight[..., 2, :],
+            weight[..., 1, :] + weight[..., 2, :],
+            weight[..., 0, :] + weight[..., 1, :],
+            weight[..., 0, :],
+        ],
+        dim=-2,
+    )
+    both = torch.stack(
+        [rows[..., 2], rows[..., 1] + rows[..., 2], rows[..., 0] + rows[..., 1], rows[..., 0]], dim=-1
+    )
     return both.transpose(0, 1)
 
 
@@ -62,7 +70,11 @@ class Generator(nn.Module):
     """
 
     def __init__(
-        self, z_dim: int = 100, image_size: int = 32, out_channels: int = 3, final_bn_affine: bool = True,
+        self,
+        z_dim: int = 100,
+        image_size: int = 32,
+        out_channels: int = 3,
+        final_bn_affine: bool = True,
         fuse_upsample: bool = True,
     ):
         super().__init__()
@@ -75,7 +87,9 @@ class Generator(nn.Module):
                 raise ZsktError(f"generator {label} {value!r} is invalid; expected a positive integer")
         self.z_dim, self.image_size, self.out_channels = int(z_dim), int(image_size), int(out_channels)
         self.final_bn_affine = bool(final_bn_affine)
-        self.fuse_upsample = bool(fuse_upsample)  # how forward computes, not what: not part of arch() or state
+        self.fuse_upsample = bool(
+            fuse_upsample
+        )  # how forward computes, not what: not part of arch() or state
         s = self.image_size // 4  # the seed map is upsampled twice by 2: 8x8 -> 32x32 at the paper's size
 
         # PyTorch's default init everywhere, as in the authors' code (no custom init). Their PyTorch 1.0 drew

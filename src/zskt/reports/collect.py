@@ -74,8 +74,9 @@ def collect(root: str | Path) -> list[Row]:
 
 # Config fields that do not change what a run computes: left out of the options a table shows and of the
 # grouping over seeds (the seed itself is what a group is over).
-NOT_OPTIONS = frozenset({"device", "data_dir", "download", "quiet", "eval_batch_size", "seed", "command",
-                         "resolved"})
+NOT_OPTIONS = frozenset(
+    {"device", "data_dir", "download", "quiet", "eval_batch_size", "seed", "command", "resolved"}
+)
 # Fields a table shows in their own columns.
 IDENTITY = ("teacher", "student", "model", "dataset")
 
@@ -160,8 +161,11 @@ class RunGroup:
 
     def stat(self, name: str) -> Stat | None:
         values = [r.result.get(name) for r in self.runs]
-        values = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
-                  and math.isfinite(v)]
+        values = [
+            float(v)
+            for v in values
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ]
         return Stat.of(values) if values else None
 
     def seconds_per_iteration(self) -> Stat | None:
@@ -186,8 +190,11 @@ def group_runs(runs: list[Run]) -> list[RunGroup]:
     differ = differing_options(runs)
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
-        fields = {k: run.input_key(k) if k in ("teacher", "student", "init") else _frozen(v)
-                  for k, v in run.config.items() if k not in NOT_OPTIONS}
+        fields = {
+            k: run.input_key(k) if k in ("teacher", "student", "init") else _frozen(v)
+            for k, v in run.config.items()
+            if k not in NOT_OPTIONS
+        }
         if not run.config:  # no config.json: what the result says, one group per run
             fields = {"id": run.id}
         groups[(run.command, repr(sorted(fields.items(), key=lambda kv: kv[0])))].append(run)
@@ -196,8 +203,15 @@ def group_runs(runs: list[Run]) -> list[RunGroup]:
         members.sort(key=lambda r: (str(r.value("seed")), r.id))
         options = tuple((k, members[0].config.get(k)) for k in differ.get(command, []))
         out.append(RunGroup(tuple(members), options))
-    out.sort(key=lambda g: (g.first.command, str(g.first.value("dataset")), str(g.first.value("teacher")),
-                            str(g.first.value("student") or g.first.value("model")), repr(g.options)))
+    out.sort(
+        key=lambda g: (
+            g.first.command,
+            str(g.first.value("dataset")),
+            str(g.first.value("teacher")),
+            str(g.first.value("student") or g.first.value("model")),
+            repr(g.options),
+        )
+    )
     return out
 
 
@@ -241,7 +255,9 @@ class Results:
         self.mte = aggregate(self.rows, "mte")
         self.best = aggregate(self.rows, "best_test_accuracy")
         self.seconds = aggregate(self.rows, "train_seconds")
-        self.record = read_json(self.root / "experiment.json") if (self.root / "experiment.json").is_file() else {}
+        self.record = (
+            read_json(self.root / "experiment.json") if (self.root / "experiment.json").is_file() else {}
+        )
         # Planned-but-unfinished runs per cell, and every cell anything is known about.
         self.pending: dict[tuple, list[str]] = defaultdict(list)
         self.tags: dict[str, dict] = {row.id: row.tags for row in self.rows}
@@ -264,7 +280,8 @@ class Results:
     def cell(self, value: str, **tags) -> Cell:
         key = tuple(tags.get(k) for k in CELL_KEYS)
         stats = {"mte": self.mte, "best_test_accuracy": self.best, "train_seconds": self.seconds}.get(
-            value, self.accuracy)
+            value, self.accuracy
+        )
         return Cell(stats.get(key), self.pending.get(key, []))
 
 

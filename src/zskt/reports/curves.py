@@ -15,8 +15,10 @@ from zskt.reports.collect import method_label
 METRICS = "metrics.jsonl"
 # Accuracy columns drawn in the first panel (best_test_accuracy dashed, in the run's colour).
 ACCURACY = ("test_accuracy", "best_test_accuracy")
-X_AXES = {"step": ("step", "step (the run's unit: pseudo batch, epoch, ...)"),
-          "time": ("elapsed", "wall time (minutes)")}
+X_AXES = {
+    "step": ("step", "step (the run's unit: pseudo batch, epoch, ...)"),
+    "time": ("elapsed", "wall time (minutes)"),
+}
 
 
 def run_folders(paths: list[str | Path]) -> list[Path]:
@@ -101,8 +103,10 @@ def plot_curves(paths: list[str | Path], out: str | Path, x: str = "step") -> Pa
         raise ZsktError(f"no metrics rows in {', '.join(map(str, folders))}; a run writes one per log point")
     x_key, x_title = X_AXES[x]
     if x == "time" and not any(_number(r.get("elapsed")) for rows in runs for r in rows):
-        raise ZsktError("--x time: these runs' metrics rows hold no wall time (`elapsed`); they were made by "
-                        "an older zskt: plot them with --x step")
+        raise ZsktError(
+            "--x time: these runs' metrics rows hold no wall time (`elapsed`); they were made by "
+            "an older zskt: plot them with --x step"
+        )
     labels = [run_label(f) for f in folders]
     if len(set(labels)) < len(labels):  # the same configuration twice: tell them apart by their folders
         labels = [f"{label} ({f.name})" for label, f in zip(labels, folders, strict=True)]
@@ -124,16 +128,23 @@ def plot_curves(paths: list[str | Path], out: str | Path, x: str = "step") -> Pa
         for panel, ax in zip(panels, axes.flat, strict=False):
             columns = ACCURACY if panel == "accuracy" else (panel,)
             for column in columns:
-                points = [(r[x_key], r[column]) for r in rows
-                          if _number(r.get(x_key)) and _number(r.get(column))]
+                points = [
+                    (r[x_key], r[column]) for r in rows if _number(r.get(x_key)) and _number(r.get(column))
+                ]
                 if not points:
                     continue
                 xs, ys = zip(*points, strict=True)
                 if x == "time":
                     xs = [v / 60 for v in xs]
                 best = column == "best_test_accuracy"
-                (line,) = ax.plot(xs, ys, color=colour, linestyle="--" if best else "-",
-                                  linewidth=1.0 if best else 1.6, marker="." if len(xs) < 30 else None)
+                (line,) = ax.plot(
+                    xs,
+                    ys,
+                    color=colour,
+                    linestyle="--" if best else "-",
+                    linewidth=1.0 if best else 1.6,
+                    marker="." if len(xs) < 30 else None,
+                )
                 if not labelled:  # the run's first line stands for it in the legend
                     handles.append(line)
                     names.append(label)
@@ -144,7 +155,7 @@ def plot_curves(paths: list[str | Path], out: str | Path, x: str = "step") -> Pa
         ax.grid(alpha=0.3)
         if "loss" in panel and _positive(runs, panel):
             ax.set_yscale("log")
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     fig.legend(handles, names, loc="lower center", ncol=min(2, len(names)), fontsize="small", frameon=False)
     legend_rows = math.ceil(len(names) / 2)

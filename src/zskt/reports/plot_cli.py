@@ -9,14 +9,25 @@ from zskt.cli import Command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN",
-                        help="a run folder (the --out of a training command), or a folder of run folders")
-    parser.add_argument("--out", metavar="PNG", default=None,
-                        help="where to write the PNG (default: RUN/curves.png for one run, ./curves.png for "
-                        "several)")
-    parser.add_argument("--x", choices=("step", "time"), default="step",
-                        help="horizontal axis: the run's step (pseudo batch, epoch) or its wall time in "
-                        "minutes (default: step)")
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="a run folder (the --out of a training command), or a folder of run folders",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="PNG",
+        default=None,
+        help="where to write the PNG (default: RUN/curves.png for one run, ./curves.png for several)",
+    )
+    parser.add_argument(
+        "--x",
+        choices=("step", "time"),
+        default="step",
+        help="horizontal axis: the run's step (pseudo batch, epoch) or its wall time in "
+        "minutes (default: step)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -31,9 +42,13 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMAND = Command("plot", "draw runs' training curves (accuracy, losses) from their metrics.jsonl into a PNG",
-                  add_arguments, main,
-                  description="Draw test accuracy (and the best so far, dashed) and every loss in the runs' "
-                  "metrics.jsonl against the step or the wall time, the runs overlaid, one panel per "
-                  "quantity, into a PNG. The legend names each run by its command, teacher → student and "
-                  "seed (from its config.json). Reads only the run folders; safe while a run is going.")
+COMMAND = Command(
+    "plot",
+    "draw runs' training curves (accuracy, losses) from their metrics.jsonl into a PNG",
+    add_arguments,
+    main,
+    description="Draw test accuracy (and the best so far, dashed) and every loss in the runs' "
+    "metrics.jsonl against the step or the wall time, the runs overlaid, one panel per "
+    "quantity, into a PNG. The legend names each run by its command, teacher → student and "
+    "seed (from its config.json). Reads only the run folders; safe while a run is going.",
+)

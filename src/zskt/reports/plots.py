@@ -13,10 +13,14 @@ from zskt.reports.collect import Results
 from zskt.runids import FIGURE_PAIR
 
 # (method at M > 0, label, colour); M = 0 is chance for the baselines and the zero-shot run for ours.
-SERIES = tuple((name, series_label(name), colour)
-               for name, colour in (("no-teacher", "tab:gray"), ("kd-at", "tab:blue"), ("finetune", "tab:red")))
+SERIES = tuple(
+    (name, series_label(name), colour)
+    for name, colour in (("no-teacher", "tab:gray"), ("kd-at", "tab:blue"), ("finetune", "tab:red"))
+)
 PUBLISHED_SERIES = {"no-teacher": "no-teacher", "kd-at": "kd-at", "finetune": "zero-shot"}
-METHOD_TITLES = {"finetune": "fine-tuned zero-shot"}  # belief plots' titles where the series label is too long
+METHOD_TITLES = {
+    "finetune": "fine-tuned zero-shot"
+}  # belief plots' titles where the series label is too long
 FIGURE_STEPS = 30  # Figure 4 plots the first 30 steps (SPEC §6)
 
 
@@ -29,23 +33,35 @@ def _pyplot():
     return plt
 
 
-def accuracy_points(results: Results, dataset: str, teacher: str, student: str, method: str,
-                    ms: list[int]) -> tuple[list[int], list[float], list[float]]:
+def accuracy_points(
+    results: Results, dataset: str, teacher: str, student: str, method: str, ms: list[int]
+) -> tuple[list[int], list[float], list[float]]:
     """(M, mean, std) of one series over the M values that have finished runs; M = 0 as in Figure 2."""
     xs, means, stds = [], [], []
     for m in [0, *ms]:
         if m == 0:
             if method == "finetune":
-                stat = results.cell("test_accuracy", dataset=dataset, method="zero-shot", teacher=teacher,
-                                    student=student, m=0).stat
+                stat = results.cell(
+                    "test_accuracy",
+                    dataset=dataset,
+                    method="zero-shot",
+                    teacher=teacher,
+                    student=student,
+                    m=0,
+                ).stat
             else:  # chance, by definition (the paper plots 10 for 10 classes)
                 xs.append(0)
                 means.append(100.0 / num_classes(dataset))
                 stds.append(0.0)
                 continue
         else:
-            tags = {"dataset": dataset, "method": method, "student": student, "m": m,
-                        "teacher": None if method == "no-teacher" else teacher}
+            tags = {
+                "dataset": dataset,
+                "method": method,
+                "student": student,
+                "m": m,
+                "teacher": None if method == "no-teacher" else teacher,
+            }
             stat = results.cell("test_accuracy", **tags).stat
         if stat is not None:
             xs.append(m)
@@ -64,8 +80,9 @@ def num_classes(dataset: str) -> int:
         return 10
 
 
-def plot_accuracy_vs_m(results: Results, dataset: str, teacher: str, student: str, ms: list[int],
-                       path: Path) -> Path:
+def plot_accuracy_vs_m(
+    results: Results, dataset: str, teacher: str, student: str, ms: list[int], path: Path
+) -> Path:
     """Figure 2's form: the three methods (mean ± population std over seeds), chance at M = 0 for the
     baselines, our teacher and scratch student as reference lines, and the published curves where they
     exist."""
@@ -87,8 +104,15 @@ def plot_accuracy_vs_m(results: Results, dataset: str, teacher: str, student: st
         for method, label, colour in SERIES:
             points = paper[PUBLISHED_SERIES[method]]
             pm = sorted(points)
-            ax.plot(pm, [points[m][0] for m in pm], linestyle=":", marker=".", color=colour, alpha=0.6,
-                    label=f"{label} (paper)")
+            ax.plot(
+                pm,
+                [points[m][0] for m in pm],
+                linestyle=":",
+                marker=".",
+                color=colour,
+                alpha=0.6,
+                label=f"{label} (paper)",
+            )
         for label, value in published.REFERENCE_LINES[dataset].items():
             lines.append((value, f"{label} (paper)", "0.6", ":"))
     for value, label, colour, style in lines:
@@ -133,8 +157,10 @@ def draw_transition_curves(ax, runs: list[dict], student: str, teacher: str) -> 
     """Figure 4's form on one axis: the mean probability of the target class along the first 30 adversarial
     steps for the attacked student and its teacher, ±2 standard errors, pooled over `runs` (belief result.json
     values: `mean_p_*`, `sem_p_*`). `zskt belief` draws one run with it, the report each group of seeds."""
-    labels = {"student": " ".join(["student", student, "(attacked)"]).replace("  ", " "),
-              "teacher": f"teacher {teacher}".strip()}
+    labels = {
+        "student": " ".join(["student", student, "(attacked)"]).replace("  ", " "),
+        "teacher": f"teacher {teacher}".strip(),
+    }
     for which, colour in (("student", "tab:blue"), ("teacher", "tab:red")):
         label = labels[which]
         pooled = pooled_curves(runs, which)
@@ -144,8 +170,14 @@ def draw_transition_curves(ax, runs: list[dict], student: str, teacher: str) -> 
         shown = min(FIGURE_STEPS, len(mean))
         x = np.arange(shown)
         ax.plot(x, mean[:shown], color=colour, label=label)
-        ax.fill_between(x, mean[:shown] - 2 * sem[:shown], mean[:shown] + 2 * sem[:shown], color=colour,
-                        alpha=0.25, linewidth=0)
+        ax.fill_between(
+            x,
+            mean[:shown] - 2 * sem[:shown],
+            mean[:shown] + 2 * sem[:shown],
+            color=colour,
+            alpha=0.25,
+            linewidth=0,
+        )
     ax.set_xlabel("adversarial step")
     ax.set_ylabel("p(target class)")
     ax.set_ylim(-0.02, 1.02)
@@ -154,14 +186,19 @@ def draw_transition_curves(ax, runs: list[dict], student: str, teacher: str) -> 
         ax.legend(fontsize=8, loc="best")
 
 
-def plot_transition_curves(results: Results, dataset: str, teacher: str, student: str,
-                           path: Path) -> Path | None:
+def plot_transition_curves(
+    results: Results, dataset: str, teacher: str, student: str, path: Path
+) -> Path | None:
     """Figure 4's form per belief student (zero-shot, KD+AT at each M), pooled over seeds."""
     groups: dict[tuple[str, int], list[dict]] = {}
     for row in results.rows:
         t = row.tags
-        if t["method"] == "belief" and t["dataset"] == dataset and t["teacher"] == teacher \
-                and t["student"] == student:  # not every row has a teacher tag
+        if (
+            t["method"] == "belief"
+            and t["dataset"] == dataset
+            and t["teacher"] == teacher
+            and t["student"] == student
+        ):  # not every row has a teacher tag
             groups.setdefault((t["of"], t["m"]), []).append(row.result)
     if not groups:
         return None

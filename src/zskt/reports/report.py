@@ -19,9 +19,11 @@ TITLES = {"cifar10": "CIFAR-10", "svhn": "SVHN", "fashion-mnist": "Fashion-MNIST
 # with their labels from the method registry.
 SERIES = tuple((name, series_label(name)) for name in ("no-teacher", "kd-at", "finetune"))
 PUBLISHED_SERIES = {"no-teacher": "no-teacher", "kd-at": "kd-at", "finetune": "zero-shot"}
-LEGEND = ("Ours: mean ± population std over seeds (as the paper's np.std), with n, from each run's result.json. "
-          "— = planned, not started; started = begun but unfinished (running, or interrupted: rerun the same "
-          "command to continue); (n=k of N) = k of the N planned seeds finished; blank = not in this grid.")
+LEGEND = (
+    "Ours: mean ± population std over seeds (as the paper's np.std), with n, from each run's result.json. "
+    "— = planned, not started; started = begun but unfinished (running, or interrupted: rerun the same "
+    "command to continue); (n=k of N) = k of the N planned seeds finished; blank = not in this grid."
+)
 
 
 def title(dataset: str) -> str:
@@ -75,13 +77,29 @@ def figure2_section(results: Results, dataset: str, teacher: str, student: str, 
         for m in columns:
             if m == 0:
                 if method == "finetune":
-                    ours.append(results.cell("test_accuracy", dataset=dataset, method="zero-shot", teacher=teacher,
-                                             student=student, m=0).format())
+                    ours.append(
+                        results.cell(
+                            "test_accuracy",
+                            dataset=dataset,
+                            method="zero-shot",
+                            teacher=teacher,
+                            student=student,
+                            m=0,
+                        ).format()
+                    )
                 else:
                     ours.append(f"{100 / nc:g} (chance)")
             elif m in ms:
-                ours.append(results.cell("test_accuracy", dataset=dataset, method=method, student=student, m=m,
-                                         teacher=None if method == "no-teacher" else teacher).format())
+                ours.append(
+                    results.cell(
+                        "test_accuracy",
+                        dataset=dataset,
+                        method=method,
+                        student=student,
+                        m=m,
+                        teacher=None if method == "no-teacher" else teacher,
+                    ).format()
+                )
             else:
                 ours.append("")
         rows.append([label, "**ours**", *ours])
@@ -93,17 +111,24 @@ def figure2_section(results: Results, dataset: str, teacher: str, student: str, 
     lines += reference_lines(results, dataset, teacher, student, published_here)
     if not published_here:
         lines += figure2_context()
-    png = plot_accuracy_vs_m(results, dataset, teacher, student, ms,
-                             root / f"accuracy_vs_m_{dataset}_{teacher}_{student}.png")
+    png = plot_accuracy_vs_m(
+        results, dataset, teacher, student, ms, root / f"accuracy_vs_m_{dataset}_{teacher}_{student}.png"
+    )
     lines += [f"![accuracy against M, {dataset}]({png.name})", ""]
     return lines
 
 
-def reference_lines(results: Results, dataset: str, teacher: str, student: str, published_here: bool) -> list[str]:
+def reference_lines(
+    results: Results, dataset: str, teacher: str, student: str, published_here: bool
+) -> list[str]:
     t = results.cell("test_accuracy", dataset=dataset, method="scratch", student=teacher, m=-1)
     s = results.cell("test_accuracy", dataset=dataset, method="scratch", student=student, m=-1)
-    lines = [(f"Reference lines (full train split, from scratch): teacher {arch(teacher)} **{t.format()}**, "
-             f"student {arch(student)} **{s.format()}** (ours).")]
+    lines = [
+        (
+            f"Reference lines (full train split, from scratch): teacher {arch(teacher)} **{t.format()}**, "
+            f"student {arch(student)} **{s.format()}** (ours)."
+        )
+    ]
     if published_here:
         refs = "; ".join(f"{k} {v:.2f}" for k, v in published.REFERENCE_LINES[dataset].items())
         other = "; ".join(f"{k} {v:.2f}" for k, v in published.OTHER_POINTS.get(dataset, {}).items())
@@ -121,11 +146,22 @@ def figure2_context() -> list[str]:
         for source in ("NB-ACC", "FERLES"):
             for dataset in ("cifar10", "svhn"):
                 points = published.FIGURE2[source][dataset][PUBLISHED_SERIES[method]]
-                rows.append([label if first else "", f"{published.SOURCES[source]} ({title(dataset)})",
-                             *(pub(points.get(m)) for m in columns)])
+                rows.append(
+                    [
+                        label if first else "",
+                        f"{published.SOURCES[source]} ({title(dataset)})",
+                        *(pub(points.get(m)) for m in columns),
+                    ]
+                )
                 first = False
-    return [("Published, for context only (WRN-40-2 → WRN-16-1 on CIFAR-10 and SVHN; other data and M, so not "
-            "comparable cell by cell):"), "", *table(["method", "source", *(f"M={m}" for m in columns)], rows)]
+    return [
+        (
+            "Published, for context only (WRN-40-2 → WRN-16-1 on CIFAR-10 and SVHN; other data and M, so not "
+            "comparable cell by cell):"
+        ),
+        "",
+        *table(["method", "source", *(f"M={m}" for m in columns)], rows),
+    ]
 
 
 def table1_pairs(results: Results, dataset: str) -> list[tuple[str, str]]:
@@ -142,20 +178,36 @@ def table1_section(results: Results, dataset: str) -> list[str]:
         cells = [
             results.cell("test_accuracy", dataset=dataset, method="scratch", student=teacher, m=-1),
             results.cell("test_accuracy", dataset=dataset, method="scratch", student=student, m=-1),
-            results.cell("test_accuracy", dataset=dataset, method="kd-at", teacher=teacher, student=student,
-                         m=TABLE1_M),
-            results.cell("test_accuracy", dataset=dataset, method="zero-shot", teacher=teacher, student=student,
-                         m=0),
+            results.cell(
+                "test_accuracy", dataset=dataset, method="kd-at", teacher=teacher, student=student, m=TABLE1_M
+            ),
+            results.cell(
+                "test_accuracy", dataset=dataset, method="zero-shot", teacher=teacher, student=student, m=0
+            ),
         ]
         rows.append([f"{arch(teacher)} → {arch(student)}", "**ours**", *(c.format() for c in cells)])
         if dataset == published.TABLE1_DATASET:
             for source in ("PAPER", "FERLES", "COMP6248"):
                 values = published.TABLE1[source].get((teacher, student), {})
-                rows.append(["", published.SOURCES[source],
-                             *(pub(values.get(k)) for k in ("teacher", "student", "kd-at", "zero-shot"))])
+                rows.append(
+                    [
+                        "",
+                        published.SOURCES[source],
+                        *(pub(values.get(k)) for k in ("teacher", "student", "kd-at", "zero-shot")),
+                    ]
+                )
     lines = [f"### Teacher/student pairs (Table 1 form), {title(dataset)}", ""]
-    lines += table(["teacher → student", "source", "teacher scratch", "student scratch",
-                    f"KD+AT M={TABLE1_M}", "zero-shot M=0"], rows)
+    lines += table(
+        [
+            "teacher → student",
+            "source",
+            "teacher scratch",
+            "student scratch",
+            f"KD+AT M={TABLE1_M}",
+            "zero-shot M=0",
+        ],
+        rows,
+    )
     if dataset != published.TABLE1_DATASET:
         lines += [f"The paper's Table 1 is on CIFAR-10 only; no published numbers for {title(dataset)}.", ""]
     else:
@@ -168,8 +220,11 @@ def benchmark_section(results: Results, dataset: str) -> list[str]:
     with) and, labelled as such, our best over training beside the benchmark's published best-over-training
     numbers; the MTE of each method's student where its belief runs exist."""
     names = [s.name for s in data_free_series()]
-    found = {(t["teacher"], t["student"], t["method"]) for t in results.known(dataset=dataset)
-             if t["method"] in names}
+    found = {
+        (t["teacher"], t["student"], t["method"])
+        for t in results.known(dataset=dataset)
+        if t["method"] in names
+    }
     if not found or {m for *_, m in found} == {"zero-shot"} and figure_pairs(results, dataset):
         return []  # nothing here but the paper's own zero-shot runs, which its tables already show
     pairs = [p for p in published.BENCHMARK_PAIRS if any(f[:2] == p for f in found)]
@@ -181,42 +236,98 @@ def benchmark_section(results: Results, dataset: str) -> list[str]:
             if (teacher, student, name) not in found:
                 continue
             tags = {"dataset": dataset, "method": name, "teacher": teacher, "student": student, "m": 0}
-            mte = results.cell("mte", dataset=dataset, method="belief", of=name, teacher=teacher, student=student,
-                               m=0)
+            mte = results.cell(
+                "mte", dataset=dataset, method="belief", of=name, teacher=teacher, student=student, m=0
+            )
             seconds = results.cell("train_seconds", **tags).stat
-            rows.append([f"{arch(teacher)} → {arch(student)}" if first else "", series_label(name),
-                         results.cell("test_accuracy", **tags).format(),
-                         results.cell("best_test_accuracy", **tags).format(),
-                         pub(published.benchmark_value(dataset, name, teacher, student)),
-                         mte.format(3) if mte.stat or mte.pending else "",
-                         f"{seconds.mean / 60:.1f}" if seconds else ""])
+            rows.append(
+                [
+                    f"{arch(teacher)} → {arch(student)}" if first else "",
+                    series_label(name),
+                    results.cell("test_accuracy", **tags).format(),
+                    results.cell("best_test_accuracy", **tags).format(),
+                    pub(published.benchmark_value(dataset, name, teacher, student)),
+                    mte.format(3) if mte.stat or mte.pending else "",
+                    f"{seconds.mean / 60:.1f}" if seconds else "",
+                ]
+            )
             first = False
-    lines = [f"### Data-free methods, {title(dataset)}", "",
-             ("**final**: the test accuracy a run ends with (mean ± population std over seeds, n). **best over "
-              "training**: the highest test accuracy at any evaluation, which picks the stopping point on the "
-              "test set; the published numbers (" + published.BENCHMARK_SOURCE + ") are of that kind, so compare "
-              "them with that column, and prefer the final one for claims."), ""]
-    return lines + table(["teacher → student", "method", "final", "best over training (test-selected)",
-                          "published (best over training)", "MTE", "minutes"], rows)
+    lines = [
+        f"### Data-free methods, {title(dataset)}",
+        "",
+        (
+            "**final**: the test accuracy a run ends with (mean ± population std over seeds, n). **best over "
+            "training**: the highest test accuracy at any evaluation, which picks the stopping point on the "
+            "test set; the published numbers ("
+            + published.BENCHMARK_SOURCE
+            + ") are of that kind, so compare "
+            "them with that column, and prefer the final one for claims."
+        ),
+        "",
+    ]
+    return lines + table(
+        [
+            "teacher → student",
+            "method",
+            "final",
+            "best over training (test-selected)",
+            "published (best over training)",
+            "MTE",
+            "minutes",
+        ],
+        rows,
+    )
 
 
 def table2_section(results: Results, root: Path) -> list[str]:
     rows = []
     plots = []
     for dataset in results.datasets():
-        groups = sorted({(t["teacher"], t["student"]) for t in results.known(dataset=dataset, method="belief")})
+        groups = sorted(
+            {(t["teacher"], t["student"]) for t in results.known(dataset=dataset, method="belief")}
+        )
         for teacher, student in groups:
-            kd_ms = sorted({t["m"] for t in results.known(dataset=dataset, method="belief", of="kd-at",
-                                                          teacher=teacher, student=student)}) or [None]
-            zs = results.cell("mte", dataset=dataset, method="belief", of="zero-shot", teacher=teacher,
-                              student=student, m=0)
+            kd_ms = sorted(
+                {
+                    t["m"]
+                    for t in results.known(
+                        dataset=dataset, method="belief", of="kd-at", teacher=teacher, student=student
+                    )
+                }
+            ) or [None]
+            zs = results.cell(
+                "mte", dataset=dataset, method="belief", of="zero-shot", teacher=teacher, student=student, m=0
+            )
             for m in kd_ms:
-                kd = results.cell("mte", dataset=dataset, method="belief", of="kd-at", teacher=teacher,
-                                  student=student, m=m) if m is not None else None
-                rows.append([title(dataset), f"**ours** ({arch(teacher)} → {arch(student)})", zs.format(3),
-                             kd.format(3) if kd else "", str(m) if m is not None else ""])
-            png = plot_transition_curves(results, dataset, teacher, student,
-                                         root / f"transition_curves_{dataset}_{teacher}_{student}.png")
+                kd = (
+                    results.cell(
+                        "mte",
+                        dataset=dataset,
+                        method="belief",
+                        of="kd-at",
+                        teacher=teacher,
+                        student=student,
+                        m=m,
+                    )
+                    if m is not None
+                    else None
+                )
+                rows.append(
+                    [
+                        title(dataset),
+                        f"**ours** ({arch(teacher)} → {arch(student)})",
+                        zs.format(3),
+                        kd.format(3) if kd else "",
+                        str(m) if m is not None else "",
+                    ]
+                )
+            png = plot_transition_curves(
+                results,
+                dataset,
+                teacher,
+                student,
+                root / f"transition_curves_{dataset}_{teacher}_{student}.png",
+            )
             if png:
                 plots.append(f"![transition curves, {dataset}]({png.name})")
     if not rows:
@@ -225,14 +336,26 @@ def table2_section(results: Results, root: Path) -> list[str]:
         for source in ("PAPER", "NB-MTE", "FERLES", "COMP6248"):
             values = published.TABLE2[source][dataset]
             m = "not stated" if source in ("PAPER", "NB-MTE") else "200"
-            rows.append([title(dataset), published.SOURCES[source], pub(values["zero-shot"], 4 if source == "NB-MTE"
-                                                                         else 3 if source == "COMP6248" else 2),
-                         pub(values["kd-at"], 4 if source == "NB-MTE" else 3 if source == "COMP6248" else 2), m])
-    lines = ["## Mean transition error (Table 2) and transition curves (Figure 4)", "",
-             ("MTE: the mean |p_teacher − p_student| of the target class over the first K adversarial steps "
-              "on the student, over N agreeing test images × 9 target classes (the paper: K = 100, N = 1000; "
-              "runs made with --scale or by the demo use fewer, as each run's result.json records). Published "
-              "values are WRN-40-2 → WRN-16-1."), ""]
+            rows.append(
+                [
+                    title(dataset),
+                    published.SOURCES[source],
+                    pub(values["zero-shot"], 4 if source == "NB-MTE" else 3 if source == "COMP6248" else 2),
+                    pub(values["kd-at"], 4 if source == "NB-MTE" else 3 if source == "COMP6248" else 2),
+                    m,
+                ]
+            )
+    lines = [
+        "## Mean transition error (Table 2) and transition curves (Figure 4)",
+        "",
+        (
+            "MTE: the mean |p_teacher − p_student| of the target class over the first K adversarial steps "
+            "on the student, over N agreeing test images × 9 target classes (the paper: K = 100, N = 1000; "
+            "runs made with --scale or by the demo use fewer, as each run's result.json records). Published "
+            "values are WRN-40-2 → WRN-16-1."
+        ),
+        "",
+    ]
     lines += table(["data set", "source", "zero-shot", "KD+AT", "KD+AT student's M"], rows)
     return lines + [*(p + "\n" for p in plots)]
 
@@ -282,12 +405,17 @@ def group_row(group: RunGroup, with_mte: bool) -> list[str]:
     teacher = run.result.get("teacher_arch") or short_path(run.value("teacher"))
     student = short_path(run.value("student") or run.value("model"))
     seconds = group.seconds_per_iteration()
-    cells = [method_label(run.command), teacher or "—", student or "—", str(run.value("dataset") or "—"),
-             ", ".join(f"{k}={option_text(v)}" for k, v in group.options),
-             ",".join(str(s) for s in group.seeds()),
-             stat_text(group.stat("test_accuracy")),
-             stat_text(group.stat("best_test_accuracy") or group.stat("test_accuracy")),
-             f"{seconds.mean:.3g}" if seconds else "—"]
+    cells = [
+        method_label(run.command),
+        teacher or "—",
+        student or "—",
+        str(run.value("dataset") or "—"),
+        ", ".join(f"{k}={option_text(v)}" for k, v in group.options),
+        ",".join(str(s) for s in group.seeds()),
+        stat_text(group.stat("test_accuracy")),
+        stat_text(group.stat("best_test_accuracy") or group.stat("test_accuracy")),
+        f"{seconds.mean:.3g}" if seconds else "—",
+    ]
     if with_mte:
         cells.append(stat_text(group.stat("mte"), 4))
     return cells + [", ".join(f"`{r.id}`" for r in group.runs)]
@@ -297,15 +425,26 @@ def other_runs_section(runs: list[Run], grid: bool) -> list[str]:
     """The generic table of finished runs in folders that are not grid run ids, grouped over seeds."""
     groups = group_runs(runs)
     with_mte = any(isinstance(r.result.get("mte"), (int, float)) for r in runs)
-    header = ["method", "teacher", "student", "data set", "options that differ", "seeds",
-              "final accuracy (%)", "best accuracy (%)", "s / iteration"]
+    header = [
+        "method",
+        "teacher",
+        "student",
+        "data set",
+        "options that differ",
+        "seeds",
+        "final accuracy (%)",
+        "best accuracy (%)",
+        "s / iteration",
+    ]
     header += [*(["MTE"] if with_mte else []), "runs"]
     title = "## Other runs (folders that are not run ids of the grids)" if grid else "## Runs"
-    note = ("Each row is one configuration: mean ± population std over its seeds (n runs) when runs differ "
-            "only in the seed; options that differ = the config fields that differ between the runs of that "
-            "method; best accuracy = the best test accuracy at any log point (the final one where the run "
-            "records no best); s / iteration = the run's median seconds per iteration (or train seconds / "
-            "iterations). From each run's config.json and result.json.")
+    note = (
+        "Each row is one configuration: mean ± population std over its seeds (n runs) when runs differ "
+        "only in the seed; options that differ = the config fields that differ between the runs of that "
+        "method; best accuracy = the best test accuracy at any log point (the final one where the run "
+        "records no best); s / iteration = the run's median seconds per iteration (or train seconds / "
+        "iterations). From each run's config.json and result.json."
+    )
     return [title, "", note, "", *table(header, [group_row(g, with_mte) for g in groups])]
 
 
@@ -320,18 +459,29 @@ def header(results: Results, root: Path, others: int = 0) -> list[str]:
         names = ", ".join(f"`{name}` ({e.get('paper', '')})" for name, e in experiments.items())
         lines.append(f"Experiments: {names}.  ")
     started, missing = states.count("started"), states.count("missing")
-    count = f"{done} finished runs" + (f" of {planned} planned ({started} started, {missing} not started)"
-                                       if planned else "")
+    count = f"{done} finished runs" + (
+        f" of {planned} planned ({started} started, {missing} not started)" if planned else ""
+    )
     if others:
-        count = f"{others} finished runs" if not (done or planned) else \
-            count + f", and {others} finished runs in folders that are not grid run ids"
-    lines.append(f"Folder `{root}`: {count}. Built {datetime.datetime.now().isoformat(timespec='seconds')} from "
-                 "the runs' result.json files (`zskt report DIR` rebuilds it).")
+        count = (
+            f"{others} finished runs"
+            if not (done or planned)
+            else count + f", and {others} finished runs in folders that are not grid run ids"
+        )
+    lines.append(
+        f"Folder `{root}`: {count}. Built {datetime.datetime.now().isoformat(timespec='seconds')} from "
+        "the runs' result.json files (`zskt report DIR` rebuilds it)."
+    )
     lines.append("")
     scale = record.get("scale", 1.0)
     if scale != 1:
-        lines += [(f"> **Scale {scale:g}**: every run was shortened (epochs, pseudo batches, belief images and "
-                  f"steps × {scale:g}); the numbers are not comparable with the published ones."), ""]
+        lines += [
+            (
+                f"> **Scale {scale:g}**: every run was shortened (epochs, pseudo batches, belief images and "
+                f"steps × {scale:g}); the numbers are not comparable with the published ones."
+            ),
+            "",
+        ]
     teachers = record.get("teachers", {})
     if teachers:
         lines.append("Teachers: " + "; ".join(f"{k}: {v}" for k, v in sorted(teachers.items())) + ".")
@@ -345,7 +495,9 @@ def report(root: str | Path) -> Path:
     if not root.is_dir():
         from zskt.errors import ZsktError
 
-        raise ZsktError(f"{root} is not a folder; give an experiment folder (the --out of zskt reproduce/demo)")
+        raise ZsktError(
+            f"{root} is not a folder; give an experiment folder (the --out of zskt reproduce/demo)"
+        )
     results = Results(root)
     others = collect_other(root)
     grid = bool(results.rows or results.planned)
@@ -365,8 +517,12 @@ def report(root: str | Path) -> Path:
         if body:
             lines += [f"## {title(dataset)}", "", *body]
     lines += table2_section(results, root)
-    lines += ["Published sources: " + "; ".join(f"**{published.SOURCES[k]}**: {v}"
-                                               for k, v in published.SOURCE_NOTES.items()) + ".", ""]
+    lines += [
+        "Published sources: "
+        + "; ".join(f"**{published.SOURCES[k]}**: {v}" for k, v in published.SOURCE_NOTES.items())
+        + ".",
+        "",
+    ]
     lines += runs_section(results)
     if others:
         lines += ["", *other_runs_section(others, grid=True)]
