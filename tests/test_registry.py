@@ -167,3 +167,15 @@ def test_a_diverging_run_stops_with_one_line_and_no_result(toy_method, teacher_f
     err = capsys.readouterr().err.strip()
     assert code == 2 and "diverged" in err and len(err.splitlines()) == 1, err
     assert not (out / "result.json").exists()
+
+
+def test_the_digits_comparison_runs_every_data_free_method():
+    from zskt.experiments import EXPERIMENTS
+    from zskt.methods.registry import data_free_series
+
+    runs = EXPERIMENTS["dfkd-digits"].runs()
+    methods = {grid.parse_run_id(r.id)["method"] for r in runs if r.command != "belief"}
+    assert {s.name for s in data_free_series()} <= methods
+    assert {"zero-shot", "dafl", "dfad", "dfq", "deepinversion", "cmi", "fast"} <= methods
+    # every student's MTE is measured too
+    assert sum(r.command == "belief" for r in runs) == len(data_free_series())

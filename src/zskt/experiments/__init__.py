@@ -71,6 +71,18 @@ DEMO_QUICK = {
     "belief_steps": 4,
 }
 
+# The data-free comparison on digits. Each method runs its digits preset times the scale: the full presets
+# take 1.5-6 minutes each on the 2-core CPU (docs/data_free.md), about 25 minutes for all seven.
+DFKD_DIGITS = {
+    "datasets": ("digits",),
+    "seeds": (0,),
+    "pair": ("wrn-16-2", "wrn-16-1"),
+    "scale": 0.4,
+    "epochs": {"digits": 30},
+    "belief_images": 20,
+    "belief_steps": 20,
+}
+
 EXPERIMENTS: dict[str, Experiment] = {
     "accuracy-vs-m": Experiment(
         "accuracy-vs-m",
@@ -101,6 +113,15 @@ EXPERIMENTS: dict[str, Experiment] = {
         "beside the published best-over-training numbers, and each student's MTE",
         grid.dfkd_benchmark,
         {"datasets": ("cifar10", "cifar100")},
+    ),
+    "dfkd-digits": Experiment(
+        "dfkd-digits",
+        "the data-free benchmark in miniature",
+        "digits on a CPU: every registered data-free method distils a WRN-16-2 teacher into a WRN-16-1 at "
+        "its digits preset, one seed, shortened to fit about 10 minutes (--scale 1 for the full presets); "
+        "a table and a plot of final and best accuracy, minutes, and each student's MTE",
+        grid.dfkd_benchmark,
+        DFKD_DIGITS,
     ),
     "demo": Experiment(
         "demo",

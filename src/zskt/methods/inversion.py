@@ -149,6 +149,11 @@ class InversionConfig:
         return self.value("iterations")
 
     @property
+    def total_iterations(self) -> int:
+        """Rounds in the run, the name every method's config gives its length (the grids scale it)."""
+        return self.rounds
+
+    @property
     def eval_interval(self) -> int:
         return self.value("eval_every")
 

@@ -219,3 +219,54 @@ def plot_transition_curves(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_data_free(
+    results: Results, dataset: str, teacher: str, student: str, names: list[str], path: Path
+) -> Path | None:
+    """The data-free methods of one pair side by side: final test accuracy (bars, ± std over seeds), best over
+    training (a tick, test-selected), and each run's minutes in the label; None when no run has finished."""
+    bars = []
+    for name in names:
+        tags = {"dataset": dataset, "method": name, "teacher": teacher, "student": student, "m": 0}
+        final = results.cell("test_accuracy", **tags).stat
+        if final is None:
+            continue
+        best = results.cell("best_test_accuracy", **tags).stat
+        seconds = results.cell("train_seconds", **tags).stat
+        label = series_label(name) + (f"\n{seconds.mean / 60:.1f} min" if seconds else "")
+        bars.append((label, final, best))
+    if not bars:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.3 * len(bars) + 2, 4))
+    xs = np.arange(len(bars))
+    ax.bar(
+        xs,
+        [b[1].mean for b in bars],
+        yerr=[b[1].std for b in bars],
+        color="tab:blue",
+        capsize=3,
+        label="final",
+    )
+    best_x = [x for x, b in zip(xs, bars, strict=True) if b[2] is not None]
+    ax.scatter(
+        best_x,
+        [b[2].mean for b in bars if b[2] is not None],
+        marker="_",
+        s=400,
+        color="tab:red",
+        label="best over training (test-selected)",
+        zorder=3,
+    )
+    ax.axhline(100.0 / num_classes(results, dataset), color="gray", linestyle=":", label="chance")
+    ax.set_xticks(xs, [b[0] for b in bars], fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"data-free methods, {dataset}: {teacher.upper()} → {student.upper()}")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

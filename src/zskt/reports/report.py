@@ -10,7 +10,7 @@ from zskt.io import atomic_write_text
 from zskt.methods.registry import data_free_series, series_label
 from zskt.reports import published
 from zskt.reports.collect import Results, Run, RunGroup, Stat, collect_other, group_runs, method_label
-from zskt.reports.plots import num_classes, plot_accuracy_vs_m, plot_transition_curves
+from zskt.reports.plots import num_classes, plot_accuracy_vs_m, plot_data_free, plot_transition_curves
 from zskt.runids import FIGURE_PAIR, PAIRS, TABLE1_M
 
 REPORT = "report.md"
@@ -215,7 +215,7 @@ def table1_section(results: Results, dataset: str) -> list[str]:
     return lines
 
 
-def benchmark_section(results: Results, dataset: str) -> list[str]:
+def benchmark_section(results: Results, dataset: str, root: Path | None = None) -> list[str]:
     """The data-free methods side by side, per teacher/student pair: our final accuracy (the number a run ends
     with) and, labelled as such, our best over training beside the benchmark's published best-over-training
     numbers; the MTE of each method's student where its belief runs exist."""
@@ -265,17 +265,28 @@ def benchmark_section(results: Results, dataset: str) -> list[str]:
         ),
         "",
     ]
-    return lines + table(
-        [
-            "teacher → student",
-            "method",
-            "final",
-            "best over training (test-selected)",
-            "published (best over training)",
-            "MTE",
-            "minutes",
-        ],
-        rows,
+    plots = []
+    for teacher, student in pairs if root is not None else ():
+        png = plot_data_free(
+            results, dataset, teacher, student, names, root / f"data_free_{dataset}_{teacher}_{student}.png"
+        )
+        if png:
+            plots.append(f"![data-free methods, {dataset}, {teacher} → {student}]({png.name})\n")
+    return (
+        plots
+        + lines
+        + table(
+            [
+                "teacher → student",
+                "method",
+                "final",
+                "best over training (test-selected)",
+                "published (best over training)",
+                "MTE",
+                "minutes",
+            ],
+            rows,
+        )
     )
 
 
@@ -513,7 +524,7 @@ def report(root: str | Path) -> Path:
             body += figure2_section(results, dataset, teacher, student, root)
         if table1_pairs(results, dataset):
             body += table1_section(results, dataset)
-        body += benchmark_section(results, dataset)
+        body += benchmark_section(results, dataset, root)
         if body:
             lines += [f"## {title(dataset)}", "", *body]
     lines += table2_section(results, root)
