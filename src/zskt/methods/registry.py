@@ -217,8 +217,8 @@ METHODS: dict[str, Method] = {
         (
             *data_free("dfad", "DFAD"),
             # The benchmark's own ZSKT (CMI scripts/zskt_cifar10.sh, `--method zskt`): the same generative
-            # loop with the KL as the discrepancy (adv 1, no BN/one-hot/activation terms, 5 student steps, batch
-            # 256, SGD 0.1): not the paper's recipe (Adam, attention, 10 student steps), which is `zero-shot`.
+            # loop with the KL as the discrepancy (adv 1, no BN/one-hot/activation terms, 5 student steps,
+            # batch 256, SGD 0.1); not the paper's recipe (Adam, attention, 10 student steps): `zero-shot`.
             Series(
                 "zero-shot-benchmark",
                 PAIR % "zero-shot-benchmark",

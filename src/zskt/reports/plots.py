@@ -259,7 +259,7 @@ def plot_data_free(
         label="best over training (test-selected)",
         zorder=3,
     )
-    ax.axhline(100.0 / num_classes(results, dataset), color="gray", linestyle=":", label="chance")
+    ax.axhline(100.0 / num_classes(dataset), color="gray", linestyle=":", label="chance")
     ax.set_xticks(xs, [b[0] for b in bars], fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
