@@ -583,3 +583,13 @@ def test_layer_option_parsing_and_labels(factory_file):
     small = resolve_network(f"{factory_file}:make", role="--student", num_classes=10, in_channels=1)
     assert network_label(small, f"{factory_file}:make") == "make"
     assert network_label(nn.Linear(2, 2), "timm:resnet18") == "timm-resnet18"
+
+
+def test_a_custom_data_set_recorded_relative_matches_its_absolute_spelling():
+    from zskt.models.checkpoints import same_dataset
+
+    assert same_dataset("npz:digits16.npz", "npz:/tmp/own/digits16.npz")
+    assert same_dataset("folder:sets/mine/", "folder:/data/sets/mine")
+    assert not same_dataset("npz:digits16.npz", "npz:other.npz")
+    assert not same_dataset("npz:digits16.npz", "folder:digits16.npz")
+    assert not same_dataset("cifar10", "cifar100")

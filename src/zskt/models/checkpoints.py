@@ -512,6 +512,20 @@ def _describe(depth: int, widen: int) -> str:
     return f"wrn-{depth}-{widen} (depth {depth}, widen {widen})"
 
 
+def same_dataset(recorded: str, given: str) -> bool:
+    """Whether a file's recorded data set is the one given. An `npz:`/`folder:` path was recorded as typed,
+    relative to wherever the teacher was trained: the same kind and file or folder name counts as the same."""
+    if recorded == given:
+        return True
+    kinds = [str(name).partition(":")[0].lower() for name in (recorded, given)]
+    if kinds[0] in ("npz", "folder") and kinds[0] == kinds[1]:
+        names = [
+            Path(str(name).partition(":")[2].split(",")[0].rstrip("/")).name for name in (recorded, given)
+        ]
+        return names[0] == names[1]
+    return False
+
+
 def load_model_for(
     path: str | os.PathLike,
     *,
@@ -532,7 +546,7 @@ def load_model_for(
     obj = read_checkpoint(path, map_location)  # read once: the record, then the weights
     meta = obj.get("meta") if isinstance(obj, Mapping) and obj.get("format") == MODEL_FORMAT else None
     meta = dict(meta) if isinstance(meta, Mapping) else {}
-    if dataset is not None and meta.get("dataset") and meta["dataset"] != dataset:
+    if dataset is not None and meta.get("dataset") and not same_dataset(meta["dataset"], dataset):
         raise ZsktError(
             f"{role} {path} was trained on {meta['dataset']}, not {dataset}; pass --dataset "
             f"{meta['dataset']} or a network trained on {dataset}"
