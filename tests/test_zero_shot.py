@@ -13,15 +13,14 @@ from dataclasses import replace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from zskt.cli import main as cli_main
-from zskt.data import ImageSplit, load_dataset, normalize, preset
+from zskt.data import ImageSplit, preset
 from zskt.errors import ZsktError
 from zskt.losses import kl_divergence
 from zskt.methods.scaffold import Meter
 from zskt.methods.zero_shot import ZeroShotConfig, ZeroShotState, generator_step, zero_shot, zero_shot_steps
-from zskt.models import Generator, build_model, load_generator, load_model, save_model
+from zskt.models import Generator, build_model, load_generator, load_model
 from zskt.runlog import RunLog
 from zskt.runtime import resolve_precision
 
@@ -78,39 +77,13 @@ def max_difference(a: torch.nn.Module, b: torch.nn.Module, *, buffers: bool = Tr
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", image_size=SIZE)
+def digits(digits8):
+    return digits8  # digits at 8x8 (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def digits_teacher(digits):
-    """A WRN-16-1 digits teacher at 8x8: 6 epochs of SGD, about 97 % test accuracy, a few seconds to train."""
-    torch.manual_seed(0)
-    model = build_model("wrn-16-1", 10, 1)
-    images, labels = normalize(digits.train.images, digits.mean, digits.std), digits.train.labels
-    epochs, batch = 6, 64
-    steps = epochs * -(-len(labels) // batch)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    order = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        perm = torch.randperm(len(labels), generator=order)
-        for start in range(0, len(labels), batch):
-            index = perm[start : start + batch]
-            logits, _ = model(images[index])
-            loss = F.cross_entropy(logits, labels[index])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            schedule.step()
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory, digits_teacher):
-    path = tmp_path_factory.mktemp("teacher") / "model.pt"
-    save_model(digits_teacher, path, dataset="digits", image_size=SIZE)
-    return path
+def teacher_file(digits_teacher_file):
+    return digits_teacher_file  # the trained 8x8 WRN-16-1 teacher `digits_teacher`, saved (tests/conftest.py)
 
 
 def small_test_split(digits, n=100) -> ImageSplit:
