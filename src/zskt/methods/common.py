@@ -10,7 +10,14 @@ import torch
 
 from zskt.config import check
 from zskt.data import DatasetInfo
-from zskt.models import check_feature_pairs, is_model_name, model_names_hint, resolve_network, with_features
+from zskt.models import (
+    check_feature_pairs,
+    is_model_name,
+    model_names_hint,
+    resolve_network,
+    save_model,
+    with_features,
+)
 
 
 def check_network_spec(spec: str, role: str) -> None:
@@ -60,3 +67,18 @@ def build_student(
     if beta and teacher is not None:
         check_feature_pairs(teacher, student, in_channels=info.in_channels, image_size=image_size)
     return student
+
+
+def save_student(log: Any, student: torch.nn.Module, cfg: Any, image_size: int, test_accuracy: float) -> None:
+    """The run's `model.pt`: the trained student with its spec, data set, image size, final test accuracy,
+    command and teacher recorded (every teacher -> student method writes the same record)."""
+    save_model(
+        student,
+        log.out / "model.pt",
+        spec=cfg.student,
+        dataset=cfg.dataset,
+        image_size=image_size,
+        test_accuracy=test_accuracy,
+        command=log.command,
+        teacher=cfg.teacher,
+    )

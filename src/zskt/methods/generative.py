@@ -38,9 +38,9 @@ from zskt.losses import (
     one_hot_loss,
 )
 from zskt.methods.bn_hooks import BNStatisticHook
-from zskt.methods.common import build_student, check_network_spec, load_teacher
+from zskt.methods.common import build_student, check_network_spec, load_teacher, save_student
 from zskt.methods.scaffold import Scaffold
-from zskt.models import network_label, save_model
+from zskt.models import network_label
 from zskt.models.dfkd_generator import DataFreeGenerator
 from zskt.models.frozen import frozen_copy
 from zskt.runlog import RunLog
@@ -498,16 +498,7 @@ def train_generative(
     for _ in run.steps():
         last["x"] = generative_round(frozen, state, cfg, run.precision, record=run.add)
     if log.enabled:
-        save_model(
-            state.student,
-            log.out / "model.pt",
-            spec=cfg.student,
-            dataset=cfg.dataset,
-            image_size=size,
-            test_accuracy=run.accuracy,
-            command=log.command,
-            teacher=cfg.teacher,
-        )
+        save_student(log, state.student, cfg, size, run.accuracy)
     return run.finish(
         method=name,
         teacher_test_accuracy=teacher_accuracy,

@@ -26,10 +26,9 @@ from zskt.data.loader import normalize, pad_crop_flip
 from zskt.distributed import world
 from zskt.errors import ZsktError
 from zskt.losses import kd_kl_loss
-from zskt.methods.common import build_student, check_network_spec, load_teacher
+from zskt.methods.common import build_student, check_network_spec, load_teacher, save_student
 from zskt.methods.image_bank import ImageBank, to_uint8
 from zskt.methods.scaffold import Scaffold
-from zskt.models import save_model
 from zskt.runlog import RunLog
 from zskt.runtime import PRECISIONS, Precision, seed_everything
 
@@ -359,16 +358,7 @@ def inversion_loop(
 
         save_image_grid(images, (0.0,) * images.shape[1], (1.0,) * images.shape[1], log.out / "synthetic.png")
     if log.enabled:
-        save_model(
-            student,
-            log.out / "model.pt",
-            spec=cfg.student,
-            dataset=cfg.dataset,
-            image_size=shape["size"],
-            test_accuracy=run.accuracy,
-            command=log.command,
-            teacher=cfg.teacher,
-        )
+        save_student(log, student, cfg, shape["size"], run.accuracy)
     return run.finish(
         method=name,
         **bank.counts(),

@@ -21,10 +21,10 @@ from zskt.distributed import Shard
 from zskt.errors import ZsktError
 from zskt.images import save_image_grid
 from zskt.losses import attention_map, zero_shot_generator_loss, zero_shot_student_loss
-from zskt.methods.common import build_student, check_network_spec, load_teacher
+from zskt.methods.common import build_student, check_network_spec, load_teacher, save_student
 from zskt.methods.optim import adam, clip
 from zskt.methods.scaffold import Scaffold
-from zskt.models import Generator, network_label, save_generator, save_model
+from zskt.models import Generator, network_label, save_generator
 from zskt.runlog import RunLog
 from zskt.runtime import PRECISIONS, Precision, seed_everything
 
@@ -440,16 +440,7 @@ def zero_shot(
             teacher, loop_state, cfg, (step,), precision=run.precision, part=run.part, record=run.add
         )
     if log.enabled:
-        save_model(
-            state.student,
-            log.out / "model.pt",
-            spec=cfg.student,
-            dataset=cfg.dataset,
-            image_size=size,
-            test_accuracy=run.accuracy,
-            command=log.command,
-            teacher=cfg.teacher,
-        )
+        save_student(log, state.student, cfg, size, run.accuracy)
         save_generator(
             state.generator,
             log.out / "generator.pt",
