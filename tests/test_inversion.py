@@ -452,3 +452,20 @@ def test_command_end_to_end_and_resume(method, digits_teacher, tmp_path, monkeyp
 
 class Interrupt(BaseException):
     pass
+
+
+def test_own_data_takes_the_nearest_builtin_sets_presets(tmp_path, caplog):
+    # A 1x16x16 npz set runs with the digits preset (not the CIFAR-10 scripts' days-long one), said once in
+    # the log; a field given on the command line still wins, and a built-in name is matched however typed.
+    import logging
+
+    import numpy as np
+
+    np.savez(tmp_path / "own.npz", x=np.zeros((30, 16, 16), np.uint8), y=np.arange(30) % 3)
+    cfg = DeepInversionConfig(teacher="t.pt", dataset=f"npz:{tmp_path / 'own.npz'}", kd_steps=7)
+    with caplog.at_level(logging.WARNING, logger="zskt.methods"):
+        assert cfg.rounds == DeepInversionConfig.PRESETS["digits"]["iterations"]
+        assert cfg.value("g_steps") == DeepInversionConfig.PRESETS["digits"]["g_steps"]
+    assert cfg.value("kd_steps") == 7
+    assert caplog.text.count("has no presets of its own: the digits preset") == 1
+    assert DeepInversionConfig(teacher="t.pt", dataset="CIFAR-10").rounds == 200

@@ -183,9 +183,9 @@ def test_the_digits_comparison_runs_every_data_free_method():
 
 @pytest.mark.parametrize("name", ["zero-shot", "deepinversion", "cmi", "fast", "dafl", "dfad", "dfq"])
 def test_data_free_configs_share_the_teacher_student_fields_and_their_checks(name):
-    # One base declares teacher, student, data set and how the run computes: every data-free method takes the
-    # project's own data sets (npz:/folder:), and refuses an unknown one, a nonsense precision or a bad student
-    # in one line, alike.
+    # One base declares teacher, student, data set and how the run computes: every data-free method takes
+    # the project's own data sets (npz:/folder:), and refuses an unknown one, a nonsense precision or a bad
+    # student in one line, alike.
     from zskt.errors import ZsktError
     from zskt.methods.common import TeacherStudentConfig
 

@@ -12,6 +12,7 @@ one step of the student's learning-rate schedule. Each method file supplies a sy
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from zskt.config import check, field
-from zskt.data import get_info, load_dataset
+from zskt.data import dataset_name, get_info, load_dataset, nearest_builtin
 from zskt.data.loader import normalize, pad_crop_flip
 from zskt.distributed import world
 from zskt.errors import ZsktError
@@ -31,6 +32,9 @@ from zskt.methods.image_bank import ImageBank, to_uint8
 from zskt.methods.scaffold import Scaffold
 from zskt.runlog import RunLog
 from zskt.runtime import Precision, seed_everything
+
+log = logging.getLogger("zskt.methods")
+_NOTED: set[tuple[str, str]] = set()  # (data set, config) pairs whose preset fallback has been logged
 
 # Fields every inversion method resolves from its PRESETS when left at None on the command line.
 PRESET_FIELDS = (
@@ -110,13 +114,30 @@ class InversionConfig(TeacherStudentConfig):
         )
 
     def value(self, name: str) -> Any:
-        """A field, or its preset for this data set (cifar10's, the reference's, where the data set has
-        none)."""
+        """A field, or its preset for this data set: a built-in set's own, else (npz:/folder: data) the
+        nearest built-in set's (data.nearest_builtin: 1x16x16 images take digits'), noted once in the log,
+        else cifar10's, the reference scripts'."""
         value = getattr(self, name)
         if value is not None:
             return value
+        return type(self).PRESETS[self.preset_source][name]
+
+    @property
+    def preset_source(self) -> str:
         presets = type(self).PRESETS
-        return presets.get(self.dataset, presets["cifar10"])[name]
+        key = dataset_name(self.dataset)
+        if key in presets:
+            return key
+        info = get_info(self.dataset)
+        near = nearest_builtin(info).name if info.source != "built-in" else "cifar10"
+        source = near if near in presets else "cifar10"
+        if info.source != "built-in" and (self.dataset, type(self).__name__) not in _NOTED:
+            _NOTED.add((self.dataset, type(self).__name__))
+            log.warning(
+                f"{info.title} has no presets of its own: the {source} preset of {type(self).__name__} is "
+                "used for the fields not given (--iterations, --g-steps, --kd-steps, ...)"
+            )
+        return source
 
     @property
     def rounds(self) -> int:
