@@ -20,7 +20,7 @@ from zskt.models import (
     save_model,
     with_features,
 )
-from zskt.runtime import PRECISIONS
+from zskt.runtime import PRECISIONS, Precision
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,16 @@ class TeacherStudentConfig:
             self.precision in PRECISIONS,
             f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}",
         )
+
+
+def frozen_logits(model: torch.nn.Module, x: torch.Tensor, precision: Precision) -> torch.Tensor:
+    """A frozen (eval-mode) network's logits for `x`, without a graph, in `precision.inference_chunk` parts:
+    the same logits (an eval-mode network answers each image on its own), fewer cache misses on a CPU.
+    Accepts networks returning `(logits, features)` or plain logits."""
+    chunk = precision.inference_chunk or len(x)
+    with torch.no_grad(), precision.autocast():
+        outputs = [model(part) for part in x.split(chunk)]
+    return torch.cat([out[0] if isinstance(out, tuple) else out for out in outputs])
 
 
 def check_network_spec(spec: str, role: str) -> None:

@@ -38,7 +38,13 @@ from zskt.losses import (
     one_hot_loss,
 )
 from zskt.methods.bn_hooks import BNStatisticHook
-from zskt.methods.common import TeacherStudentConfig, build_student, load_teacher, save_student
+from zskt.methods.common import (
+    TeacherStudentConfig,
+    build_student,
+    frozen_logits,
+    load_teacher,
+    save_student,
+)
 from zskt.methods.scaffold import Scaffold
 from zskt.models import network_label
 from zskt.models.dfkd_generator import DataFreeGenerator
@@ -363,12 +369,13 @@ def sample(
     cfg: GenerativeConfig,
     precision: Precision,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A student batch and its targets without a graph (the reference's `sample` and teacher call)."""
+    """A student batch and its targets without a graph (the reference's `sample` and teacher call); the
+    generator makes the whole batch at once (its batch norms may use the batch's statistics), the teacher
+    answers in parts (common.frozen_logits)."""
     generator.train(cfg.sample_mode == "train")
     with torch.no_grad(), precision.autocast():
         x = precision.layout(generator(z))
-        teacher_logits = logits_of(teacher.answer(x))
-    return x, teacher_logits
+    return x, frozen_logits(teacher.answer, x, precision)
 
 
 def student_step(

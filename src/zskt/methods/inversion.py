@@ -27,7 +27,13 @@ from zskt.data.loader import normalize, pad_crop_flip
 from zskt.distributed import world
 from zskt.errors import ZsktError
 from zskt.losses import kd_kl_loss
-from zskt.methods.common import TeacherStudentConfig, build_student, load_teacher, save_student
+from zskt.methods.common import (
+    TeacherStudentConfig,
+    build_student,
+    frozen_logits,
+    load_teacher,
+    save_student,
+)
 from zskt.methods.image_bank import ImageBank, to_uint8
 from zskt.methods.scaffold import Scaffold
 from zskt.runlog import RunLog
@@ -244,9 +250,7 @@ def student_step(
     `precision.inference_chunk` parts), the loss T²·KL(teacher ‖ student) batchmean on the same images, SGD
     step. Returns the loss, detached."""
     precision = precision or Precision("fp32", "cpu", False)
-    chunk = precision.inference_chunk or len(x)
-    with torch.no_grad(), precision.autocast():  # in chunks: the same logits, fewer cache misses on a CPU
-        teacher_logits = torch.cat([teacher(part)[0] for part in x.split(chunk)])
+    teacher_logits = frozen_logits(teacher, x, precision)
     with precision.autocast():
         student_logits, _ = student(x)
     loss = kd_kl_loss(student_logits, teacher_logits, temperature)
