@@ -176,6 +176,6 @@ def test_the_digits_comparison_runs_every_data_free_method():
     runs = EXPERIMENTS["dfkd-digits"].runs()
     methods = {grid.parse_run_id(r.id)["method"] for r in runs if r.command != "belief"}
     assert {s.name for s in data_free_series()} <= methods
-    assert {"zero-shot", "dafl", "dfad", "dfq", "deepinversion", "cmi", "fast"} <= methods
+    assert {"zero-shot", "dafl", "dfad", "dfq", "deepinversion", "cmi", "fast", "nayer"} <= methods
     # every student's MTE is measured too
     assert sum(r.command == "belief" for r in runs) == len(data_free_series())
