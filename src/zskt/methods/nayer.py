@@ -66,7 +66,7 @@ PRESETS = {
         "batch_size": 64,
         "synthesis_batch_size": 60,
         "kd_steps": 30,
-        "g_steps": 5,
+        "g_steps": 10,
         "warmup": 4,
         "warmup_loops": 2,
         "g_loops": 1,
