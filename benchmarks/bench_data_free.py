@@ -1,5 +1,6 @@
-"""Seconds per round of DAFL, DFAD and DFQ: the DataFree reference code's loop (written out below: CMI
-`datafree/synthesis/generative.py` + `datafree_kd.py` at acbbea6) beside zskt's `generative_round`, in float32
+"""Seconds per round of DAFL, DFAD and DFQ: the DataFree reference code's loop (written out in
+tests/reference_generative.py from CMI `datafree/synthesis/generative.py` + `datafree_kd.py` at acbbea6, the
+copy the equality tests check) beside zskt's `generative_round`, in float32
 (and bf16 with --bf16), measured interleaved in one process.
 
     python benchmarks/bench_data_free.py                              # the three methods, WRN-16-2 ->
@@ -25,11 +26,12 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import _common as common
+from reference_generative import reference_kldiv, reference_round
 
 from zskt.methods.dafl import DAFLConfig
 from zskt.methods.dfad import DFADConfig
@@ -43,39 +45,7 @@ CONFIGS = {"dafl": DAFLConfig, "dfad": DFADConfig, "dfq": DFQConfig}
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)  # CIFAR-10's, the reference's NORMALIZE_DICT
 
 
-# ------------------------------------------------------------------------------ the reference loop, written
-# out
-
-
-class DeepInversionHook:
-    """`datafree.hooks.DeepInversionHook`: on in every forward; the input's statistics through a transposed
-    copy."""
-
-    def __init__(self, module):
-        self.hook = module.register_forward_hook(self.hook_fn)
-
-    def hook_fn(self, module, inputs, output):
-        nch = inputs[0].shape[1]
-        mean = inputs[0].mean([0, 2, 3])
-        var = inputs[0].permute(1, 0, 2, 3).contiguous().view([nch, -1]).var(1, unbiased=False)
-        self.r_feature = torch.norm(module.running_var.data - var, 2) + torch.norm(
-            module.running_mean.data - mean, 2
-        )
-
-
-def kldiv(logits, targets, T=1.0):
-    return (
-        F.kl_div(F.log_softmax(logits / T, dim=1), F.softmax(targets / T, dim=1), reduction="batchmean")
-        * T
-        * T
-    )
-
-
-def with_features(teacher, x):
-    """The WRN's `forward(x, return_features=True)`: logits and the pooled features."""
-    act3 = teacher.block3(teacher.block2(teacher.block1(teacher.conv1(x))))
-    features = F.adaptive_avg_pool2d(F.relu(teacher.bn1(act3)), 1).flatten(1)
-    return teacher.fc(features), features
+# ------------------------------------------------------------------------------ the two loops
 
 
 class ReferenceLoop:
@@ -86,58 +56,37 @@ class ReferenceLoop:
         self.teacher = teacher.eval()  # requires_grad stays True, as a loaded model's does
         self.student, self.generator = student.train(), generator.train()
         self.generator.fuse_upsample = False
-        self.hooks = [DeepInversionHook(m) for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)]
         self.opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.generator_lr, betas=(0.5, 0.999))
         self.opt_s = torch.optim.SGD(
             student.parameters(), cfg.student_lr, weight_decay=cfg.weight_decay, momentum=0.9
         )
-        self.criterion = torch.nn.L1Loss() if cfg.discrepancy == "l1" else kldiv
-        self.mean = torch.tensor(MEAN[: generator.out_channels], device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(STD[: generator.out_channels], device=device).view(1, -1, 1, 1)
+        self.criterion = torch.nn.L1Loss() if cfg.discrepancy == "l1" else reference_kldiv
+        self.weights = {k: getattr(cfg, k) for k in ("adv", "bn", "oh", "act", "balance")}
+        dtype = next(generator.parameters()).dtype
+        self.mean = torch.tensor(MEAN[: generator.out_channels], device=device, dtype=dtype).view(1, -1, 1, 1)
+        self.std = torch.tensor(STD[: generator.out_channels], device=device, dtype=dtype).view(1, -1, 1, 1)
         self.rng = torch.Generator(device=device).manual_seed(0)
         self.device = device
 
-    def normalizer(self, x):
-        return (x - self.mean) / self.std
-
-    def z(self):
-        return torch.randn(self.cfg.batch, self.generator.z_dim, generator=self.rng, device=self.device)
-
     def run(self, rounds: int) -> None:
-        cfg, teacher, student, generator = self.cfg, self.teacher, self.student, self.generator
+        cfg = self.cfg
         for _ in range(rounds):
-            student.eval()
-            generator.train()
-            for _ in range(cfg.generator_steps):
-                self.opt_g.zero_grad()
-                inputs = self.normalizer(generator(self.z()))
-                t_out, t_feat = with_features(teacher, inputs)
-                loss_bn = sum(h.r_feature for h in self.hooks)
-                loss_oh = F.cross_entropy(t_out, t_out.max(1)[1])
-                loss_act = -t_feat.abs().mean()
-                loss_adv = -self.criterion(student(inputs)[0], t_out) if cfg.adv > 0 else loss_oh.new_zeros(1)
-                p = F.softmax(t_out, dim=1).mean(0)
-                loss_balance = (p * torch.log(p)).sum()
-                loss = (
-                    cfg.bn * loss_bn
-                    + cfg.oh * loss_oh
-                    + cfg.adv * loss_adv
-                    + cfg.balance * loss_balance
-                    + cfg.act * loss_act
-                )
-                loss.backward()
-                self.opt_g.step()
-            student.train()
-            for _ in range(cfg.student_steps):
-                with torch.no_grad():
-                    generator.eval()
-                    images = self.normalizer(generator(self.z()))
-                    t_out, _ = with_features(teacher, images)
-                s_out = student(images.detach())[0]
-                loss_s = self.criterion(s_out, t_out.detach())
-                self.opt_s.zero_grad()
-                loss_s.backward()
-                self.opt_s.step()
+            reference_round(
+                self.teacher,
+                self.student,
+                self.generator,
+                self.opt_g,
+                self.opt_s,
+                self.criterion,
+                self.weights,
+                self.rng,
+                cfg.generator_steps,
+                cfg.student_steps,
+                cfg.batch,
+                self.mean,
+                self.std,
+                sample_eval=cfg.sample_mode == "eval",
+            )
         common.sync(self.device)
 
 

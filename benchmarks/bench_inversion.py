@@ -3,13 +3,16 @@ semantics (tests/reference_inversion.py, written out from the zju-vipa code) bes
 interleaved in one process, float32; then each method's synthesis cost per batch (iterations per batch x
 seconds per iteration) beside DeepInversion's, Fast's headline ratio.
 
-    python benchmarks/bench_inversion.py                       # WRN-40-2 -> WRN-16-1, 32x32x3, batch 64, CPU
+    python benchmarks/bench_inversion.py   # WRN-40-2 -> WRN-16-1, 32x32x3, synthesis batch 64, KD batch 256
     python benchmarks/bench_inversion.py --batch 256 --repeats 5 --device cuda
 
 What the reference spends and zskt does not: the networks' weight gradients in every synthesis backward (the
 reference's teacher and student keep requires_grad=True), the BN statistics through a permuted contiguous
-copy, a host sync per iteration for the best batch, CMI's BN term recomputed on the local view, and the
-unfolded teacher in the student step (zskt distils from the BN-folded copy, models/frozen.py).
+copy, a host sync per iteration for the best batch, CMI's BN term recomputed on the local view, the eval-mode
+batch-norm kernel where zskt's hooked teacher computes the same affine map in one multiply-add
+(models/frozen.FrozenBatchNorm2d), and the unfolded teacher in the student step (zskt distils from the
+BN-folded copy, models/frozen.py, in cache-sized chunks on the CPU). The student step runs at the scripts'
+KD batch (--batch_size 256), the synthesis steps at a smaller batch than their 256 to keep this short.
 """
 
 from __future__ import annotations
@@ -78,7 +81,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="wrn-40-2")
     parser.add_argument("--student", default="wrn-16-1")
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=64, help="synthesis batch")
+    parser.add_argument(
+        "--student-batch", type=int, default=256, help="student (KD) batch; the scripts' --batch_size 256"
+    )
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
@@ -92,7 +98,7 @@ def main() -> None:
         the reference's weights keep requires_grad, as in its code."""
         return (
             copy.deepcopy(teacher).requires_grad_(True),
-            precision.prepare(copy.deepcopy(teacher)).requires_grad_(False),
+            frozen_copy(precision.prepare(copy.deepcopy(teacher)), fold_bn=False),  # as the commands hook it
         )
 
     student.eval()
@@ -290,7 +296,8 @@ def main() -> None:
     s1, s2 = copy.deepcopy(student).train(), precision.prepare(copy.deepcopy(student)).train()
     sgd1 = torch.optim.SGD(s1.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     sgd2 = torch.optim.SGD(s2.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    stored = torch.randint(0, 256, (4 * n, 3, 32, 32), dtype=torch.uint8)
+    sb = args.student_batch
+    stored = torch.randint(0, 256, (4 * sb, 3, 32, 32), dtype=torch.uint8)
     png_dir = Path(tempfile.mkdtemp(prefix="bench_inversion_"))
     for i, image in enumerate(stored):
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(png_dir / f"{i}.png")
@@ -299,7 +306,7 @@ def main() -> None:
 
     def reference_batch():
         batch = []
-        for k in torch.randperm(len(files))[:n].tolist():
+        for k in torch.randperm(len(files))[:sb].tolist():
             img = (
                 torch.from_numpy(np.array(Image.open(files[k]).convert("RGB"))).permute(2, 0, 1).float() / 255
             )
@@ -319,14 +326,17 @@ def main() -> None:
     cases["student step zskt"] = timed(
         device,
         lambda: student_step(
-            s2, folded, sgd2, precision.layout(student_images(bank, n, True, MEAN, STD)), 20.0, precision
+            s2, folded, sgd2, precision.layout(student_images(bank, sb, True, MEAN, STD)), 20.0, precision
         ),
         args.iterations,
     )
 
     times = common.interleaved(cases, args.repeats)
     info = common.machine(device)
-    print(f"# bench_inversion: {args.teacher} -> {args.student}, 32x32x3, batch {n}, float32")
+    print(
+        f"# bench_inversion: {args.teacher} -> {args.student}, 32x32x3, synthesis batch {n}, "
+        f"student batch {args.student_batch}, float32"
+    )
     print(f"# {common.describe_machine(info)}")
     print(f"# cpu flags: {torch.backends.cpu.get_cpu_capability()}, OMP threads {torch.get_num_threads()}")
     print()

@@ -257,3 +257,73 @@ def test_the_docs_digits_export_reads_back(tmp_path):
     assert (data.info.num_classes, data.info.in_channels, data.info.image_size) == (10, 1, 16)
     assert len(data.train) + len(data.test) == 1797 and abs(len(data.test) - 0.2 * 1797) < 10
     assert int(data.train.images.max()) == 255
+
+
+def test_own_data_end_to_end_teacher_then_every_data_free_family(tmp_path):
+    # An npz set through the commands: a teacher trained on it, then zero-shot, the generator family and the
+    # inversion family distil from it at toy size (the test split of the file scores each student).
+    import json
+
+    from zskt.cli import main
+
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 3
+    x = (rng.integers(0, 60, (60, 8, 8)) + 60 * y[:, None, None]).astype(np.uint8)  # classes by brightness
+    np.savez(tmp_path / "own.npz", x=x, y=y)
+    data = f"npz:{tmp_path / 'own.npz'}"
+    common = ["--dataset", data, "--device", "cpu", "--quiet"]
+    teacher = tmp_path / "teacher"
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "wrn-10-1",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "16",
+                "--out",
+                str(teacher),
+                *common,
+            ]
+        )
+        == 0
+    )
+    runs = {
+        "zero-shot": ["-N", "2", "--batch-size", "8", "--n-student-steps", "2", "--beta", "0"],
+        "dfad": ["--iterations", "2", "--batch-size", "8", "--epochs", "1", "--epoch-steps", "2"]
+        + ["--student-steps", "2"],
+        "fast": [
+            "-N",
+            "2",
+            "--batch-size",
+            "8",
+            "--synthesis-batch-size",
+            "8",
+            "--kd-steps",
+            "2",
+            "--g-steps",
+            "1",
+            "--warmup",
+            "0",
+        ],
+    }
+    for method, args in runs.items():
+        out = tmp_path / method
+        code = main(
+            [
+                method,
+                "--teacher",
+                str(teacher / "model.pt"),
+                "--student",
+                "wrn-10-1",
+                *args,
+                "--out",
+                str(out),
+                *common,
+            ]
+        )
+        assert code == 0, method
+        result = json.loads((out / "result.json").read_text())
+        assert result["dataset"] == data and 0 <= result["test_accuracy"] <= 100, method

@@ -23,7 +23,7 @@ from zskt.methods.deepinversion import DeepInversionConfig, deepinversion_step
 from zskt.methods.fast import FastConfig, accumulate_maml, fast_step
 from zskt.methods.image_bank import ImageBank, to_uint8
 from zskt.methods.inversion import crop_flip_params, resized_crop_params, student_step
-from zskt.models import build_model
+from zskt.models import build_model, frozen_copy
 from zskt.models.cmi_generator import CMIGenerator
 
 from reference_inversion import (
@@ -137,9 +137,10 @@ def test_deepinversion_step_equals_reference():
 
     ours = x0.clone().requires_grad_()
     opt = torch.optim.Adam([ours], lr=cfg.generator_lr, betas=(0.5, 0.99))
-    hooks = BNStatistics(teacher)
+    hooked = frozen_copy(teacher, fold_bn=False)  # zskt's teacher, as the commands build it
+    hooks = BNStatistics(hooked)
     for shift, flip in (((1, -2), True), ((0, 2), False)):
-        terms = deepinversion_step(ours, opt, teacher, student, hooks, targets, shift, flip, cfg, low, high)
+        terms = deepinversion_step(ours, opt, hooked, student, hooks, targets, shift, flip, cfg, low, high)
     hooks.remove()
 
     ref_x = x0.clone().requires_grad_()
@@ -180,14 +181,15 @@ def test_cmi_step_equals_reference():
         [{"params": gen.parameters()}, {"params": [z]}], lr=cfg.generator_lr, betas=(0.5, 0.999)
     )
     opt_head = torch.optim.Adam(head.parameters(), lr=cfg.generator_lr)
-    hooks = BNStatistics(teacher, keep_instance_mean=True)
+    hooked = frozen_copy(teacher, fold_bn=False)  # zskt's teacher, as the commands build it
+    hooks = BNStatistics(hooked, keep_instance_mean=True)
     terms, images, features = cmi_step(
         gen,
         z,
         opt,
         head,
         opt_head,
-        teacher,
+        hooked,
         student,
         hooks,
         targets,
@@ -261,13 +263,14 @@ def test_fast_round_equals_reference():
         synth_round(fast, z, opt, meta_opt)
         return fast, z
 
-    hooks = BNStatistics(teacher, momentum=cfg.bn_momentum)
+    hooked = frozen_copy(teacher, fold_bn=False)  # zskt's teacher, as the commands build it
+    hooks = BNStatistics(hooked, momentum=cfg.bn_momentum)
     hooks.hooks[0].average = None
 
     def ours(fast, z, opt, meta_opt):
         meta_opt.zero_grad(set_to_none=True)
         for aug in augs:
-            fast_step(fast, z, opt, teacher, student, hooks, targets, aug, cfg, MEAN, STD, 2, True)
+            fast_step(fast, z, opt, hooked, student, hooks, targets, aug, cfg, MEAN, STD, 2, True)
             accumulate_maml(meta, fast)
         meta_opt.step()
         hooks.update_momentum()
@@ -296,11 +299,13 @@ def test_student_step_equals_reference():
     torch.manual_seed(6)
     student = build_model("wrn-16-1", 10, 1).double().train()
     student_ref = copy.deepcopy(student)
-    x = torch.randn(8, 1, 16, 16, dtype=torch.float64)
+    # 130 images: zskt's folded teacher answers them in parts of 64 on the CPU (Precision.inference_chunk).
+    x = torch.randn(130, 1, 16, 16, dtype=torch.float64)
     opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     opt_ref = torch.optim.SGD(student_ref.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    folded = frozen_copy(teacher)
     for _ in range(2):
-        loss = student_step(student, teacher, opt, x, 20.0)
+        loss = student_step(student, folded, opt, x, 20.0)
         loss_ref = ref_student_step(student_ref, teacher, opt_ref, x, 20.0)
     assert loss.item() == pytest.approx(loss_ref.item(), rel=1e-12)
     assert _close_params(student.parameters(), student_ref.parameters())
@@ -447,3 +452,20 @@ def test_command_end_to_end_and_resume(method, digits_teacher, tmp_path, monkeyp
 
 class Interrupt(BaseException):
     pass
+
+
+def test_own_data_takes_the_nearest_builtin_sets_presets(tmp_path, caplog):
+    # A 1x16x16 npz set runs with the digits preset (not the CIFAR-10 scripts' days-long one), said once in
+    # the log; a field given on the command line still wins, and a built-in name is matched however typed.
+    import logging
+
+    import numpy as np
+
+    np.savez(tmp_path / "own.npz", x=np.zeros((30, 16, 16), np.uint8), y=np.arange(30) % 3)
+    cfg = DeepInversionConfig(teacher="t.pt", dataset=f"npz:{tmp_path / 'own.npz'}", kd_steps=7)
+    with caplog.at_level(logging.WARNING, logger="zskt.methods"):
+        assert cfg.rounds == DeepInversionConfig.PRESETS["digits"]["iterations"]
+        assert cfg.value("g_steps") == DeepInversionConfig.PRESETS["digits"]["g_steps"]
+    assert cfg.value("kd_steps") == 7
+    assert caplog.text.count("has no presets of its own: the digits preset") == 1
+    assert DeepInversionConfig(teacher="t.pt", dataset="CIFAR-10").rounds == 200

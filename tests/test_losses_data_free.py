@@ -90,3 +90,30 @@ def test_bn_statistic_hook_matches_hand_computed_statistics_and_is_off_outside_r
 def test_bn_statistic_hook_needs_batch_norms():
     with pytest.raises(ZsktError, match="no BatchNorm2d"):
         BNStatisticHook(nn.Sequential(nn.Conv2d(1, 1, 1)))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_batch_statistics_are_var_mean_and_their_gradient_is_var_means(layout):
+    # The one-pass backward against autograd through torch.var_mean, in float64 on both memory layouts, with
+    # either output unused (its gradient None) and a numerical check of the Jacobian.
+    torch.manual_seed(0)
+    x0 = (torch.randn(4, 3, 5, 6, dtype=torch.float64) * 0.7 + 2.0).to(memory_format=layout)
+    x_ref, x = x0.clone().requires_grad_(), x0.clone().requires_grad_()
+    var_ref, mean_ref = torch.var_mean(x_ref, dim=(0, 2, 3), correction=0)
+    mean, var = losses.batch_statistics(x)
+    torch.testing.assert_close(mean, mean_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(var, var_ref, rtol=0, atol=1e-12)
+    (var_ref.sin().sum() + mean_ref.cos().sum()).backward()
+    (var.sin().sum() + mean.cos().sum()).backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=0, atol=1e-12)
+    for pick in (0, 1):
+        g = torch.autograd.grad(losses.batch_statistics(x)[pick].square().sum(), x)[0]
+        g_ref = torch.autograd.grad(
+            torch.var_mean(x, dim=(0, 2, 3), correction=0)[1 - pick].square().sum(), x
+        )[0]
+        torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda t: losses.batch_statistics(t), (x0[:2, :, :3, :3].clone().requires_grad_(),)
+    )
+    # Half-precision activations are measured in float32.
+    assert losses.batch_statistics(x0.to(torch.bfloat16))[1].dtype == torch.float32

@@ -34,6 +34,7 @@ from zskt.models import (
     save_model,
     with_features,
 )
+from zskt.models.frozen import FrozenBatchNorm2d
 
 # Parameters at 10 classes, 3 channels: the paper's (SPEC.md §1) and the data-free benchmark's networks.
 PARAMS = {
@@ -325,7 +326,11 @@ def test_frozen_copy_folds_or_keeps_batch_norms():
         assert batchnorm_layers(folded) == []
         x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
         torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
-        assert torch.equal(kept(x), model(x))
+        # The kept batch norms are FrozenBatchNorm2d: still BatchNorm2d with the statistics, one multiply-add.
+        assert all(type(m) is FrozenBatchNorm2d for _, m in batchnorm_layers(kept))
+        for (_, a), (_, b) in zip(batchnorm_layers(kept), batchnorm_layers(model), strict=True):
+            assert torch.equal(a.running_mean, b.running_mean) and torch.equal(a.running_var, b.running_var)
+        torch.testing.assert_close(kept(x), model(x), rtol=1e-12, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------ resolve_network

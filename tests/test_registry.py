@@ -179,3 +179,26 @@ def test_the_digits_comparison_runs_every_data_free_method():
     assert {"zero-shot", "dafl", "dfad", "dfq", "deepinversion", "cmi", "fast", "nayer"} <= methods
     # every student's MTE is measured too
     assert sum(r.command == "belief" for r in runs) == len(data_free_series())
+
+
+@pytest.mark.parametrize("name", ["zero-shot", "deepinversion", "cmi", "fast", "dafl", "dfad", "dfq"])
+def test_data_free_configs_share_the_teacher_student_fields_and_their_checks(name):
+    # One base declares teacher, student, data set and how the run computes: every data-free method takes
+    # the project's own data sets (npz:/folder:), and refuses an unknown one, a nonsense precision or a bad
+    # student in one line, alike.
+    from zskt.errors import ZsktError
+    from zskt.methods.common import TeacherStudentConfig
+
+    config = registry.METHODS[name].config
+    assert issubclass(config, TeacherStudentConfig)
+    cfg = config(teacher="t.pt", dataset="npz:my_digits.npz")
+    assert (cfg.dataset, cfg.trust_checkpoint, cfg.precision) == ("npz:my_digits.npz", False, "auto")
+    for bad, words in (
+        ({"dataset": "imagenet-22k"}, "imagenet-22k"),
+        ({"precision": "fp8"}, "precision"),
+        ({"student": "resnet-19"}, "resnet-19"),
+        ({"student": "wrn-17-3"}, "depth 17"),
+        ({"eval_batch_size": 0}, "eval_batch_size"),
+    ):
+        with pytest.raises(ZsktError, match=words):
+            config(teacher="t.pt", **bad)

@@ -259,13 +259,40 @@ def kd_kl_loss(
 # computes their terms (docs/data_free.md); float64 stays float64, as above.
 
 
+class _BatchStatistics(torch.autograd.Function):
+    """Per-channel mean and biased variance of a (B, C, H, W) batch with a one-pass backward.
+
+    `torch.var_mean(dim=(0, 2, 3))` takes a slow reduction path on CPU for both memory layouts, and its
+    backward three elementwise passes; inside every BN hook of a synthesis step that was a sixth of the step
+    (docs/benchmarks.md). The forward is the two-pass form (the mean, then the mean square of the centred
+    batch: no cancellation); the backward of g_μ·μ + g_σ²·σ² is the one fused `addcmul`
+    x·(2g_σ²/n) + (g_μ − 2g_σ²·μ)/n per element, the derivative var_mean's backward computes."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = x.numel() // x.shape[1]
+        mean = x.sum(dim=(0, 2, 3)) / n
+        var = (x - mean.view(1, -1, 1, 1)).square_().sum(dim=(0, 2, 3)) / n
+        ctx.save_for_backward(x, mean)
+        return mean, var
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_mean: torch.Tensor | None, grad_var: torch.Tensor | None) -> torch.Tensor:
+        x, mean = ctx.saved_tensors
+        n = x.numel() // x.shape[1]
+        grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
+        grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
+        scale = 2 * grad_var / n
+        shift = grad_mean / n - scale * mean
+        return torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1))
+
+
 def batch_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance over batch and space of a (B, C, H, W) batch: what a train-mode
-    BatchNorm2d would normalise with. One fused `var_mean`, in float32 at least. # (B, C, H, W) -> (C,),
-    (C,)"""
-    x = _wide(features)
-    var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
-    return mean, var
+    BatchNorm2d would normalise with, in float32 at least; differentiable (once).
+    # (B, C, H, W) -> (C,), (C,)"""
+    return _BatchStatistics.apply(_wide(features))
 
 
 def js_divergence_clamped(

@@ -64,6 +64,13 @@ class Precision:
     def layout(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
+    @property
+    def inference_chunk(self) -> int | None:
+        """Largest batch a frozen network's no-grad forward takes at once: 64 on the CPU, where larger ones'
+        activations spill the caches and each image costs more (docs/benchmarks.md); no limit elsewhere.
+        Splitting changes nothing but speed: an eval-mode network treats every image on its own."""
+        return 64 if self.device_type == "cpu" else None
+
     def describe(self) -> dict:
         return {
             "precision": self.name,

@@ -43,10 +43,8 @@ class BNStatisticHook:
     def _hook(self, module: nn.BatchNorm2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         if not self.active:
             return
-        x = inputs[0]
         # Batch mean and biased variance per channel, in float32 at least (bf16 activations under autocast).
-        x = x.to(torch.promote_types(x.dtype, torch.float32))
-        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        mean, var = batch_statistics(inputs[0])
         self.terms.append(bn_statistic_loss(mean, var, module.running_mean, module.running_var))
 
     @contextmanager

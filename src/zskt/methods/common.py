@@ -4,13 +4,15 @@ forward gives `(logits, feature_maps)` (docs/own_models_and_data.md)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from zskt.config import check
-from zskt.data import DatasetInfo
+from zskt.config import check, field
+from zskt.data import DatasetInfo, dataset_name
 from zskt.models import (
+    build_model,
     check_feature_pairs,
     is_model_name,
     model_names_hint,
@@ -18,11 +20,71 @@ from zskt.models import (
     save_model,
     with_features,
 )
+from zskt.runtime import PRECISIONS, Precision
+
+
+@dataclass(frozen=True)
+class TeacherStudentConfig:
+    """The fields every data-free teacher -> student method shares (zero-shot, the generator family, the
+    inversion family), first in each method's config and `--help`: what to distil, then how the run computes.
+    A method redeclares a field to give it its own default or help."""
+
+    teacher: str = field(
+        "",
+        "teacher file: a project model.pt, an authors' last.pth.tar, a Ferles *-dict.pth, a zju-vipa "
+        "DataFree teacher, or any network file (docs/own_models_and_data.md)",
+    )
+    student: str = field(
+        "wrn-16-1", "student network: a name (`zskt list`), module:callable, file.py:callable or timm:NAME"
+    )
+    trust_checkpoint: bool = field(
+        False,
+        "allow network files that need a full unpickle (a whole saved model, an external network's record): "
+        "they can run code; only for files you trust",
+    )
+    dataset: str = field(
+        "digits",
+        "data set the teacher was trained on: a name, npz:FILE or folder:DIR (its test split scores the "
+        "student; only the test split is read)",
+    )
+    eval_batch_size: int = field(500, "test batch size (eval mode: any size gives the same accuracy)")
+    seed: int = field(0, "seed for the student and every draw of the method")
+    device: str = field("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    precision: str = field("auto", "fp32, bf16 (autocast), or auto (fp32; docs/decisions.md)")
+    image_size: int | None = field(
+        None,
+        "digits only: side of the resized images (16 unless set); must be the size the teacher was "
+        "trained at",
+    )
+    data_dir: str | None = field(
+        None, "data root for the test split ($ZSKT_DATA or ~/.cache/zskt/data unless set)"
+    )
+    download: bool = field(False, "download missing data files (CIFAR-10, SVHN, Fashion-MNIST)")
+
+    def __post_init__(self):
+        dataset_name(self.dataset)  # a one-line error for an unknown name, before any file is read
+        check_network_spec(self.student, "--student")
+        check(self.eval_batch_size > 0, f"eval_batch_size must be positive, got {self.eval_batch_size}")
+        check(
+            self.precision in PRECISIONS,
+            f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}",
+        )
+
+
+def frozen_logits(model: torch.nn.Module, x: torch.Tensor, precision: Precision) -> torch.Tensor:
+    """A frozen (eval-mode) network's logits for `x`, without a graph, in `precision.inference_chunk` parts:
+    the same logits (an eval-mode network answers each image on its own), fewer cache misses on a CPU.
+    Accepts networks returning `(logits, features)` or plain logits."""
+    chunk = precision.inference_chunk or len(x)
+    with torch.no_grad(), precision.autocast():
+        outputs = [model(part) for part in x.split(chunk)]
+    return torch.cat([out[0] if isinstance(out, tuple) else out for out in outputs])
 
 
 def check_network_spec(spec: str, role: str) -> None:
-    """Config-time check of a `--student`-like spec: a plain name must be registered; files, `module:callable`
-    and `timm:NAME` are resolved (and checked) before the run folder is made."""
+    """Config-time check of a `--student`-like spec: a plain name must be registered and buildable (a
+    `wrn-D-W` of a valid depth); files, `module:callable` and `timm:NAME` are resolved (and checked) before
+    the run folder is made."""
     if ":" in spec or spec.endswith((".pt", ".pth", ".tar", ".py")) or "/" in spec:
         return
     check(
@@ -30,6 +92,8 @@ def check_network_spec(spec: str, role: str) -> None:
         f"unknown {role.lstrip('-')} {spec!r}; choose {model_names_hint()}, a model file, "
         "module:callable or timm:NAME",
     )
+    with torch.device("meta"):  # the constructor's own checks (a Wide ResNet's depth), without the memory
+        build_model(spec)
 
 
 def load_teacher(cfg: Any, info: DatasetInfo, image_size: int | None = None) -> torch.nn.Module:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from zskt.config import check, field
-from zskt.data import ImageSplit, dataset_name, get_info, load_dataset
+from zskt.data import ImageSplit, get_info, load_dataset
 from zskt.errors import ZsktError
 from zskt.images import save_image_grid
 from zskt.losses import (
@@ -38,13 +38,19 @@ from zskt.losses import (
     one_hot_loss,
 )
 from zskt.methods.bn_hooks import BNStatisticHook
-from zskt.methods.common import build_student, check_network_spec, load_teacher, save_student
+from zskt.methods.common import (
+    TeacherStudentConfig,
+    build_student,
+    frozen_logits,
+    load_teacher,
+    save_student,
+)
 from zskt.methods.scaffold import Scaffold
 from zskt.models import network_label
 from zskt.models.dfkd_generator import DataFreeGenerator
 from zskt.models.frozen import frozen_copy
 from zskt.runlog import RunLog
-from zskt.runtime import PRECISIONS, Precision, seed_everything
+from zskt.runtime import Precision, seed_everything
 
 # The reference scripts' run length (CMI `scripts/*_cifar10.sh`: --epochs 200 --ep_steps 400) for the data
 # sets of the benchmark; digits is ours, per method (each config's DIGITS preset), measured in
@@ -53,29 +59,10 @@ REFERENCE_EPOCHS, REFERENCE_EPOCH_STEPS = 200, 400
 
 
 @dataclass(frozen=True)
-class GenerativeConfig:
+class GenerativeConfig(TeacherStudentConfig):
     """The settings the family shares. Defaults are the DataFree code's (`datafree_kd.py`, CMI commit acbbea6,
     and its scripts for WRN-40-2 → WRN-16-1 on CIFAR-10); each method's config overrides its own."""
 
-    teacher: str = field(
-        "",
-        "teacher checkpoint: a project model.pt, or any network file `zskt zero-shot` "
-        "accepts (docs/own_models_and_data.md)",
-    )
-    student: str = field(
-        "wrn-16-1", "student network: a name (`zskt list`), module:callable, file.py:callable or timm:NAME"
-    )
-    trust_checkpoint: bool = field(
-        False,
-        "allow network files that need a full unpickle (a whole saved model, "
-        "an external network's record): they can run code; only for files "
-        "you trust",
-    )
-    dataset: str = field(
-        "digits",
-        "data set the teacher was trained on (its test split scores the student; "
-        "its image shape and normalisation shape the generator)",
-    )
     iterations: int | None = field(
         None, "rounds (generator steps, then student steps); default: epochs x epoch_steps / student_steps"
     )
@@ -119,26 +106,13 @@ class GenerativeConfig:
     eval_every: int | None = field(
         None, "test, log and checkpoint every this many rounds; default: once per epoch (reference)"
     )
-    eval_batch_size: int = field(500, "test batch size (eval mode: any size gives the same accuracy)")
     seed: int = field(0, "seed for the student, the generator and the z draws")
-    device: str = field("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
-    precision: str = field("auto", "fp32, bf16 (autocast), or auto (fp32 on CPU, bf16 on CUDA)")
-    image_size: int | None = field(
-        None,
-        "digits only: side of the resized images (16 unless set); must be the "
-        "size the teacher was trained at",
-    )
-    data_dir: str | None = field(
-        None, "data root for the test split ($ZSKT_DATA or ~/.cache/zskt/data unless set)"
-    )
-    download: bool = field(False, "download missing data files (CIFAR-10, SVHN, Fashion-MNIST)")
 
     # The digits preset of each method (ours, measured: docs/data_free.md), for the fields left at None.
     DIGITS: ClassVar[dict] = {"epochs": 12, "epoch_steps": 50, "batch_size": 64, "ngf": 32}
 
     def __post_init__(self):
-        dataset_name(self.dataset)  # a one-line error for an unknown name, before any file is read
-        check_network_spec(self.student, "--student")
+        super().__post_init__()
         for name in ("iterations", "epochs", "epoch_steps"):
             value = getattr(self, name)
             check(value is None or value > 0, f"{name} must be positive, got {value}")
@@ -161,11 +135,6 @@ class GenerativeConfig:
         check(
             self.eval_every is None or self.eval_every > 0,
             f"eval_every must be positive, got {self.eval_every}",
-        )
-        check(self.eval_batch_size > 0, f"eval_batch_size must be positive, got {self.eval_batch_size}")
-        check(
-            self.precision in PRECISIONS,
-            f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}",
         )
         check(
             self.epoch_steps_resolved >= self.student_steps,
@@ -400,12 +369,13 @@ def sample(
     cfg: GenerativeConfig,
     precision: Precision,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A student batch and its targets without a graph (the reference's `sample` and teacher call)."""
+    """A student batch and its targets without a graph (the reference's `sample` and teacher call); the
+    generator makes the whole batch at once (its batch norms may use the batch's statistics), the teacher
+    answers in parts (common.frozen_logits)."""
     generator.train(cfg.sample_mode == "train")
     with torch.no_grad(), precision.autocast():
         x = precision.layout(generator(z))
-        teacher_logits = logits_of(teacher.answer(x))
-    return x, teacher_logits
+    return x, frozen_logits(teacher.answer, x, precision)
 
 
 def student_step(

@@ -12,6 +12,7 @@ one step of the student's learning-rate schedule. Each method file supplies a sy
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,16 +22,25 @@ import torch
 import torch.nn.functional as F
 
 from zskt.config import check, field
-from zskt.data import DATASETS, get_info, load_dataset
+from zskt.data import dataset_name, get_info, load_dataset, nearest_builtin
 from zskt.data.loader import normalize, pad_crop_flip
 from zskt.distributed import world
 from zskt.errors import ZsktError
 from zskt.losses import kd_kl_loss
-from zskt.methods.common import build_student, check_network_spec, load_teacher, save_student
+from zskt.methods.common import (
+    TeacherStudentConfig,
+    build_student,
+    frozen_logits,
+    load_teacher,
+    save_student,
+)
 from zskt.methods.image_bank import ImageBank, to_uint8
 from zskt.methods.scaffold import Scaffold
 from zskt.runlog import RunLog
-from zskt.runtime import PRECISIONS, Precision, seed_everything
+from zskt.runtime import Precision, seed_everything
+
+log = logging.getLogger("zskt.methods")
+_NOTED: set[tuple[str, str]] = set()  # (data set, config) pairs whose preset fallback has been logged
 
 # Fields every inversion method resolves from its PRESETS when left at None on the command line.
 PRESET_FIELDS = (
@@ -46,15 +56,10 @@ PRESET_FIELDS = (
 
 
 @dataclass(frozen=True)
-class InversionConfig:
+class InversionConfig(TeacherStudentConfig):
     """Fields shared by `deepinversion`, `cmi` and `fast`; defaults are the zju-vipa benchmark scripts' values
     (scripts/*_cifar*.sh of CMI and Fast-Datafree, `datafree_kd.py`), per data set where marked "preset"."""
 
-    teacher: str = field("", "teacher checkpoint with batch norms: a project model.pt or an authors' file")
-    student: str = field("wrn-16-1", "student network: wrn-16-1, wrn-16-2, wrn-40-1 or wrn-40-2")
-    dataset: str = field(
-        "digits", "data set the teacher was trained on (test images, image shape, normalisation)"
-    )
     iterations: int | None = field(
         None,
         "synthesis rounds (the reference's epochs: one synthesised batch and "
@@ -93,27 +98,12 @@ class InversionConfig:
     eval_every: int | None = field(
         None, "test, log and checkpoint every this many rounds (reference: every epoch); preset"
     )
-    eval_batch_size: int = field(500, "test batch size (eval mode: any size gives the same accuracy)")
     seed: int = field(0, "seed for the student, the synthesis draws and the bank's sampling (reference: 0)")
-    device: str = field("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
-    precision: str = field("auto", "fp32, bf16 (autocast), or auto: fp32 on CPU, bf16 on CUDA")
-    image_size: int | None = field(
-        None,
-        "digits only: side of the resized images (default 16); must be the size the teacher was trained at",
-    )
-    data_dir: str | None = field(
-        None, "data root for the test split (default: $ZSKT_DATA or ~/.cache/zskt/data)"
-    )
-    download: bool = field(False, "download missing data files (CIFAR-10, SVHN, Fashion-MNIST)")
 
     PRESETS: ClassVar[dict] = {}  # {dataset: {field: value}}, set by each method's config
 
     def __post_init__(self):
-        check(
-            self.dataset in DATASETS,
-            f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}",
-        )
-        check_network_spec(self.student, "--student")
+        super().__post_init__()
         for name in PRESET_FIELDS:
             value = getattr(self, name)
             low = 0 if name == "warmup" else 1
@@ -124,24 +114,36 @@ class InversionConfig:
             all(0 < m < 1 for m in self.lr_milestones), "lr_milestones are fractions of the rounds, in (0, 1)"
         )
         check(self.lr_schedule in ("multistep", "cosine"), f"unknown lr_schedule {self.lr_schedule!r}")
-        check(self.eval_batch_size > 0, f"eval_batch_size must be positive, got {self.eval_batch_size}")
-        check(
-            self.precision in PRECISIONS,
-            f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}",
-        )
         check(
             self.warmup is None or self.iterations is None or self.warmup < self.iterations,
             "warmup must be smaller than iterations",
         )
 
     def value(self, name: str) -> Any:
-        """A field, or its preset for this data set (cifar10's, the reference's, where the data set has
-        none)."""
+        """A field, or its preset for this data set: a built-in set's own, else (npz:/folder: data) the
+        nearest built-in set's (data.nearest_builtin: 1x16x16 images take digits'), noted once in the log,
+        else cifar10's, the reference scripts'."""
         value = getattr(self, name)
         if value is not None:
             return value
+        return type(self).PRESETS[self.preset_source][name]
+
+    @property
+    def preset_source(self) -> str:
         presets = type(self).PRESETS
-        return presets.get(self.dataset, presets["cifar10"])[name]
+        key = dataset_name(self.dataset)
+        if key in presets:
+            return key
+        info = get_info(self.dataset)
+        near = nearest_builtin(info).name if info.source != "built-in" else "cifar10"
+        source = near if near in presets else "cifar10"
+        if info.source != "built-in" and (self.dataset, type(self).__name__) not in _NOTED:
+            _NOTED.add((self.dataset, type(self).__name__))
+            log.warning(
+                f"{info.title} has no presets of its own: the {source} preset of {type(self).__name__} is "
+                "used for the fields not given (--iterations, --g-steps, --kd-steps, ...)"
+            )
+        return source
 
     @property
     def rounds(self) -> int:
@@ -244,11 +246,11 @@ def student_step(
     temperature: float,
     precision: Precision | None = None,
 ) -> torch.Tensor:
-    """One distillation step (reference `train()` of datafree_kd.py): teacher logits without a graph, the loss
-    T²·KL(teacher ‖ student) batchmean on the same images, SGD step. Returns the loss, detached."""
+    """One distillation step (reference `train()` of datafree_kd.py): teacher logits without a graph (in
+    `precision.inference_chunk` parts), the loss T²·KL(teacher ‖ student) batchmean on the same images, SGD
+    step. Returns the loss, detached."""
     precision = precision or Precision("fp32", "cpu", False)
-    with torch.no_grad(), precision.autocast():
-        teacher_logits, _ = teacher(x)
+    teacher_logits = frozen_logits(teacher, x, precision)
     with precision.autocast():
         student_logits, _ = student(x)
     loss = kd_kl_loss(student_logits, teacher_logits, temperature)

@@ -16,32 +16,24 @@ from typing import Literal
 import torch
 
 from zskt.config import check, field
-from zskt.data import ImageSplit, dataset_name, get_info, load_dataset, preset
+from zskt.data import ImageSplit, get_info, load_dataset, preset
 from zskt.distributed import Shard
 from zskt.errors import ZsktError
 from zskt.images import save_image_grid
 from zskt.losses import attention_map, zero_shot_generator_loss, zero_shot_student_loss
-from zskt.methods.common import build_student, check_network_spec, load_teacher, save_student
+from zskt.methods.common import TeacherStudentConfig, build_student, load_teacher, save_student
 from zskt.methods.optim import adam, clip
 from zskt.methods.scaffold import Scaffold
 from zskt.models import Generator, network_label, save_generator
 from zskt.runlog import RunLog
-from zskt.runtime import PRECISIONS, Precision, seed_everything
+from zskt.runtime import Precision, seed_everything
 
 
 @dataclass(frozen=True)
-class ZeroShotConfig:
+class ZeroShotConfig(TeacherStudentConfig):
     """Zero-shot transfer from a teacher file into a fresh student; defaults are the authors' scripts'
     values."""
 
-    teacher: str = field(
-        "",
-        "teacher file: a project model.pt, an authors' last.pth.tar, a Ferles *-dict.pth, a "
-        "zju-vipa DataFree teacher (docs/own_models_and_data.md)",
-    )
-    student: str = field(
-        "wrn-16-1", "student network: a name (`zskt list`), module:callable, file.py:callable or timm:NAME"
-    )
     teacher_layers: str | None = field(
         None,
         "teacher layers whose outputs are the attention maps, e.g. "
@@ -49,17 +41,6 @@ class ZeroShotConfig:
     )
     student_layers: str | None = field(
         None, "student layers for the attention maps; unset: the family's defaults"
-    )
-    trust_checkpoint: bool = field(
-        False,
-        "allow network files that need a full unpickle (a whole saved model, "
-        "an external network's record): they can run code; only for files "
-        "you trust",
-    )
-    dataset: str = field(
-        "digits",
-        "data set the teacher was trained on (its test split scores the student; "
-        "its image shape sizes the generator)",
     )
     iterations: int | None = field(
         None,
@@ -97,10 +78,7 @@ class ZeroShotConfig:
         "test, log, save a pseudo-image grid and checkpoint every this many "
         "pseudo batches; default N/100 (the authors' log_freq)",
     )
-    eval_batch_size: int = field(500, "test batch size (eval mode: any size gives the same accuracy)")
     seed: int = field(0, "seed for the student, the generator and the z draws (authors: 0, 1, 2)")
-    device: str = field("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
-    precision: str = field("auto", "fp32, bf16 (autocast), or auto (fp32; docs/decisions.md)")
     sync_bn: bool = field(
         False,
         "under torchrun: BatchNorm statistics of student and generator over the "
@@ -111,19 +89,9 @@ class ZeroShotConfig:
         "torch.compile the student in the training loop (CUDA: CUDA graphs); off: no "
         "gain measured on CPU (docs/benchmarks.md)",
     )
-    image_size: int | None = field(
-        None,
-        "digits only: side of the resized images (16 unless set); must be the "
-        "size the teacher was trained at",
-    )
-    data_dir: str | None = field(
-        None, "data root for the test split ($ZSKT_DATA or ~/.cache/zskt/data unless set)"
-    )
-    download: bool = field(False, "download missing data files (CIFAR-10, SVHN, Fashion-MNIST)")
 
     def __post_init__(self):
-        dataset_name(self.dataset)  # a one-line error for an unknown name, before any file is read
-        check_network_spec(self.student, "--student")
+        super().__post_init__()
         check(
             self.iterations is None or self.iterations > 0,
             f"iterations must be positive, got {self.iterations}",
@@ -147,11 +115,6 @@ class ZeroShotConfig:
         check(
             self.eval_every is None or self.eval_every > 0,
             f"eval_every must be positive, got {self.eval_every}",
-        )
-        check(self.eval_batch_size > 0, f"eval_batch_size must be positive, got {self.eval_batch_size}")
-        check(
-            self.precision in PRECISIONS,
-            f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}",
         )
 
     @property

@@ -39,6 +39,27 @@ class FrozenAffine(nn.Module):
         return torch.addcmul(self.shift.to(x.dtype), x, self.scale.to(x.dtype))
 
 
+class FrozenBatchNorm2d(nn.BatchNorm2d):
+    """An eval-mode BatchNorm2d that stays one (its running statistics, parameters and forward hooks are where
+    the statistic-matching methods look for them) but computes its affine map as `FrozenAffine` does: one
+    fused multiply-add forward and one multiply backward, where the eval-mode batch-norm kernel is slower on
+    the CPU (docs/benchmarks.md). For networks whose statistics and parameters no longer change."""
+
+    @classmethod
+    def of(cls, bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:
+        like = {"device": bn.running_var.device, "dtype": bn.running_var.dtype}  # float64 stays float64
+        frozen = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, **like)
+        frozen.load_state_dict(bn.state_dict())
+        frozen.eval().requires_grad_(False)
+        scale, shift = _scale_shift(frozen)
+        frozen.register_buffer("scale", scale.view(1, -1, 1, 1), persistent=False)
+        frozen.register_buffer("shift", shift.view(1, -1, 1, 1), persistent=False)
+        return frozen
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift.to(x.dtype), x, self.scale.to(x.dtype))
+
+
 def _scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("a BatchNorm2d without running statistics has no fixed affine map")
@@ -88,12 +109,22 @@ def frozen_copy(model: nn.Module, *, fold_bn: bool = True) -> nn.Module:
     same function with less memory traffic. A forward hook on a folded convolution then sees the batch-normed
     values.
     With fold_bn=False the batch norms stay BatchNorm modules (in eval mode, so their running statistics are
-    used and not updated), for methods that hook them (`batchnorm_layers`)."""
+    used and not updated), for methods that hook them (`batchnorm_layers`); plain BatchNorm2d layers become
+    `FrozenBatchNorm2d`, the same module computing the same function faster (subclasses, such as timm's
+    BatchNormAct2d, are kept as they are)."""
     from zskt.models.resnet import BasicBlock as ResNetBlock
     from zskt.models.resnet import ResNet
 
     frozen = copy.deepcopy(model).eval().requires_grad_(False)
     if not fold_bn:
+        for parent in list(frozen.modules()):
+            for name, child in list(parent.named_children()):
+                if (
+                    type(child) is nn.BatchNorm2d
+                    and child.track_running_stats
+                    and child.running_var is not None
+                ):
+                    setattr(parent, name, FrozenBatchNorm2d.of(child))
         return frozen
     for block in frozen.modules():
         if isinstance(block, BasicBlock) and _foldable(block.conv1, block.bn2):
