@@ -20,7 +20,7 @@ from zskt.methods.nayer import (
     load_label_embeddings,
     nayer_step,
 )
-from zskt.models import build_model
+from zskt.models import build_model, frozen_copy
 from zskt.models.nayer_generator import NoisyLayerGenerator, balanced_targets
 from zskt.runtime import Precision
 
@@ -127,12 +127,13 @@ def test_nayer_loop_equals_reference(adversarial):
     loops = [(balanced_targets(12, 10, g), [crop_flip_params(12, 2, g) for _ in range(3)]) for _ in range(2)]
     assert loops[0][0][:10].tolist() == list(range(10))
 
-    hooks = BNStatistics(teacher, momentum=cfg.bn_momentum)
+    hooked = frozen_copy(teacher, fold_bn=False)  # zskt's teacher, as the commands build it
+    hooks = BNStatistics(hooked, momentum=cfg.bn_momentum)
     ours = []
     for targets, augs in loops:
         opt = torch.optim.Adam(gen.parameters(), lr=cfg.generator_lr, betas=(0.5, 0.999))
         steps = [
-            nayer_step(gen, opt, teacher, student, hooks, targets, aug, cfg, MEAN, STD, 2, adversarial)
+            nayer_step(gen, opt, hooked, student, hooks, targets, aug, cfg, MEAN, STD, 2, adversarial)
             for aug in augs
         ]
         hooks.update_momentum()
