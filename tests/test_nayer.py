@@ -237,9 +237,13 @@ def test_synthesizer_round_redraws_noisy_layers_per_loop_and_banks_each_loop(mon
     assert images.shape == (36, 1, 16, 16) and images.min() >= 0 and images.max() <= 1
     assert len(draws) == 4 and not torch.equal(draws[1], draws[2])
     assert "synth_adv_loss" not in synth.losses
+    student_bn = [b.clone() for b in student.buffers()]
     images = synth.synthesize(1)  # the first round after the warm-up: a fresh generator, 2 adversarial loops
     assert images.shape == (24, 1, 16, 16) and len(draws) == 7
     assert "synth_adv_loss" in synth.losses
+    # The student stays in eval mode in every loop (the reference's student.train() after the first loop is
+    # not copied): synthesis leaves its BN running statistics as they were.
+    assert all(torch.equal(a, b) for a, b in zip(student_bn, student.buffers(), strict=True))
     body = synth.generator.l1[0].weight.clone()
     synth.synthesize(2)  # the same generator (its life is 10 rounds), 2 more draws
     assert len(draws) == 9 and not torch.equal(body, synth.generator.l1[0].weight)
