@@ -176,12 +176,14 @@ def test_the_digits_comparison_runs_every_data_free_method():
     runs = EXPERIMENTS["dfkd-digits"].runs()
     methods = {grid.parse_run_id(r.id)["method"] for r in runs if r.command != "belief"}
     assert {s.name for s in data_free_series()} <= methods
-    assert {"zero-shot", "dafl", "dfad", "dfq", "deepinversion", "cmi", "fast"} <= methods
+    assert {"zero-shot", "dafl", "dfad", "dfq", "deepinversion", "cmi", "fast", "nayer"} <= methods
     # every student's MTE is measured too
     assert sum(r.command == "belief" for r in runs) == len(data_free_series())
 
 
-@pytest.mark.parametrize("name", ["zero-shot", "deepinversion", "cmi", "fast", "dafl", "dfad", "dfq"])
+@pytest.mark.parametrize(
+    "name", ["zero-shot", "deepinversion", "cmi", "fast", "nayer", "dafl", "dfad", "dfq"]
+)
 def test_data_free_configs_share_the_teacher_student_fields_and_their_checks(name):
     # One base declares teacher, student, data set and how the run computes: every data-free method takes
     # the project's own data sets (npz:/folder:), and refuses an unknown one, a nonsense precision or a bad

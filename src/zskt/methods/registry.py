@@ -18,6 +18,7 @@ from zskt.methods.dfad import DFADConfig, run_dfad
 from zskt.methods.dfq import DFQConfig, run_dfq
 from zskt.methods.fast import FastConfig, run_fast
 from zskt.methods.kd_at import KDATConfig, check_files, kd_at
+from zskt.methods.nayer import NayerConfig, check_embeddings, run_nayer
 from zskt.methods.schedule import make_schedule, schedule_command
 from zskt.methods.train import TrainConfig, train
 from zskt.methods.zero_shot import ZeroShotConfig, run_zero_shot
@@ -196,6 +197,21 @@ METHODS: dict[str, Method] = {
         "after "
         "20 warm-up rounds. See docs/data_free.md.",
         aliases={"iterations": ("-N",)},
+    ),
+    "nayer": Method(
+        NayerConfig,
+        run_nayer,
+        data_free("nayer", "NAYER"),
+        "NAYER: label-text embeddings through a noisy layer re-drawn per batch, a few generator steps each",
+        "NAYER (Tran et al. 2024) as its authors' scripts run it: the generator's input is each class's "
+        "label-text embedding (--label-embeddings, precomputed; without it fixed random class codes, not the "
+        "paper's) through a noisy Linear re-drawn before every batch; per round 2 batches (10 in the 20 "
+        "warm-up rounds) of 30 Adam steps (4e-3) on BN statistics (x10, momentum 0.9), one-hot (x0.5) and "
+        "agreement-masked adversarial (x1.33) terms, a fresh generator every 10 rounds; the best batches "
+        "join the image bank; 400 student steps (T = 20 KL, SGD 0.2, cosine) on the bank. See "
+        "docs/data_free.md.",
+        aliases={"iterations": ("-N",)},
+        check=check_embeddings,
     ),
     "dafl": Method(
         DAFLConfig,

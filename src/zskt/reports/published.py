@@ -291,7 +291,8 @@ TABLE2 = {
 # The zju-vipa Fast-Datafree README table (Fang et al. 2022; the same code base as CMI, Fang et al. 2021):
 # top-1 test accuracy (%), **best over training** (their datafree_kd.py keeps the best epoch), and GPU-hours.
 # Keys are our run-id series names; `fast` carries Fast-2/5/10 (their synthesis steps per batch). The README's
-# "KD" row (95.20 in every column, a copy error) is left out.
+# "KD" row (95.20 in every column, a copy error) is left out. NAYER (`nayer`, a later paper) has no row: its
+# README gives its results only as an image, so its published cells stay empty (docs/decisions.md, "NAYER").
 BENCHMARK_SOURCE = "Fast-Datafree README (best over training)"
 BENCHMARK_TEACHERS = {
     "cifar10": {"resnet-34": 95.70, "vgg-11": 92.25, "wrn-40-2": 94.87},
