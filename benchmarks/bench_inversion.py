@@ -36,9 +36,11 @@ from zskt.methods.cmi import CMIConfig, ProjectionHead, cmi_step
 from zskt.methods.deepinversion import DeepInversionConfig, deepinversion_step
 from zskt.methods.fast import FastConfig, accumulate_maml, fast_step
 from zskt.methods.inversion import crop_flip_params, resized_crop_params, student_step
+from zskt.methods.nayer import NayerConfig, nayer_step
 from zskt.models import build_model
 from zskt.models.cmi_generator import CMIGenerator
 from zskt.models.frozen import frozen_copy
+from zskt.models.nayer_generator import NoisyLayerGenerator, balanced_targets
 from zskt.runtime import resolve_precision
 
 from reference_inversion import (
@@ -47,13 +49,15 @@ from reference_inversion import (
     ref_deepinversion_iteration,
     ref_fast_round,
     ref_hooks,
+    ref_nayer_loop,
     ref_student_step,
 )
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 # Synthesis iterations per batch: DeepInv-2k and CMI-500 of the published table, and the scripts' values.
-PER_BATCH = {"deepinversion": (2000, 1000), "cmi": (500, 200), "fast": (10, 2)}
-SCRIPT_STEPS = {"deepinversion": 1000, "cmi": 200, "fast": 10}  # --g_steps of the CIFAR-10 scripts
+PER_BATCH = {"deepinversion": (2000, 1000), "cmi": (500, 200), "fast": (10, 2), "nayer": (60, 30)}
+SCRIPT_STEPS = {"deepinversion": 1000, "cmi": 200, "fast": 10, "nayer": 60}  # the CIFAR-10 scripts' per round
+# (NAYER: 2 loops of --g_steps 30 after the warm-up)
 
 
 def networks(teacher_name: str, student_name: str, device):
@@ -281,6 +285,65 @@ def main() -> None:
 
     cases["fast zskt"] = timed(device, ours_fast, args.iterations)
 
+    # NAYER: one iteration of the noisy-layer generator (a fresh Adam per loop in both: created outside the
+    # timed iteration here, as the reference's loop of g_steps iterations amortises it), adversarial on.
+    nayer = NayerConfig(teacher="t")
+    teacher_ref_nayer, teacher_ours_nayer = copies()
+    hooks_nayer = BNStatistics(teacher_ours_nayer, momentum=nayer.bn_momentum)
+    hooks_nayer_ref = ref_hooks(teacher_ref_nayer, mmt_rate=nayer.bn_momentum)
+    embeddings = torch.randn(10, 512, generator=torch.Generator().manual_seed(0))
+    gen_ours = NoisyLayerGenerator(embeddings, n, nz=nayer.noisy_dim, ngf=64, img_size=32, nc=3).to(device)
+    gen_ref = copy.deepcopy(gen_ours)
+    gen_ref.fuse_upsample = False  # the reference's layers as written
+    nayer_targets = balanced_targets(n, 10, g).to(device)
+    nayer_aug = crop_flip_params(n, 4, g)
+    opt_nayer = torch.optim.Adam(gen_ours.parameters(), lr=nayer.generator_lr, betas=(0.5, 0.999))
+    w_nayer = {
+        "bn": nayer.bn,
+        "oh": nayer.oh,
+        "adv": nayer.adv,
+        "lr_g": nayer.generator_lr,
+        "num_classes": 10,
+    }
+    cases["nayer reference"] = timed(
+        device,
+        lambda: ref_nayer_loop(
+            gen_ref,
+            gen_ref.embeddings,
+            teacher_ref_nayer,
+            student,
+            hooks_nayer_ref,
+            nayer_targets,
+            [nayer_aug],
+            w_nayer,
+            True,
+            4,
+            10,
+            MEAN,
+            STD,
+        ),
+        args.iterations,
+    )
+    cases["nayer zskt"] = timed(
+        device,
+        lambda: nayer_step(
+            gen_ours,
+            opt_nayer,
+            teacher_ours_nayer,
+            student_ours,
+            hooks_nayer,
+            nayer_targets,
+            nayer_aug,
+            nayer,
+            MEAN,
+            STD,
+            4,
+            True,
+            precision,
+        ),
+        args.iterations,
+    )
+
     # The student step, from the stored images to the SGD step. The reference keeps each synthesised image as
     # a PNG and reads a batch through a DataLoader (PIL decode, RandomCrop(32, 4), RandomHorizontalFlip,
     # ToTensor, Normalize; here in the main process, as its workers would on these 2 cores) and distils from
@@ -343,7 +406,7 @@ def main() -> None:
     print("| step | reference s | zskt s | speed-up |")
     print("|---|---|---|---|")
     medians = {k: common.median(v) for k, v in times.items()}
-    for what in ("deepinversion", "cmi", "fast", "student step"):
+    for what in ("deepinversion", "cmi", "fast", "nayer", "student step"):
         ref, ours = medians[f"{what} reference"], medians[f"{what} zskt"]
         print(
             f"| {what} | {common.spread(times[f'{what} reference'])} | "

@@ -1,11 +1,12 @@
 """SLOW REFERENCE: the zju-vipa synthesisers' iterations written out literally (CMI `datafree/synthesis/
 deepinversion.py`, `contrastive.py`; Fast-Datafree `fast_meta.py`, `hooks.py`, `criterions.py`,
-`datafree_kd.py` `train()`), for the equivalence tests and benchmarks/bench_inversion.py. Networks keep
-`requires_grad=True` as in the reference (their weight gradients are computed and never used), hooks compute
-the statistics as the reference does (permute, contiguous copy, var), the best batch is chosen with a host
-sync per iteration (`loss.item()`), and CMI's second teacher forward recomputes the BN term. Kornia's
-augmentations are replaced by an independent per-sample implementation taking the same crop parameters as
-zskt's (a loop of slices, and an explicit bilinear sampler), so the two can be compared on equal draws.
+`datafree_kd.py` `train()`), and NAYER's loop (tmtuan1307/NAYER `datafree/synthesis/nayer.py`), for the
+equivalence tests and benchmarks/bench_inversion.py. Networks keep `requires_grad=True` as in the reference
+(their weight gradients are computed and never used), hooks compute the statistics as the reference does
+(permute, contiguous copy, var), the best batch is chosen with a host sync per iteration (`loss.item()`), and
+CMI's second teacher forward recomputes the BN term. Kornia's augmentations are replaced by an independent
+per-sample implementation taking the same crop parameters as zskt's (a loop of slices, and an explicit
+bilinear sampler), so the two can be compared on equal draws.
 """
 
 from __future__ import annotations
@@ -273,3 +274,69 @@ def ref_student_step(student, teacher, optimizer, images, T):
     loss_s.backward()
     optimizer.step()
     return loss_s
+
+
+# ------------------------------------------------------------------ NAYER (tmtuan1307/NAYER), literally
+
+
+def ref_nl_forward(gen, label_emb, targets, nl):
+    """NLGenerator.forward: embeddings, BN1d, the noisy layer of each block of `nl` rows, l1, conv_blocks
+    (the layers as written: nn.Upsample then the 3x3 conv)."""
+    le = label_emb[targets]
+    le = gen.n1(le)
+    v = None
+    for i in range(len(gen.le1)):
+        if (i + 1) * nl > le.shape[0]:  # noqa: SIM108 (as written)
+            sle = le[i * nl :]
+        else:
+            sle = le[i * nl : (i + 1) * nl]
+        sv = gen.le1[i](sle)
+        v = sv if v is None else torch.cat((v, sv))
+    out = gen.l1(v)
+    out = out.view(out.shape[0], -1, gen.init_size, gen.init_size)
+    return gen.conv_blocks(out)
+
+
+def ref_custom_cross_entropy(preds, target):
+    return torch.mean(torch.sum(-target * preds.log_softmax(dim=-1), dim=-1))
+
+
+def ref_generate_ys(targets, num_classes, cr=0.0, dtype=torch.float64):
+    ys = torch.zeros(len(targets), num_classes, dtype=dtype)
+    ys.fill_(cr / (num_classes - 1))
+    ys.scatter_(1, targets.unsqueeze(1), (1 - cr))
+    return ys
+
+
+def ref_nayer_loop(
+    gen, label_emb, teacher, student, hooks, targets, augs, w, adversarial, pad, nl, mean, std
+):
+    """One `for gs in range(g_loops)` pass of NAYER.synthesize after `re_init_le` and the target draw: a fresh
+    Adam over the generator, g_steps iterations (one per entry of `augs`), the best batch, update_mmt."""
+    ys = ref_generate_ys(targets, w["num_classes"], dtype=next(gen.parameters()).dtype)
+    optimizer = torch.optim.Adam([{"params": gen.parameters()}], lr=w["lr_g"], betas=[0.5, 0.999])
+    best_cost, best_inputs, costs = 1e6, None, []
+    for aug in augs:
+        inputs = ref_nl_forward(gen, label_emb, targets, nl)
+        inputs_aug = ref_normalize(ref_crop_flip(inputs, *aug, pad), mean, std)
+        t_out = teacher(inputs_aug)[0]
+        loss_bn = sum([h.r_feature for h in hooks])
+        loss_oh = ref_custom_cross_entropy(t_out, ys.detach())
+        if w["adv"] > 0 and adversarial:
+            s_out = student(inputs_aug)[0]
+            mask = (s_out.max(1)[1] == t_out.max(1)[1]).float()
+            loss_adv = -(ref_kldiv(s_out, t_out, reduction="none").sum(1) * mask).mean()
+        else:
+            loss_adv = loss_oh.new_zeros(1)
+        loss = w["bn"] * loss_bn + w["oh"] * loss_oh + w["adv"] * loss_adv
+        with torch.no_grad():
+            if best_cost > loss.item() or best_inputs is None:
+                best_cost = loss.item()
+                best_inputs = inputs.data
+        costs.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for h in hooks:
+        h.update_mmt()
+    return best_inputs, costs

@@ -71,14 +71,27 @@ DEMO_QUICK = {
     "belief_steps": 4,
 }
 
-# The data-free comparison on digits. Each method runs its digits preset times the scale: the full presets
-# take 1.5-6 minutes each on the 2-core CPU (docs/data_free.md), about 25 minutes for all seven.
+# The data-free comparison on digits, at an equal time budget: each method gets about 50 s of the 2-core CPU
+# (measured idle, docs/data_free.md): its full digits preset where that fits (DeepInversion, DAFL, DFAD, DFQ),
+# else as many of its rounds as fit (zero-shot 70 of 200 pseudo batches, CMI 6 of 15 rounds, Fast 20 of 30,
+# NAYER 12 of 30). A uniform fraction of every preset starved the generator family (DFAD 18.9 %, DFQ 28.5 % at
+# 0.4), whose presets are cheap. --scale multiplies every budget.
 DFKD_DIGITS = {
     "datasets": ("digits",),
     "seeds": (0,),
     "pair": ("wrn-16-2", "wrn-16-1"),
-    "scale": 0.4,
+    "scale": 1.0,
     "epochs": {"digits": 30},
+    "iterations": {"digits": 70},
+    "method_iterations": {
+        "deepinversion": 15,
+        "cmi": 6,
+        "fast": 20,
+        "nayer": 12,
+        "dafl": 200,
+        "dfad": 200,
+        "dfq": 60,
+    },
     "belief_images": 20,
     "belief_steps": 20,
 }
@@ -117,9 +130,10 @@ EXPERIMENTS: dict[str, Experiment] = {
     "dfkd-digits": Experiment(
         "dfkd-digits",
         "the data-free benchmark in miniature",
-        "digits on a CPU: every registered data-free method distils a WRN-16-2 teacher into a WRN-16-1 at "
-        "its digits preset, one seed, shortened to fit about 10 minutes (--scale 1 for the full presets); "
-        "a table and a plot of final and best accuracy, minutes, and each student's MTE",
+        "digits on a CPU: every registered data-free method distils a WRN-16-2 teacher into a WRN-16-1, "
+        "one seed, each within about the same minute of compute (its digits preset, shortened where that "
+        "takes longer), about 10 minutes in all; a table and a plot of final and best accuracy, minutes, and "
+        "each student's MTE",
         grid.dfkd_benchmark,
         DFKD_DIGITS,
     ),
