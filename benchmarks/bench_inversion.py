@@ -39,7 +39,7 @@ from zskt.methods.inversion import crop_flip_params, resized_crop_params, studen
 from zskt.methods.nayer import NayerConfig, nayer_step
 from zskt.models import build_model
 from zskt.models.cmi_generator import CMIGenerator
-from zskt.models.frozen import frozen_copy
+from zskt.models.frozen import CompiledInference, frozen_copy
 from zskt.models.nayer_generator import NoisyLayerGenerator, balanced_targets
 from zskt.runtime import resolve_precision
 
@@ -393,6 +393,22 @@ def main() -> None:
         ),
         args.iterations,
     )
+    # --compile-teacher: the same step, the folded teacher through torch.compile (compiled in the warm-up).
+    s3 = precision.prepare(copy.deepcopy(student)).train()
+    sgd3 = torch.optim.SGD(s3.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    compiled_teacher = CompiledInference(folded)
+    cases["student step zskt --compile-teacher"] = timed(
+        device,
+        lambda: student_step(
+            s3,
+            compiled_teacher,
+            sgd3,
+            precision.layout(student_images(bank, sb, True, MEAN, STD)),
+            20.0,
+            precision,
+        ),
+        args.iterations,
+    )
 
     times = common.interleaved(cases, args.repeats)
     info = common.machine(device)
@@ -406,11 +422,14 @@ def main() -> None:
     print("| step | reference s | zskt s | speed-up |")
     print("|---|---|---|---|")
     medians = {k: common.median(v) for k, v in times.items()}
-    for what in ("deepinversion", "cmi", "fast", "nayer", "student step"):
-        ref, ours = medians[f"{what} reference"], medians[f"{what} zskt"]
+    rows = [(w, f"{w} zskt") for w in ("deepinversion", "cmi", "fast", "nayer", "student step")]
+    rows.append(("student step", "student step zskt --compile-teacher"))
+    for what, ours_case in rows:
+        ref, ours = medians[f"{what} reference"], medians[ours_case]
+        label = what if ours_case == f"{what} zskt" else f"{what}, --compile-teacher"
         print(
-            f"| {what} | {common.spread(times[f'{what} reference'])} | "
-            f"{common.spread(times[f'{what} zskt'])} | "
+            f"| {label} | {common.spread(times[f'{what} reference'])} | "
+            f"{common.spread(times[ours_case])} | "
             f"{ref / ours:.2f}x |"
         )
     print()

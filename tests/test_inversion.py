@@ -469,3 +469,25 @@ def test_own_data_takes_the_nearest_builtin_sets_presets(tmp_path, caplog):
     assert cfg.value("kd_steps") == 7
     assert caplog.text.count("has no presets of its own: the digits preset") == 1
     assert DeepInversionConfig(teacher="t.pt", dataset="CIFAR-10").rounds == 200
+
+
+def test_compiled_teacher_answers_as_the_eager_one_and_only_without_a_graph():
+    # --compile-teacher: the BN-folded teacher's no-grad forwards through torch.compile (inductor, frozen
+    # weights) give the eager logits up to float32 rounding; a forward that records a graph runs it eagerly.
+    from zskt.models.frozen import CompiledInference
+
+    torch.manual_seed(0)
+    teacher = build_model("wrn-10-1", 10, 1)
+    for m in teacher.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    folded = frozen_copy(teacher)
+    compiled = CompiledInference(folded)
+    x = torch.randn(6, 1, 8, 8)
+    with torch.no_grad():
+        eager = folded(x)[0]
+        torch.testing.assert_close(compiled(x)[0], eager, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(compiled(x + 1)[0], folded(x + 1)[0], rtol=1e-4, atol=1e-5)
+    assert torch.equal(compiled(x)[0], folded(x)[0])  # with grad enabled: the eager network itself
+    assert [n for n, _ in compiled.named_children()] == ["model"]  # one copy of the weights

@@ -71,11 +71,11 @@ DEMO_QUICK = {
     "belief_steps": 4,
 }
 
-# The data-free comparison on digits, at an equal time budget: each method gets about 50 s of the 2-core CPU
-# (measured idle, docs/data_free.md): its full digits preset where that fits (DeepInversion, DAFL, DFAD, DFQ),
-# else as many of its rounds as fit (zero-shot 70 of 200 pseudo batches, CMI 6 of 15 rounds, Fast 20 of 30,
-# NAYER 12 of 30). A uniform fraction of every preset starved the generator family (DFAD 18.9 %, DFQ 28.5 % at
-# 0.4), whose presets are cheap. --scale multiplies every budget.
+# The data-free comparison on digits, at an equal time budget: each method gets about 30-60 s of the
+# 2-core CPU (measured, docs/data_free.md): its full digits preset where that fits (DeepInversion, Fast, DAFL,
+# DFAD, DFQ), else as many of its rounds as fit (zero-shot 70 of 200 pseudo batches, CMI 10 of 15 rounds,
+# NAYER 20 of 30). A uniform fraction of every preset starved the generator family (DFAD 18.9 %, DFQ 28.5 %
+# at 0.4), whose presets are cheap. --scale multiplies every budget.
 DFKD_DIGITS = {
     "datasets": ("digits",),
     "seeds": (0,),
@@ -85,9 +85,9 @@ DFKD_DIGITS = {
     "iterations": {"digits": 70},
     "method_iterations": {
         "deepinversion": 15,
-        "cmi": 6,
-        "fast": 20,
-        "nayer": 12,
+        "cmi": 10,
+        "fast": 30,
+        "nayer": 20,
         "dafl": 200,
         "dfad": 200,
         "dfq": 60,

@@ -145,3 +145,24 @@ def frozen_copy(model: nn.Module, *, fold_bn: bool = True) -> nn.Module:
             if isinstance(child, nn.BatchNorm2d):
                 setattr(parent, name, FrozenAffine(child))
     return frozen  # deepcopy keeps the device and the memory format (channels_last) of every weight
+
+
+class CompiledInference(nn.Module):
+    """A frozen network whose no-grad forwards run through `torch.compile` with inductor's weight freezing
+    (the weights become constants: convolutions prepacked, the affine maps, ReLUs and residual sums fused
+    around them); forwards that record a graph run the network as it is. The same function up to float
+    rounding; each new batch shape compiles once (seconds), so it pays on long runs only
+    (docs/benchmarks.md). Needs a C++ compiler on the CPU."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.__dict__["compiled"] = torch.compile(model, dynamic=False)  # not a second submodule
+
+    def forward(self, x: torch.Tensor):
+        if torch.is_grad_enabled():
+            return self.model(x)
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(freezing=True):
+            return self.compiled(x)
