@@ -16,6 +16,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def bn_networks(seed=0):
+    """The equivalence tests' networks, float64: a 1-channel WRN-16-1 teacher in eval mode with batch-norm
+    statistics away from (0, 1), and a fresh WRN-16-1 student in eval mode."""
+    from zskt.models import build_model
+
+    torch.manual_seed(seed)
+    teacher = build_model("wrn-16-1", 10, 1).double()
+    for m in teacher.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    teacher.eval()
+    student = build_model("wrn-16-1", 10, 1).double().eval()
+    return teacher, student
+
+
 class RefDeepInversionHook:
     def __init__(self, module, mmt_rate=0.0):
         self.hook = module.register_forward_hook(self.hook_fn)

@@ -29,6 +29,7 @@ from zskt.models.cmi_generator import CMIGenerator
 from reference_inversion import (
     RefDeepInversionHook,
     RefInstanceMeanHook,
+    bn_networks,
     ref_cmi_iteration,
     ref_deepinversion_iteration,
     ref_fast_round,
@@ -111,24 +112,12 @@ def test_total_variation_hand_case():
 # ------------------------------------------------------------------------------------- networks
 
 
-def _teacher_student(seed=0):
-    torch.manual_seed(seed)
-    teacher = build_model("wrn-16-1", 10, 1).double()
-    for m in teacher.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    teacher.eval()
-    student = build_model("wrn-16-1", 10, 1).double().eval()
-    return teacher, student
-
-
 def _close_params(a, b, atol=1e-10):
     return all(torch.allclose(p, q, rtol=0, atol=atol) for p, q in zip(a, b, strict=True))
 
 
 def test_deepinversion_step_equals_reference():
-    teacher, student = _teacher_student()
+    teacher, student = bn_networks()
     cfg = DeepInversionConfig(teacher="t.pt", l2=0.01)
     torch.manual_seed(3)
     x0 = torch.randn(4, 1, 16, 16, dtype=torch.float64)
@@ -161,7 +150,7 @@ def test_deepinversion_step_equals_reference():
 
 
 def test_cmi_step_equals_reference():
-    teacher, student = _teacher_student(1)
+    teacher, student = bn_networks(1)
     cfg = CMIConfig(teacher="t.pt")
     torch.manual_seed(4)
     gen = CMIGenerator(nz=8, ngf=4, img_size=16, nc=1).double().train()
@@ -240,7 +229,7 @@ def test_cmi_step_equals_reference():
 
 
 def test_fast_round_equals_reference():
-    teacher, student = _teacher_student(2)
+    teacher, student = bn_networks(2)
     cfg = FastConfig(teacher="t.pt", g_steps=2)
     torch.manual_seed(5)
     meta = CMIGenerator(nz=8, ngf=4, img_size=16, nc=1).double().train()
@@ -295,7 +284,7 @@ def test_fast_round_equals_reference():
 
 
 def test_student_step_equals_reference():
-    teacher, _ = _teacher_student(3)
+    teacher, _ = bn_networks(3)
     torch.manual_seed(6)
     student = build_model("wrn-16-1", 10, 1).double().train()
     student_ref = copy.deepcopy(student)

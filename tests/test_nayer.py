@@ -20,27 +20,15 @@ from zskt.methods.nayer import (
     load_label_embeddings,
     nayer_step,
 )
-from zskt.models import build_model, frozen_copy
+from zskt.models import frozen_copy
 from zskt.models.nayer_generator import NoisyLayerGenerator, balanced_targets
 from zskt.runtime import Precision
 
-from reference_inversion import ref_hooks, ref_nayer_loop, ref_nl_forward
+from reference_inversion import bn_networks, ref_hooks, ref_nayer_loop, ref_nl_forward
 
 MEAN, STD = (0.3,), (0.3,)
 
 # ------------------------------------------------------------------------------------- networks
-
-
-def _teacher_student(seed=0):
-    torch.manual_seed(seed)
-    teacher = build_model("wrn-16-1", 10, 1).double()
-    for m in teacher.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    teacher.eval()
-    student = build_model("wrn-16-1", 10, 1).double().eval()
-    return teacher, student
 
 
 def _close(a, b, atol=1e-10):
@@ -51,7 +39,7 @@ def _close(a, b, atol=1e-10):
 def test_nayer_loop_equals_reference(adversarial):
     """Two loops of three steps each (the BN momentum average carried between them), 12 images of 10 classes
     (2 noisy layers, the second on a block of 2 rows), against the reference, float64."""
-    teacher, student = _teacher_student(1)
+    teacher, student = bn_networks(1)
     cfg = NayerConfig(teacher="t.pt", adv=1.33)
     torch.manual_seed(7)
     embeddings = torch.randn(10, 6, dtype=torch.float64)
@@ -164,7 +152,7 @@ def test_generator_life_and_loops_follow_the_reference():
 
 
 def test_synthesizer_round_redraws_noisy_layers_per_loop_and_banks_each_loop(monkeypatch):
-    teacher, student = _teacher_student(2)
+    teacher, student = bn_networks(2)
     teacher, student = teacher.float(), student.float().train()
     cfg = NayerConfig(
         teacher="t.pt", synthesis_batch_size=12, g_steps=2, warmup=1, warmup_loops=3, g_loops=2, iterations=3

@@ -26,14 +26,17 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from zskt.config import check, field
-from zskt.data.loader import pad_crop_flip
-from zskt.losses import agreement_adversarial_loss
 from zskt.methods.bn_hooks import BNStatistics
-from zskt.methods.inversion import InversionConfig, crop_flip_params, crop_padding, run_inversion, standardize
+from zskt.methods.inversion import (
+    InversionConfig,
+    crop_flip_params,
+    crop_padding,
+    generator_synthesis_step,
+    run_inversion,
+)
 from zskt.models.cmi_generator import CMIGenerator, reset_first_layers
 from zskt.runlog import RunLog
 from zskt.runtime import Precision
@@ -138,28 +141,22 @@ def fast_step(
     """One synthesis iteration of the fast generator: the loss at the current weights and z, gradients to the
     fast generator and z only (left in their .grad for the meta update), one Adam step. `aug` = (offsets,
     flips) of the crop. Returns the loss terms (detached) and the images G(z) ∈ [0, 1] before the step."""
-    precision = precision or Precision("fp32", "cpu", False)
-    x = fast_generator(z)
-    offsets, flips = aug
-    view = precision.layout(
-        standardize(pad_crop_flip(x, offsets.to(x.device), flips.to(x.device), pad=pad), mean, std)
+    return generator_synthesis_step(
+        fast_generator,
+        z,
+        opt,
+        teacher,
+        student,
+        hooks,
+        targets,
+        aug,
+        cfg,
+        mean,
+        std,
+        pad,
+        adversarial,
+        precision,
     )
-    with precision.autocast():
-        teacher_logits, _ = teacher(view)
-    loss_bn = hooks.loss()
-    loss_oh = F.cross_entropy(teacher_logits, targets)
-    terms = {"bn_loss": loss_bn, "oh_loss": loss_oh}
-    loss = cfg.bn * loss_bn + cfg.oh * loss_oh
-    if cfg.adv > 0 and adversarial:
-        with precision.autocast():
-            student_logits, _ = student(view)
-        loss_adv = agreement_adversarial_loss(student_logits, teacher_logits)
-        loss = loss + cfg.adv * loss_adv
-        terms["adv_loss"] = loss_adv
-    opt.zero_grad(set_to_none=True)
-    loss.backward(inputs=[p for group in opt.param_groups for p in group["params"]])
-    opt.step()
-    return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}, x.detach()
 
 
 def accumulate_maml(meta: nn.Module, fast: nn.Module) -> None:

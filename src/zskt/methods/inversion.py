@@ -26,7 +26,7 @@ from zskt.data import dataset_name, get_info, load_dataset, nearest_builtin
 from zskt.data.loader import normalize, pad_crop_flip
 from zskt.distributed import world
 from zskt.errors import ZsktError
-from zskt.losses import kd_kl_loss
+from zskt.losses import agreement_adversarial_loss, kd_kl_loss
 from zskt.methods.common import (
     TeacherStudentConfig,
     build_student,
@@ -266,6 +266,52 @@ def student_step(
     loss.backward()
     opt.step()
     return loss.detach()
+
+
+def generator_synthesis_step(
+    generator: torch.nn.Module,
+    generator_input: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+    hooks,
+    targets: torch.Tensor,
+    aug: tuple,
+    cfg: InversionConfig,
+    mean,
+    std,
+    pad: int,
+    adversarial: bool,
+    precision: Precision | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One synthesis iteration of a generator (Fast's fast generator on z, NAYER's on the class targets): x =
+    G(input) ∈ [0, 1] seen through a pad-crop-flip (`aug` = (offsets, flips)) and normalised; the loss
+    bn · BN statistics (`hooks`) + oh · CE(T(x̃), y) + adv · the agreement-masked adversarial term (when
+    `adversarial`, the student in whatever mode it is in); gradients to the optimiser's tensors only (left in
+    their .grad: Fast's meta update reads them), one step. Returns the loss terms (detached) and the images
+    before the step."""
+    precision = precision or Precision("fp32", "cpu", False)
+    x = generator(generator_input)
+    offsets, flips = aug
+    view = precision.layout(
+        standardize(pad_crop_flip(x, offsets.to(x.device), flips.to(x.device), pad=pad), mean, std)
+    )
+    with precision.autocast():
+        teacher_logits, _ = teacher(view)
+    loss_bn = hooks.loss()
+    loss_oh = F.cross_entropy(teacher_logits, targets)
+    terms = {"bn_loss": loss_bn, "oh_loss": loss_oh}
+    loss = cfg.bn * loss_bn + cfg.oh * loss_oh
+    if cfg.adv > 0 and adversarial:
+        with precision.autocast():
+            student_logits, _ = student(view)
+        loss_adv = agreement_adversarial_loss(student_logits, teacher_logits)
+        loss = loss + cfg.adv * loss_adv
+        terms["adv_loss"] = loss_adv
+    opt.zero_grad(set_to_none=True)
+    loss.backward(inputs=[p for group in opt.param_groups for p in group["params"]])
+    opt.step()
+    return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}, x.detach()
 
 
 def lr_factor(cfg: InversionConfig) -> Callable[[int], float]:

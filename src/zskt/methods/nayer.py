@@ -29,16 +29,19 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from zskt.config import check, field
 from zskt.data import get_info
-from zskt.data.loader import pad_crop_flip
 from zskt.errors import ZsktError
-from zskt.losses import agreement_adversarial_loss
 from zskt.methods.bn_hooks import BNStatistics
-from zskt.methods.inversion import InversionConfig, crop_flip_params, crop_padding, run_inversion, standardize
+from zskt.methods.inversion import (
+    InversionConfig,
+    crop_flip_params,
+    crop_padding,
+    generator_synthesis_step,
+    run_inversion,
+)
 from zskt.models.nayer_generator import NoisyLayerGenerator, balanced_targets
 from zskt.runlog import RunLog
 from zskt.runtime import Precision
@@ -231,28 +234,22 @@ def nayer_step(
     """One synthesis iteration: the loss at the generator's current weights, its gradient to the generator
     only, one Adam step. `aug` = (offsets, flips) of the crop. Returns the loss terms (detached) and the
     images G(y) ∈ [0, 1] before the step."""
-    precision = precision or Precision("fp32", "cpu", False)
-    x = generator(targets)
-    offsets, flips = aug
-    view = precision.layout(
-        standardize(pad_crop_flip(x, offsets.to(x.device), flips.to(x.device), pad=pad), mean, std)
+    return generator_synthesis_step(
+        generator,
+        targets,
+        opt,
+        teacher,
+        student,
+        hooks,
+        targets,
+        aug,
+        cfg,
+        mean,
+        std,
+        pad,
+        adversarial,
+        precision,
     )
-    with precision.autocast():
-        teacher_logits, _ = teacher(view)
-    loss_bn = hooks.loss()
-    loss_oh = F.cross_entropy(teacher_logits, targets)  # the reference's soft-target CE with one-hot ys
-    terms = {"bn_loss": loss_bn, "oh_loss": loss_oh}
-    loss = cfg.bn * loss_bn + cfg.oh * loss_oh
-    if cfg.adv > 0 and adversarial:
-        with precision.autocast():
-            student_logits, _ = student(view)
-        loss_adv = agreement_adversarial_loss(student_logits, teacher_logits)
-        loss = loss + cfg.adv * loss_adv
-        terms["adv_loss"] = loss_adv
-    opt.zero_grad(set_to_none=True)
-    loss.backward(inputs=list(generator.parameters()))
-    opt.step()
-    return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}, x.detach()
 
 
 class NayerSynthesizer:
