@@ -205,3 +205,23 @@ def test_the_pseudo_image_grid_goes_to_tensorboard_as_saved(tmp_path, monkeypatc
     # 4 images of 8x8 enlarged x4, in a 2x2 grid with 1-pixel lines: 2*(32+1)+1 = 67 pixels a side.
     assert grid.shape == (67, 67, 3) and (tmp_path / "g.png").is_file()
     assert writer.images == [("pseudo", (67, 67, 3), "HWC", 7, 1.0)]
+
+
+def test_resume_refuses_an_input_file_replaced_under_the_same_path(tmp_path):
+    # The teacher (or NAYER's embeddings) file a run started from is pinned by its sha256: a resume after the
+    # file was overwritten in place is refused in one line, unless the change is allowed by name.
+    teacher, embeddings = tmp_path / "teacher.pt", tmp_path / "le.npz"
+    teacher.write_bytes(b"weights")
+    embeddings.write_bytes(b"codes")
+    config = {"teacher": str(teacher), "label_embeddings": str(embeddings), "lr": 0.1}
+    out = tmp_path / "r"
+    RunLog(out, command="x", config=config, quiet=True).save_checkpoint({"step": 1})
+    RunLog(out, command="x", config=config, resume=True, quiet=True)  # unchanged files: fine
+    embeddings.write_bytes(b"other codes")
+    with pytest.raises(ZsktError) as caught:
+        RunLog(out, command="x", config=config, resume=True, quiet=True)
+    text = str(caught.value)
+    assert "--label-embeddings file" in text and "changed since the run started" in text and "\n" not in text
+    assert "--allow-config-change label_embeddings" in text
+    log = RunLog(out, command="x", config=config, resume=True, quiet=True, allow_change=("label_embeddings",))
+    assert log.inputs["label_embeddings"]["sha256"] != log.inputs["teacher"]["sha256"]

@@ -46,7 +46,7 @@ RESOLVED = "resolved"
 # resume: {"step": None or the checkpoint's step, "changed": {name: [before, after]}}).
 CONFIG_CHANGES = "config_changes"
 # Config fields that name input files: a run records each one's absolute path and sha256 (`io.file_record`).
-INPUT_FIELDS = ("teacher", "student", "init")
+INPUT_FIELDS = ("teacher", "student", "init", "label_embeddings")
 # Without a terminal, a progress row at least this often (seconds), so a job under a scheduler shows it is
 # alive; the environment variable ZSKT_PROGRESS_SECONDS changes it (e.g. 600 for quieter logs).
 PROGRESS_SECONDS = 60.0
@@ -189,6 +189,8 @@ class RunLog:
         if resume and has_checkpoint:
             self.started = self._first_start() or self.started
         self.inputs = input_records(self.config)
+        if resume and has_checkpoint:
+            self._check_same_inputs(allow_change)
         if self.inputs:
             self.resolved["inputs"] = self.inputs
         if overwrite and self.out.is_dir() and any(self.out.iterdir()):
@@ -252,6 +254,20 @@ class RunLog:
         atomic_write_json(
             self.out / "config.json", {"command": self.command, **self.config, **changes, **resolved}
         )
+
+    def _check_same_inputs(self, allow_change: frozenset[str]) -> None:
+        """A resume reads the same input files the run started with: a teacher (or embeddings) file replaced
+        in place under the same path would silently change what the rest of the run distils from."""
+        saved = read_json(self.out / "config.json").get(RESOLVED, {}).get("inputs", {})
+        for name, record in self.inputs.items():
+            before = saved.get(name)
+            if before and before.get("sha256") != record["sha256"] and name not in allow_change:
+                raise ZsktError(
+                    f"cannot resume {self.out}: the --{name.replace('_', '-')} file {record['path']} changed "
+                    f"since the run started (sha256 {before.get('sha256', '?')[:12]}... -> "
+                    f"{record['sha256'][:12]}...); put the original back, use another --out, or pass "
+                    f"--allow-config-change {name} to continue with the new file"
+                )
 
     def _check_same_config(self, allow_change: frozenset[str]) -> None:
         path = self.out / "config.json"
