@@ -3,6 +3,7 @@ transition curves (Figure 4's form). matplotlib with the Agg backend: no display
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -234,7 +235,8 @@ def plot_data_free(
             continue
         best = results.cell("best_test_accuracy", **tags).stat
         seconds = results.cell("train_seconds", **tags).stat
-        label = series_label(name) + (f"\n{seconds.mean / 60:.1f} min" if seconds else "")
+        label = "\n".join(textwrap.wrap(series_label(name), 16))  # long labels wrap, not over the next
+        label += f"\n{seconds.mean / 60:.1f} min" if seconds else ""
         bars.append((label, final, best))
     if not bars:
         return None
