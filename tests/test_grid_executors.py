@@ -226,3 +226,26 @@ def test_ray_executor_runs_the_grid_and_then_skips_it(tmp_path, capsys, monkeypa
         assert finished == {run_id: (out / run_id / "result.json").stat().st_mtime_ns for run_id in WAVES}
     finally:
         ray.shutdown()
+
+
+def test_nayer_embeddings_reach_the_nayer_runs_of_their_data_set(tmp_path, capsys):
+    # --label-embeddings D=FILE goes to the NAYER runs on D (as an absolute path in a printed script) and to
+    # no other run; a data set the experiment does not run, a malformed entry or a missing file is one line.
+    le = tmp_path / "cifar10_le.npz"
+    le.write_bytes(b"checked by zskt nayer itself")
+    out = tmp_path / "exp"
+    args = ["reproduce", "dfkd-benchmark", "--out", str(out), "--seeds", "0", "--print-commands"]
+    assert main([*args, "--label-embeddings", f"cifar10={le}"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("python -m zskt")]
+    with_le = [line for line in lines if "--label-embeddings" in line]
+    assert with_le and all(" nayer " in line and "--dataset cifar10 " in line for line in with_le)
+    assert all(f"--label-embeddings {le.resolve()}" in line for line in with_le)
+    assert len(with_le) == sum(" nayer " in line and "--dataset cifar10 " in line for line in lines)
+    for entry, words in (
+        (f"svhn={le}", "which this experiment does not run"),
+        ("cifar10", "expected DATASET=FILE"),
+        (f"cifar100={tmp_path / 'none.npz'}", "file not found"),
+    ):
+        assert main([*args, "--label-embeddings", entry]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1

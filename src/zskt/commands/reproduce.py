@@ -159,6 +159,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="teacher files by architecture (and data set, when several are run)",
     )
     parser.add_argument(
+        "--label-embeddings",
+        nargs="+",
+        metavar="D=FILE",
+        default=(),
+        help="dfkd-benchmark, dfkd-digits: NAYER's label-text embeddings file per data set (e.g. "
+        "cifar10=cifar10_le.npz; docs/data_free.md); without one NAYER uses seeded random class codes",
+    )
+    parser.add_argument(
         "--methods",
         metavar="NAME,...",
         help="dfkd-benchmark: the data-free methods to run "
@@ -265,7 +273,37 @@ def build_spec(args: argparse.Namespace, experiment, absolute_paths: bool = Fals
         images_per_class=parse_ms(args.images_per_class),
         teachers=teachers or None,
         methods=parse_methods(getattr(args, "methods", None)),
+        label_embeddings=parse_label_embeddings(
+            spec0.datasets, getattr(args, "label_embeddings", ()), absolute_paths
+        )
+        or None,
     )
+
+
+def parse_label_embeddings(
+    datasets: tuple[str, ...], entries, absolute_paths: bool = False
+) -> dict[str, str]:
+    """--label-embeddings D=FILE ... as {dataset: file}: each data set one of the experiment's, each file
+    present (its contents are checked by `zskt nayer` itself, before its run folder is made)."""
+    from zskt.data import get_info
+
+    given: dict[str, str] = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if not sep or not name or not path:
+            raise ZsktError(
+                f"bad --label-embeddings entry {entry!r}: expected DATASET=FILE, e.g. cifar10=le.npz"
+            )
+        dataset = get_info(name).name
+        if dataset not in datasets:
+            raise ZsktError(
+                f"--label-embeddings names {name!r}, which this experiment does not run "
+                f"(its data sets: {', '.join(datasets)})"
+            )
+        if not Path(path).is_file():
+            raise ZsktError(f"--label-embeddings file not found: {path}")
+        given[dataset] = absolute(path) if absolute_paths else path
+    return given
 
 
 def check_execution(args: argparse.Namespace) -> None:

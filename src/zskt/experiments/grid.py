@@ -113,6 +113,9 @@ class GridSpec:
     method_iterations: Mapping[str, int] = field(
         default_factory=dict
     )  # command -> base iterations (not zero-shot)
+    label_embeddings: Mapping[str, str] = field(
+        default_factory=dict
+    )  # dataset -> NAYER's --label-embeddings file (default: its seeded random class codes)
     belief_images: int = BELIEF_IMAGES
     belief_steps: int = BELIEF_STEPS
     extra: Mapping[str, Mapping[str, Any]] = field(
@@ -250,6 +253,8 @@ def data_free(spec: GridSpec, name: str, dataset: str, teacher: str, student: st
     one = series(name)
     command = method_of_series(name)
     options, needs = _teacher(spec, dataset, teacher)
+    if command == "nayer" and dataset in spec.label_embeddings:
+        options = {**options, "label_embeddings": spec.label_embeddings[dataset]}
     return Run(
         one.format(dataset=dataset, teacher=teacher, student=student, seed=seed),
         command,
