@@ -12,7 +12,7 @@ import torch
 from zskt.config import check, field
 from zskt.data import DatasetInfo, dataset_name
 from zskt.models import (
-    build_model,
+    MODELS,
     check_feature_pairs,
     is_model_name,
     model_names_hint,
@@ -20,6 +20,8 @@ from zskt.models import (
     save_model,
     with_features,
 )
+from zskt.models.registry import canonical_name
+from zskt.models.wresnet import check_wrn_size, parse_wrn_name
 from zskt.runtime import PRECISIONS, Precision
 
 
@@ -82,8 +84,8 @@ def frozen_logits(model: torch.nn.Module, x: torch.Tensor, precision: Precision)
 
 
 def check_network_spec(spec: str, role: str) -> None:
-    """Config-time check of a `--student`-like spec: a plain name must be registered and buildable (a
-    `wrn-D-W` of a valid depth); files, `module:callable` and `timm:NAME` are resolved (and checked) before
+    """Config-time check of a `--student`-like spec: a plain name must be registered or a `wrn-D-W` of a
+    valid depth and width; files, `module:callable` and `timm:NAME` are resolved (and checked) before
     the run folder is made."""
     if ":" in spec or spec.endswith((".pt", ".pth", ".tar", ".py")) or "/" in spec:
         return
@@ -92,8 +94,9 @@ def check_network_spec(spec: str, role: str) -> None:
         f"unknown {role.lstrip('-')} {spec!r}; choose {model_names_hint()}, a model file, "
         "module:callable or timm:NAME",
     )
-    with torch.device("meta"):  # the constructor's own checks (a Wide ResNet's depth), without the memory
-        build_model(spec)
+    key = canonical_name(spec)
+    if key not in MODELS:  # a wrn-D-W beyond the registered ones: its depth and width, without building it
+        check_wrn_size(*parse_wrn_name(key))
 
 
 def load_teacher(cfg: Any, info: DatasetInfo, image_size: int | None = None) -> torch.nn.Module:

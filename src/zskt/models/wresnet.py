@@ -29,6 +29,17 @@ def parse_wrn_name(name: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+def check_wrn_size(depth: int, widen_factor: int) -> None:
+    """A one-line ZsktError unless `depth` is 6n+4 (n >= 1) and `widen_factor` a positive integer: what a
+    `wrn-D-W` name must satisfy, checked without building the network."""
+    if depth < 10 or (depth - 4) % 6 != 0:
+        raise ZsktError(
+            f"Wide ResNet depth {depth} is invalid; expected 6n+4 with n >= 1 (16, 22, 28, 40, ...)"
+        )
+    if int(widen_factor) != widen_factor or widen_factor < 1:
+        raise ZsktError(f"Wide ResNet widen_factor {widen_factor!r} is invalid; expected a positive integer")
+
+
 class BasicBlock(nn.Module):
     """Pre-activation residual block with the authors' names (`bn1`, `conv1`, `bn2`, `conv2`, `convShortcut`).
 
@@ -100,11 +111,8 @@ class WideResNet(nn.Module):
         drop_rate: float = 0.0,
     ):
         super().__init__()
-        if depth < 10 or (depth - 4) % 6 != 0:
-            raise ZsktError(
-                f"Wide ResNet depth {depth} is invalid; expected 6n+4 with n >= 1 (16, 22, 28, 40, ...)"
-            )
-        sizes = {"widen_factor": widen_factor, "num_classes": num_classes, "in_channels": in_channels}
+        check_wrn_size(depth, widen_factor)
+        sizes = {"num_classes": num_classes, "in_channels": in_channels}
         for label, value in sizes.items():
             if int(value) != value or value < 1:
                 raise ZsktError(f"Wide ResNet {label} {value!r} is invalid; expected a positive integer")
