@@ -122,41 +122,10 @@ class FastConfig(InversionConfig):
         return warmup + round(0.6 * (self.rounds - warmup)) - 1
 
 
-def fast_step(
-    fast_generator: nn.Module,
-    z: torch.Tensor,
-    opt: torch.optim.Optimizer,
-    teacher: nn.Module,
-    student: nn.Module,
-    hooks: BNStatistics,
-    targets: torch.Tensor,
-    aug: tuple,
-    cfg: FastConfig,
-    mean,
-    std,
-    pad: int,
-    adversarial: bool,
-    precision: Precision | None = None,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One synthesis iteration of the fast generator: the loss at the current weights and z, gradients to the
-    fast generator and z only (left in their .grad for the meta update), one Adam step. `aug` = (offsets,
-    flips) of the crop. Returns the loss terms (detached) and the images G(z) ∈ [0, 1] before the step."""
-    return generator_synthesis_step(
-        fast_generator,
-        z,
-        opt,
-        teacher,
-        student,
-        hooks,
-        targets,
-        aug,
-        cfg,
-        mean,
-        std,
-        pad,
-        adversarial,
-        precision,
-    )
+# One synthesis iteration of the fast generator on z: the loss at the current weights and z, gradients to the
+# fast generator and z only (left in their .grad for the meta update), one Adam step; returns the loss terms
+# (detached) and the images G(z) ∈ [0, 1] before the step. The family's generator step, taken as it is.
+fast_step = generator_synthesis_step
 
 
 def accumulate_maml(meta: nn.Module, fast: nn.Module) -> None:

@@ -12,6 +12,7 @@ one step of the student's learning-rate schedule. Each method file supplies a sy
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -136,7 +137,7 @@ class InversionConfig(TeacherStudentConfig):
             return value
         return type(self).PRESETS[self.preset_source][name]
 
-    @property
+    @functools.cached_property  # value() runs every round: an own set's files are scanned once
     def preset_source(self) -> str:
         presets = type(self).PRESETS
         key = dataset_name(self.dataset)
