@@ -480,3 +480,20 @@ def test_compiled_teacher_answers_as_the_eager_one_and_only_without_a_graph():
         torch.testing.assert_close(compiled(x + 1)[0], folded(x + 1)[0], rtol=1e-4, atol=1e-5)
     assert torch.equal(compiled(x)[0], folded(x)[0])  # with grad enabled: the eager network itself
     assert [n for n, _ in compiled.named_children()] == ["model"]  # one copy of the weights
+
+
+def test_compiled_teacher_that_cannot_compile_is_one_line(monkeypatch):
+    # No C++ compiler, an unsupported layer: the first compiled forward fails as one ZsktError naming the fix.
+    from zskt.errors import ZsktError
+    from zskt.models.frozen import CompiledInference
+
+    compiled = CompiledInference(frozen_copy(build_model("wrn-10-1", 10, 1)))
+
+    def broken(x):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore lines")
+
+    monkeypatch.setitem(compiled.__dict__, "compiled", broken)
+    with torch.no_grad(), pytest.raises(ZsktError) as caught:
+        compiled(torch.randn(2, 1, 8, 8))
+    text = str(caught.value)
+    assert "run without --compile-teacher" in text and "No working C++ compiler" in text and "\n" not in text

@@ -22,6 +22,7 @@ import copy
 import torch
 from torch import nn
 
+from zskt.errors import ZsktError
 from zskt.models.wresnet import BasicBlock
 
 
@@ -165,4 +166,15 @@ class CompiledInference(nn.Module):
         import torch._inductor.config as inductor_config
 
         with inductor_config.patch(freezing=True):
-            return self.compiled(x)
+            if self.__dict__.get("working"):
+                return self.compiled(x)
+            try:  # the first call compiles: no C++ compiler, an unsupported layer, ... fail here
+                out = self.compiled(x)
+            except Exception as error:
+                first = (str(error).strip().splitlines() or [""])[0][:200]
+                raise ZsktError(
+                    "--compile-teacher: torch.compile could not compile the teacher "
+                    f"({type(error).__name__}: {first}); run without --compile-teacher"
+                ) from error
+            self.__dict__["working"] = True
+            return out
